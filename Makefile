@@ -1,0 +1,44 @@
+# lightning_geo: `make demo` and `make test` set up a virtual environment (once) and run.
+#
+# Variables you can set:
+#   PYTHON       interpreter that creates the environment (default: python3; 3.10+)
+#   VENV         environment folder (default: .venv); point it at an existing environment to reuse its torch
+#   CONSTRAINTS  pip constraints file; default constraints/cpu.txt on machines without an NVIDIA driver
+#                (torch 2.13.0 CPU build, no CUDA wheels), none where `nvidia-smi` exists (your torch, or the
+#                newest CUDA build pip picks). Set it empty to install without constraints.
+#   DEMO_ARGS    extra flags for `lightning-geo demo`, e.g. DEMO_ARGS="--steps 100"
+#   PYTEST_ARGS  extra flags for pytest, e.g. PYTEST_ARGS="-m 'not slow'"
+
+PYTHON ?= python3
+VENV ?= .venv
+HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+CONSTRAINTS ?= $(if $(HAS_NVIDIA),,constraints/cpu.txt)
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lightning_geo-installed
+
+.PHONY: demo test install lint clean
+
+demo: $(STAMP)
+	$(BIN)/lightning-geo demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs when the package metadata or the constraints change.
+$(STAMP): pyproject.toml setup.cfg $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS)) --editable '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

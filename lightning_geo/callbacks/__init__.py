@@ -1,0 +1,1 @@
+"""GEO callbacks: ``DynamicCurriculum`` and ``SparsityAwareLR`` (each lands with its own issue)."""

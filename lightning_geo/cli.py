@@ -1,0 +1,147 @@
+"""The ``lightning-geo`` command line (also ``python -m lightning_geo``).
+
+Sub-commands:
+    demo   train a small character-level GPT on a real corpus and summarise the run
+
+Bad input (a missing or empty corpus, a binary file, a non-positive budget, an unknown precision)
+ends with a one-line ``lightning-geo demo: error: ...`` message and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import NoReturn
+
+from lightning_geo.demo.config import PRECISIONS, DemoConfig
+
+_DEFAULTS = {f.name: f.default for f in fields(DemoConfig)}
+
+
+def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0 or value != value:  # also rejects NaN
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _precision(text: str) -> str:
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"unknown precision {text!r}; choose one of {', '.join(PRECISIONS)}")
+    return text
+
+
+def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="train a small character-level GPT and summarise the run",
+        description=(
+            "Train a small GPT-style character language model with a plain Lightning loop (AdamW, warmup + "
+            "cosine LR, gradient clipping). Logs train/val loss and bits per character to TensorBoard, prints "
+            "a summary table and writes loss_curves.png beside the event files. "
+            "View with: tensorboard --logdir runs"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pos_int, pos_float = _positive(int), _positive(float)
+    add = demo.add_argument
+    add(
+        "--corpus",
+        metavar="PATH",
+        default=None,
+        help="a UTF-8 text file or a folder of text files (default: the Python standard library's sources)",
+    )
+    add("--steps", type=pos_int, default=_DEFAULTS["steps"], help="optimizer steps to train")
+    add("--max-minutes", type=pos_float, default=_DEFAULTS["max_minutes"], help="wall-clock cap on training")
+    add("--batch-size", type=pos_int, default=_DEFAULTS["batch_size"], help="samples per device and step")
+    add("--seq-len", type=pos_int, default=_DEFAULTS["seq_len"], help="characters per sample")
+    add("--n-layer", type=pos_int, default=_DEFAULTS["n_layer"], help="transformer blocks")
+    add("--n-head", type=pos_int, default=_DEFAULTS["n_head"], help="attention heads")
+    add("--n-embd", type=pos_int, default=_DEFAULTS["n_embd"], help="model width")
+    add("--lr", type=pos_float, default=_DEFAULTS["lr"], help="peak AdamW learning rate")
+    add("--precision", type=_precision, default=_DEFAULTS["precision"], help=f"one of {', '.join(PRECISIONS)}")
+    add("--accelerator", default=_DEFAULTS["accelerator"], help="Lightning accelerator: cpu, gpu or auto")
+    add("--devices", type=pos_int, default=_DEFAULTS["devices"], help="devices (processes); more than 1 runs DDP")
+    add("--val-every", type=pos_int, default=_DEFAULTS["val_every"], help="validate every N steps (and at the end)")
+    add("--out", metavar="DIR", default=_DEFAULTS["out"], help="TensorBoard root folder")
+    add("--name", default=_DEFAULTS["name"], help="run name: logs go to OUT/NAME/version_N")
+    add("--seed", type=int, default=_DEFAULTS["seed"], help="random seed")
+    add("--no-progress-bar", dest="progress_bar", action="store_false", help="hide Lightning's progress bar")
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad argument in one line (with a pointer to ``--help``) instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lightning-geo`` argument parser with one sub-parser per sub-command."""
+    parser = _OneLineErrorParser(
+        prog="lightning-geo",
+        description="lightning_geo (GEO): make Lightning training of generative models cheaper and steadier.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo_parser(subparsers)
+    return parser
+
+
+def _fail(message: object) -> int:
+    print(f"lightning-geo demo: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # Imported here so that `lightning-geo --help` answers without importing torch and Lightning.
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lightning_geo.demo.corpus import CorpusError, load_corpus
+    from lightning_geo.demo.run import describe_device, run_demo
+
+    options = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if hasattr(args, f.name)}
+    try:
+        config = DemoConfig(**options)
+        corpus = load_corpus(config.corpus)
+    except (ValueError, OSError) as err:  # CorpusError is a ValueError
+        return _fail(err)
+    print(
+        f"corpus: {corpus.source}: {len(corpus.train):,} training and {len(corpus.val):,} validation characters "
+        f"({corpus.num_train_files} / {corpus.num_val_files} files), vocabulary {corpus.vocab_size}; "
+        f"device: {describe_device()}",
+        flush=True,
+    )
+    try:
+        result = run_demo(config, corpus=corpus)
+    except (
+        CorpusError,
+        MisconfigurationException,
+    ) as err:  # too little text for a batch; e.g. no GPU for --accelerator gpu
+        return _fail(err)
+    if result is not None:
+        print("\n" + result.table())
+        if result.sample:
+            print("\nsample from the trained model:\n" + result.sample)
+        print(f"\nsee the curves with: tensorboard --logdir {config.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse only accepts known commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Settings of the demo run, kept free of heavy imports so that ``lightning-geo --help`` answers at once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+PRECISIONS: tuple[str, ...] = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+"""Precision strings the demo accepts (Lightning's own names)."""
+
+
+@dataclass
+class DemoConfig:
+    """Everything the demo run takes; the command-line flags map one-to-one onto these fields."""
+
+    corpus: str | None = None  # text file or folder; None: the Python standard library's sources
+    steps: int = 400  # optimizer steps (the budget); ~1.5 min on 2 CPU cores with the defaults
+    max_minutes: float = 2.5  # wall-clock cap on fitting; the run stops early (and says so) if reached
+    batch_size: int = 32  # samples per device and step
+    seq_len: int = 128  # characters per sample
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads
+    n_embd: int = 128  # model width
+    lr: float = 3e-3  # peak AdamW learning rate
+    warmup_steps: int | None = None  # LR warmup; None: 10% of the steps, at most 100
+    grad_clip: float = 1.0  # gradient-norm clipping threshold
+    precision: str = "32-true"  # one of PRECISIONS
+    accelerator: str = "auto"  # Lightning accelerator ("cpu", "gpu", "auto")
+    devices: int = 1  # devices (processes) to train on; >1 runs DDP
+    val_every: int = 100  # validate every this many steps (and always at the end)
+    val_samples: int = 256  # validation windows, spread evenly over the held-out files
+    out: str = "runs"  # TensorBoard root folder
+    name: str = "demo"  # run name: logs go to <out>/<name>/version_N
+    seed: int = 0  # seeds model init and data order
+    progress_bar: bool = True  # Lightning's progress bar
+    sample_chars: int = 160  # characters to sample from the trained model for the summary (0: none)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "n_layer", "n_head", "n_embd", "devices", "val_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.val_samples < 1:
+            raise ValueError(f"val_samples must be a positive integer, got {self.val_samples!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
+            raise ValueError(f"max_minutes must be a positive number, got {self.max_minutes!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.sample_chars < 0:
+            raise ValueError(f"sample_chars must be >= 0, got {self.sample_chars!r}")

@@ -1,0 +1,1 @@
+"""GEO precision plugins: ``PredictiveScalingPrecision``."""

@@ -1,0 +1,1 @@
+"""GEO strategies: topology detection, the parallel planner and ``GeoHybridStrategy`` (``"geo_hybrid"``)."""

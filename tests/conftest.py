@@ -1,0 +1,34 @@
+"""Shared pytest set-up: the ``gpu`` marker skips cleanly without CUDA; fixtures for tiny corpora."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+# The tiny test loaders run in the main process on purpose; Lightning would warn about it in every test.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def text_folder(tmp_path: Path) -> Path:
+    """A folder of eight small Python-like text files plus a binary file and an empty file (both skipped)."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(8):
+        body = "".join(f"def function_{i}_{j}(x):\n    return x * {j} + {i}\n\n" for j in range(40))
+        (folder / f"module_{i}.py").write_text(body)
+    (folder / "image.bin").write_bytes(bytes(range(256)) * 4)
+    (folder / "empty.txt").write_text("")
+    return folder

@@ -1,0 +1,82 @@
+"""Test helpers: a tiny model and a real Trainer on CPU, for tests of every GEO part.
+
+``fit_tiny(tmp_path, callbacks=[...])`` runs a few optimizer steps of :class:`TinyModel` through a real
+``lightning.pytorch.Trainer`` on the CPU, with a TensorBoard logger under ``tmp_path`` (pass
+``logger=...`` to change it) and everything slow switched off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+DDP_SPAWN_CPU: dict[str, Any] = {"strategy": "ddp_spawn", "accelerator": "cpu", "devices": 2}
+"""Trainer arguments for the 2-process gloo tests (mark them with ``@pytest.mark.ddp``)."""
+
+
+class TinyModel(pl.LightningModule):
+    """A residual MLP of ``num_blocks`` blocks in an ``nn.ModuleList``, regressing a fixed random target.
+
+    Small enough for a step to take about a millisecond, shaped like a transformer's block stack so that
+    GEO parts that look for a chain of blocks find one. Logs ``train/loss`` every step.
+    """
+
+    def __init__(self, width: int = 16, num_blocks: int = 2, lr: float = 0.05, num_samples: int = 64) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.inp = nn.Linear(8, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width)) for _ in range(num_blocks)
+        )
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(self.hparams.num_samples, 8, generator=generator)
+        y = x.sum(dim=1, keepdim=True).sin()
+        return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=generator)
+
+
+def tiny_trainer(tmp_path: Path, **overrides: Any) -> pl.Trainer:
+    """A CPU Trainer for a handful of steps, logging to TensorBoard under ``tmp_path`` every step."""
+    kwargs: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": 4,
+        "logger": TensorBoardLogger(tmp_path, name="tiny", version=0),
+        "log_every_n_steps": 1,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def fit_tiny(tmp_path: Path, model: pl.LightningModule | None = None, **trainer_overrides: Any) -> pl.Trainer:
+    """Fit ``model`` (default :class:`TinyModel`) with :func:`tiny_trainer` and return the Trainer."""
+    trainer = tiny_trainer(tmp_path, **trainer_overrides)
+    trainer.fit(model if model is not None else TinyModel())
+    return trainer

@@ -1,0 +1,147 @@
+"""`lightning-geo demo` end to end: event files and PNG left behind, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_geo.cli import main
+
+TINY = [
+    "--steps",
+    "12",
+    "--val-every",
+    "5",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "32",
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "32",
+    "--n-head",
+    "2",
+    "--no-progress-bar",
+]
+
+
+def _run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_leaves_event_files_and_a_plot(tmp_path, text_folder, capsys):
+    code, out, err = _run_main(["demo", "--corpus", str(text_folder), "--out", str(tmp_path / "runs"), *TINY], capsys)
+    assert code == 0, err
+    (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
+    assert any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir())
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    train_loss = [e.value for e in acc.Scalars("train/loss")]
+    assert len(train_loss) == 12 and train_loss[-1] < train_loss[0]
+    assert {"train/bpc", "val/loss", "val/bpc"} <= set(acc.Tags()["scalars"])
+    # Validation after steps 5 and 10 and, since 12 is not a multiple of 5, once more at the end.
+    assert [e.step for e in acc.Scalars("val/loss")] == [4, 9, 11]
+    assert (log_dir / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for line in ("steps", "tokens/s", "best val loss", str(log_dir)):
+        assert line in out
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--corpus", "/does/not/exist"], "corpus path '/does/not/exist' does not exist"),
+        (["--corpus", "{empty}"], "is empty"),
+        (["--corpus", "{binary}"], "is not a UTF-8 text file"),
+        (["--steps", "0"], "argument --steps: must be positive, got 0"),
+        (["--precision", "fp8"], "argument --precision: unknown precision 'fp8'; choose one of 32-true"),
+        (["--corpus", "{short}"], "too short for one batch"),
+    ],
+    ids=["missing-corpus", "empty-corpus", "binary-file", "zero-steps", "unknown-precision", "tiny-corpus"],
+)
+def test_bad_input_gets_one_line_error(tmp_path, capsys, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.dat").write_bytes(b"\x7fELF\x00\x00" * 100)
+    (tmp_path / "short.txt").write_text("print('hi')\n" * 20)
+    paths = {"empty": tmp_path / "empty.txt", "binary": tmp_path / "binary.dat", "short": tmp_path / "short.txt"}
+    argv = ["demo", *[a.format(**paths) for a in args], "--out", str(tmp_path / "runs")]
+    code, _, err = _run_main(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning-geo demo: error:") and message in lines[0], err
+
+
+def test_help_lists_the_subcommands(capsys):
+    code, out, _ = _run_main(["--help"], capsys)
+    assert code == 0 and "demo" in out
+
+
+def _script(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@pytest.mark.slow
+def test_console_script_trains_on_the_default_stdlib_corpus(tmp_path):
+    """The installed `lightning-geo` entry point with no --corpus: the standard library's sources."""
+    cmd = [_script("lightning-geo"), "demo", "--out", str(tmp_path), *TINY[:2], "--val-every", "6", *TINY[4:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Python standard library" in proc.stdout and "best val loss" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder):
+    """`python -m lightning_geo demo --devices 2`: Lightning relaunches the module per rank; one summary."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_geo",
+        "demo",
+        "--corpus",
+        str(text_folder),
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--out",
+        str(tmp_path / "runs"),
+        *TINY,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best val loss") == 1  # only rank 0 summarises
+    assert "tokens (characters) seen  3,072" in proc.stdout  # 12 steps x 2 ranks x 4 samples x 32 characters
+
+
+@pytest.mark.gpu
+def test_demo_trains_in_fp16_mixed_on_cuda(tmp_path, text_folder, capsys):
+    argv = [
+        "demo",
+        "--corpus",
+        str(text_folder),
+        "--accelerator",
+        "gpu",
+        "--devices",
+        "1",
+        "--precision",
+        "16-mixed",
+        "--out",
+        str(tmp_path),
+        *TINY,
+    ]
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert "best val loss" in out
