@@ -151,6 +151,8 @@ def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | N
     with warnings.catch_warnings():
         # In-memory samples are one tensor slice each: worker processes would only slow start-up down.
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        # Lightning 2.6's own use of a torch API that torch 2.13 deprecates: noise for a demo user.
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\).*", FutureWarning)
         started = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)
         wall = time.perf_counter() - started
