@@ -14,8 +14,8 @@ class DemoConfig:
     """Everything the demo run takes; the command-line flags map one-to-one onto these fields."""
 
     corpus: str | None = None  # text file or folder; None: the Python standard library's sources
-    steps: int = 320  # optimizer steps (the budget); about 75 s of training on 2 CPU cores with the defaults
-    max_minutes: float = 2.5  # wall-clock cap on fitting; the run stops early (and says so) if reached
+    steps: int = 300  # optimizer steps (the budget); 65-80 s of training on 2 CPU cores with the defaults
+    max_minutes: float = 1.25  # wall-clock cap on fitting; the run stops early (and says so) if reached
     batch_size: int = 32  # samples per device and step
     seq_len: int = 128  # characters per sample
     n_layer: int = 4  # transformer blocks
@@ -27,7 +27,7 @@ class DemoConfig:
     precision: str = "32-true"  # one of PRECISIONS
     accelerator: str = "auto"  # Lightning accelerator ("cpu", "gpu", "auto")
     devices: int = 1  # devices (processes) to train on; >1 runs DDP
-    val_every: int = 80  # validate every this many steps (and always at the end)
+    val_every: int = 75  # validate every this many steps (and always at the end)
     val_samples: int = 256  # validation windows, spread evenly over the held-out files
     out: str = "runs"  # TensorBoard root folder
     name: str = "demo"  # run name: logs go to <out>/<name>/version_N
