@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from numbers import Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.loggers import TensorBoardLogger
@@ -134,7 +134,10 @@ def log_geo_scalars(
         logger.log_metrics(metrics, step=step)
 
 
-def _tensorboard_loggers(trainer: pl.Trainer, tag: str, what: str) -> list[TensorBoardLogger]:
+def _tensorboard_writers(trainer: pl.Trainer | None, tag: str, what: str, throttle: bool) -> list[Any]:
+    """The ``SummaryWriter`` of each TensorBoard logger that should get ``tag`` now (empty: write nothing)."""
+    if not _should_write(trainer, throttle):
+        return []
     loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
     if not loggers and tag not in _warned_tags:
         _warned_tags.add(tag)
@@ -142,7 +145,7 @@ def _tensorboard_loggers(trainer: pl.Trainer, tag: str, what: str) -> list[Tenso
             f"GEO logs {what} {tag!r} to TensorBoard only, and this Trainer has no TensorBoardLogger; "
             "skipping it (this warning is shown once per tag)."
         )
-    return loggers
+    return [logger.experiment for logger in loggers]
 
 
 def log_geo_histogram(
@@ -165,15 +168,13 @@ def log_geo_histogram(
         throttle: Write only on the ``log_every_n_steps`` cadence during training (default ``True``).
     """
     tag = geo_tag(part, name)
-    if not _should_write(trainer, throttle):
-        return
-    loggers = _tensorboard_loggers(trainer, tag, "the histogram")
-    if not loggers:
+    writers = _tensorboard_writers(trainer, tag, "the histogram", throttle)
+    if not writers:
         return
     data = values.detach().reshape(-1).float().cpu()
     step = logging_step(trainer) if step is None else step
-    for logger in loggers:
-        logger.experiment.add_histogram(tag, data, global_step=step)
+    for writer in writers:
+        writer.add_histogram(tag, data, global_step=step)
 
 
 def log_geo_text(
@@ -196,9 +197,9 @@ def log_geo_text(
         throttle: Write only on the ``log_every_n_steps`` cadence during training (default ``True``).
     """
     tag = geo_tag(part, name)
-    if not _should_write(trainer, throttle):
+    writers = _tensorboard_writers(trainer, tag, "the text", throttle)
+    if not writers:
         return
-    loggers = _tensorboard_loggers(trainer, tag, "the text")
     step = logging_step(trainer) if step is None else step
-    for logger in loggers:
-        logger.experiment.add_text(tag, text, global_step=step)
+    for writer in writers:
+        writer.add_text(tag, text, global_step=step)
