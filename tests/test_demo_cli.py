@@ -58,6 +58,29 @@ def test_demo_leaves_event_files_and_a_plot(tmp_path, text_folder, capsys):
     assert "Traceback" not in err
 
 
+def test_time_cap_stops_early_and_still_validates_the_final_weights(tmp_path, text_folder, capsys):
+    argv = [
+        "demo",
+        "--corpus",
+        str(text_folder),
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--steps",
+        "1000",
+        "--max-minutes",
+        "0.0005",
+    ]
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert "(stopped by --max-minutes)" in out
+    (log_dir,) = (tmp_path / "demo").iterdir()
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    last_train_step = acc.Scalars("train/loss")[-1].step
+    assert last_train_step < 999 and acc.Scalars("val/loss")[-1].step == last_train_step
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

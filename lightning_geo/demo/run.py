@@ -7,6 +7,7 @@ the loss curves beside the event files and returns the figures of its summary ta
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -162,7 +163,7 @@ def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | N
     logger.experiment.flush()
     log_dir = Path(logger.log_dir)
     series = read_scalars(log_dir, ["train/loss", "val/loss"])
-    val = series["val/loss"]
+    val = series.get("val/loss") or [(-1, math.nan)]  # no validation only if fit was interrupted
     best_step, best_val = min(val, key=lambda sv: sv[1])
     plot_path = plot_loss_curves({config.name: log_dir}, log_dir / "loss_curves.png")
     sample = ""
