@@ -31,6 +31,11 @@ TINY = [
 ]
 
 
+def _demo_argv(corpus, out, *extra: str) -> list[str]:
+    """`demo` on ``corpus`` with the tiny settings, logging under ``out``; later flags override earlier ones."""
+    return ["demo", "--corpus", str(corpus), "--out", str(out), *TINY, *extra]
+
+
 def _run_main(argv: list[str], capsys) -> tuple[int, str, str]:
     try:
         code = main(argv)
@@ -41,7 +46,7 @@ def _run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_demo_leaves_event_files_and_a_plot(tmp_path, text_folder, capsys):
-    code, out, err = _run_main(["demo", "--corpus", str(text_folder), "--out", str(tmp_path / "runs"), *TINY], capsys)
+    code, out, err = _run_main(_demo_argv(text_folder, tmp_path / "runs"), capsys)
     assert code == 0, err
     (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
     assert any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir())
@@ -59,18 +64,7 @@ def test_demo_leaves_event_files_and_a_plot(tmp_path, text_folder, capsys):
 
 
 def test_time_cap_stops_early_and_still_validates_the_final_weights(tmp_path, text_folder, capsys):
-    argv = [
-        "demo",
-        "--corpus",
-        str(text_folder),
-        "--out",
-        str(tmp_path),
-        *TINY,
-        "--steps",
-        "1000",
-        "--max-minutes",
-        "0.0005",
-    ]
+    argv = _demo_argv(text_folder, tmp_path, "--steps", "1000", "--max-minutes", "0.0005")
     code, out, err = _run_main(argv, capsys)
     assert code == 0, err
     assert "(stopped by --max-minutes)" in out
@@ -151,20 +145,7 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder):
 
 @pytest.mark.gpu
 def test_demo_trains_in_fp16_mixed_on_cuda(tmp_path, text_folder, capsys):
-    argv = [
-        "demo",
-        "--corpus",
-        str(text_folder),
-        "--accelerator",
-        "gpu",
-        "--devices",
-        "1",
-        "--precision",
-        "16-mixed",
-        "--out",
-        str(tmp_path),
-        *TINY,
-    ]
+    argv = _demo_argv(text_folder, tmp_path, "--accelerator", "gpu", "--devices", "1", "--precision", "16-mixed")
     code, out, err = _run_main(argv, capsys)
     assert code == 0, err
     assert "best val loss" in out
