@@ -141,7 +141,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only accepts known commands
-
-
-if __name__ == "__main__":
-    sys.exit(main())

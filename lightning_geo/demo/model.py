@@ -8,7 +8,7 @@ so rarely seen characters keep rarely touched embedding rows (what ``SparsityAwa
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
@@ -242,7 +242,3 @@ class CharLanguageModel(pl.LightningModule):
             idx = torch.cat([idx, torch.multinomial(F.softmax(logits, dim=-1), 1)], dim=1)
         self.train(was_training)
         return idx[0, prompt.numel() :].tolist()
-
-    def describe(self) -> dict[str, int | float]:
-        """The model's shape and parameter count, for summaries."""
-        return {**asdict(self.config), "parameters": sum(p.numel() for p in self.parameters())}
