@@ -80,3 +80,52 @@ def fit_tiny(tmp_path: Path, model: pl.LightningModule | None = None, **trainer_
     trainer = tiny_trainer(tmp_path, **trainer_overrides)
     trainer.fit(model if model is not None else TinyModel())
     return trainer
+
+
+class TinyTextModel(pl.LightningModule):
+    """A bag-of-embeddings classifier over a Zipfian vocabulary: most embedding rows get no gradient per step.
+
+    ``optimizer`` picks the optimizer: a class taking ``(params, lr=..., weight_decay=...)``; a scheduler
+    is added when ``schedule`` is ``"lambda"`` (0.9 ** step) or ``"exponential"`` (gamma 0.9).
+    """
+
+    def __init__(
+        self,
+        vocab: int = 200,
+        lr: float = 0.01,
+        weight_decay: float = 0.0,
+        optimizer: type[torch.optim.Optimizer] | None = None,
+        schedule: str | None = None,
+        num_samples: int = 64,
+    ) -> None:
+        super().__init__()
+        self.emb = nn.EmbeddingBag(vocab, 8)
+        self.out = nn.Linear(8, 3)
+        self.optimizer_class = optimizer or torch.optim.AdamW
+        self.lr, self.weight_decay, self.schedule, self.num_samples = lr, weight_decay, schedule, num_samples
+        self.vocab = vocab
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(tokens))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        tokens, labels = batch
+        loss = nn.functional.cross_entropy(self(tokens), labels)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_class(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.schedule is None:
+            return optimizer
+        if self.schedule == "lambda":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9**step)
+        else:
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        tokens = (torch.rand(self.num_samples, 5, generator=generator) ** 3 * self.vocab).long()
+        labels = tokens[:, 0] % 3
+        return DataLoader(TensorDataset(tokens, labels), batch_size=8)

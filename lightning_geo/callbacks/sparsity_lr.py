@@ -1,0 +1,328 @@
+"""``SparsityAwareLR``: per-parameter learning-rate multipliers from measured gradient sparsity.
+
+Works with any ``torch.optim`` optimizer::
+
+    trainer = L.Trainer(callbacks=[SparsityAwareLR()])
+
+What it does, step by step:
+
+1. **At fit start** it picks the *tracked* parameters (by default the weights of every
+   ``nn.Embedding`` / ``nn.EmbeddingBag``) and moves each into its own param group, copied from
+   the group it was in (all settings kept; optimizer state is keyed by parameter, so it is kept
+   too). LR schedulers are told about the new groups, so they schedule them exactly as before.
+   The split depends only on the model's structure, so a resumed run rebuilds the same groups
+   before Lightning loads the optimizer state.
+2. **Before every optimizer step** it measures, for every parameter with a gradient, the share of
+   rows (dim 0) and of elements whose gradient is non-zero, kept as moving averages (see
+   :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and the per-row hit
+   counts of tracked parameters. Each tracked group's LR is then multiplied by::
+
+       multiplier = min(max_multiplier, max(1, row_density ** -power))
+
+   where ``row_density`` is the moving average of the share of the parameter's rows touched per
+   step. With the default ``power=0.5`` an embedding whose batches touch 4% of its rows gets 5x
+   the LR of the rest of the model: each of its rows is updated in few steps, so each of those
+   steps is allowed to be larger (the Adagrad-style ``1/sqrt(frequency)`` rule applied to a whole
+   parameter). The multiplier is applied just before ``optimizer.step()`` and removed just after
+   (an optimizer step post-hook), so the value an LR scheduler reads and writes is never the
+   multiplied one: the callback composes with any scheduler by multiplication and never fights it.
+   A step that the AMP ``GradScaler`` will skip (non-finite gradients) gets no multiplier.
+3. **Weight decay on untouched rows** (``decay_rows``): ``"all"`` leaves weight decay to the
+   optimizer (every row decays every step, as in AdamW). ``"touched"`` suspends the optimizer's
+   own ``weight_decay`` for the tracked groups during the step and applies decoupled decay
+   ``row *= 1 - lr * weight_decay`` only to rows with a gradient.
+
+Under DDP the per-step densities are averaged over ranks (one small all-reduce per measurement), so
+every rank computes the same multipliers; gradients are already identical after DDP's all-reduce,
+so hit counts agree without communication.
+
+Logged under ``geo/sparsity/`` (at Lightning's ``log_every_n_steps`` cadence): ``<param>/row_density``
+and ``<param>/element_density`` for every parameter, ``<param>/lr_multiplier`` for tracked ones, and
+a histogram ``<param>/row_hits`` of per-row hit counts (TensorBoard only).
+
+With :class:`~lightning_geo.optim.GeoAdamW`, which already scales steps per row, the callback
+measures and logs but sets no multipliers (it says so once).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from torch.optim import Optimizer
+
+from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker, gradient_touched_rows
+from lightning_geo.optim.geo_adamw import GeoAdamW
+from lightning_geo.optim.param_groups import isolate_parameters
+from lightning_geo.utils import is_log_step, log_geo_histogram, log_geo_scalars, reduce_tensor
+
+DECAY_ROWS = ("all", "touched")
+PARAM_SELECTORS = ("embeddings", "all")
+
+
+def _positive_number(name: str, value: Any, *, minimum: float = 0.0, inclusive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"SparsityAwareLR: `{name}` must be a number, got {type(value).__name__}")
+    ok = value >= minimum if inclusive else value > minimum
+    if not ok or value != value or value == float("inf"):
+        relation = ">=" if inclusive else ">"
+        raise ValueError(f"SparsityAwareLR: `{name}` must be finite and {relation} {minimum}, got {value}")
+    return float(value)
+
+
+def density_multiplier(row_density: float, power: float, max_multiplier: float) -> float:
+    """The LR multiplier for a parameter whose rows are touched with density ``row_density`` in [0, 1].
+
+    ``min(max_multiplier, max(1, row_density ** -power))``; a density of 0 gives ``max_multiplier``.
+    """
+    if row_density <= 0.0:
+        return max_multiplier
+    return min(max_multiplier, max(1.0, row_density**-power))
+
+
+class SparsityAwareLR(pl.Callback):
+    """Scale the learning rate of sparsely-updated parameters by a function of their gradient density.
+
+    Args:
+        params: which parameters are tracked (own param group, LR multiplier, hit counts):
+            ``"embeddings"`` (default: weights of ``nn.Embedding`` and ``nn.EmbeddingBag``),
+            ``"all"`` (every trainable parameter with two or more dimensions), or a sequence of
+            ``fnmatch`` patterns over parameter names (``["encoder.tok_emb.*", "head.weight"]``).
+        power: exponent of the density rule above (default 0.5; 0 gives multiplier 1).
+        max_multiplier: upper bound of a multiplier (default 10.0, >= 1).
+        ema: weight of the old value in the density moving averages, in [0, 1) (default 0.9).
+        every_n_steps: measure every n optimizer steps (default 1); multipliers keep the last
+            measurement in between. The measurement costs one pass over each gradient.
+        decay_rows: ``"all"`` (default, the optimizer decays as usual) or ``"touched"`` (decoupled
+            weight decay on tracked parameters only for rows with a gradient; see module docs).
+        scale_lr: set LR multipliers (default True); False only measures and logs.
+        log_histograms: log the per-row hit-count histogram of tracked parameters (default True).
+    """
+
+    def __init__(
+        self,
+        params: str | Sequence[str] = "embeddings",
+        power: float = 0.5,
+        max_multiplier: float = 10.0,
+        ema: float = 0.9,
+        every_n_steps: int = 1,
+        decay_rows: str = "all",
+        scale_lr: bool = True,
+        log_histograms: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(params, str):
+            if params not in PARAM_SELECTORS:
+                raise ValueError(
+                    f"SparsityAwareLR: `params` must be one of {PARAM_SELECTORS} or a list of name patterns, "
+                    f"got {params!r}"
+                )
+        elif not isinstance(params, Sequence) or not params or not all(isinstance(p, str) for p in params):
+            raise TypeError(f"SparsityAwareLR: `params` must be a non-empty list of name patterns, got {params!r}")
+        self.params = params if isinstance(params, str) else tuple(params)
+        self.power = _positive_number("power", power)
+        self.max_multiplier = _positive_number("max_multiplier", max_multiplier, minimum=1.0)
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 <= ema < 1.0:
+            raise ValueError(f"SparsityAwareLR: `ema` must be a number in [0, 1), got {ema!r}")
+        self.ema = float(ema)
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"SparsityAwareLR: `every_n_steps` must be an int >= 1, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
+        if decay_rows not in DECAY_ROWS:
+            raise ValueError(f"SparsityAwareLR: `decay_rows` must be one of {DECAY_ROWS}, got {decay_rows!r}")
+        self.decay_rows = decay_rows
+        if not isinstance(scale_lr, bool):
+            raise TypeError(f"SparsityAwareLR: `scale_lr` must be a bool, got {scale_lr!r}")
+        self.scale_lr = scale_lr
+        self.log_histograms = bool(log_histograms)
+
+        self.tracker: GradientSparsityTracker | None = None
+        self.tracked: tuple[str, ...] = ()
+        self.multipliers: dict[str, float] = {}
+        self._names: dict[int, str] = {}
+        self._groups: dict[int, list[tuple[int, str]]] = {}  # id(optimizer) -> [(group index, name)]
+        self._scaling_optimizers: set[int] = set()
+        self._scaled_names: set[str] = set()
+        self._pending: dict[int, list[tuple[dict[str, Any], str, Any, Any]]] = {}
+        self._hooks: list[Any] = []
+        self._loaded_state: dict[str, Any] | None = None
+        self._warned_skipped_restore = False
+
+    # ----------------------------------------------------------------- selection and set-up
+    def select_parameters(self, module: nn.Module) -> list[str]:
+        """Names of the parameters of ``module`` this callback tracks, in module order."""
+        trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+        if self.params == "embeddings":
+            names = []
+            for module_name, child in module.named_modules():
+                if isinstance(child, (nn.Embedding, nn.EmbeddingBag)):
+                    name = f"{module_name}.weight" if module_name else "weight"
+                    if name in trainable and name not in names:
+                        names.append(name)
+            return names
+        if self.params == "all":
+            return [n for n, p in module.named_parameters() if p.requires_grad and p.dim() >= 2]
+        return [n for n, _ in module.named_parameters() if n in trainable and self._matches(n)]
+
+    def _matches(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.params)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Pick tracked parameters, split their param groups, register the step post-hooks."""
+        self.tracked = tuple(self.select_parameters(pl_module))
+        if not self.tracked:
+            rank_zero_warn(
+                f"SparsityAwareLR: no parameter matches params={self.params!r}; it will only measure and log "
+                "gradient sparsity."
+            )
+        self.tracker = GradientSparsityTracker(pl_module.named_parameters(), ema=self.ema, hit_count_names=self.tracked)
+        if self._loaded_state is not None:
+            self.tracker.load_state_dict(self._loaded_state["tracker"])
+            self._loaded_state = None
+        self._names = {id(p): n for n, p in pl_module.named_parameters()}
+        by_name = dict(pl_module.named_parameters())
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        self._groups, self._scaling_optimizers, self._scaled_names = {}, set(), set()
+        for optimizer in trainer.optimizers:
+            if isinstance(optimizer, GeoAdamW):
+                rank_zero_info(
+                    "SparsityAwareLR: the optimizer is GeoAdamW, which scales steps per row already; "
+                    "the callback measures and logs sparsity but sets no LR multipliers for it."
+                )
+                continue
+            if not (self.scale_lr or self.decay_rows == "touched"):
+                continue
+            placement = isolate_parameters(optimizer, [by_name[n] for n in self.tracked], schedulers)
+            groups = [(placement[id(by_name[n])], n) for n in self.tracked if id(by_name[n]) in placement]
+            if groups:
+                self._groups[id(optimizer)] = groups
+                self._scaling_optimizers.add(id(optimizer))
+                self._scaled_names.update(n for _, n in groups)
+                self._hooks.append(optimizer.register_step_post_hook(self._restore_after_step))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the optimizer hooks (the param-group split stays: the optimizer's state depends on it)."""
+        self._remove_hooks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Remove the optimizer hooks if fit ended abnormally."""
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # ----------------------------------------------------------------- the step
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        """Measure sparsity, set this step's LR multipliers and (optionally) decay touched rows only."""
+        if self.tracker is None:
+            return
+        names = [self._names[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in self._names]
+        if trainer.global_step % self.every_n_steps == 0:
+            current = self.tracker.measure(names)
+            reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
+            self.tracker.update(current, reduce=reduce)
+            for name in self.tracked:
+                if name in self.tracker.row_density:
+                    self.multipliers[name] = density_multiplier(
+                        self.tracker.row_density[name], self.power, self.max_multiplier
+                    )
+        if id(optimizer) in self._scaling_optimizers and not _step_will_be_skipped(trainer, optimizer):
+            self._apply(optimizer)
+        self._log(trainer, names)
+
+    def _apply(self, optimizer: Optimizer) -> None:
+        pending = self._pending.setdefault(id(optimizer), [])
+        for index, name in self._groups[id(optimizer)]:
+            group = optimizer.param_groups[index]
+            multiplier = self.multipliers.get(name, 1.0) if self.scale_lr else 1.0
+            if multiplier != 1.0:
+                base = group["lr"]
+                group["lr"] = base * multiplier
+                pending.append((group, "lr", base, group["lr"]))
+            weight_decay = group.get("weight_decay", 0.0)
+            if self.decay_rows == "touched" and weight_decay:
+                pending.append((group, "weight_decay", weight_decay, 0.0))
+                group["weight_decay"] = 0.0
+                with torch.no_grad():
+                    for param in group["params"]:
+                        if param.grad is None:
+                            continue
+                        touched = gradient_touched_rows(param.grad).to(param.dtype)
+                        shape = (-1,) + (1,) * max(param.dim() - 1, 0)
+                        param.mul_((1.0 - float(group["lr"]) * weight_decay * touched).view(shape))
+
+    def _restore_after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        for group, key, original, _ in reversed(self._pending.pop(id(optimizer), [])):
+            group[key] = original
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Undo multipliers of a step that did not run (skipped by an AMP scaler the callback could not see)."""
+        for optimizer_id in list(self._pending):
+            for group, key, original, applied in reversed(self._pending.pop(optimizer_id)):
+                if group[key] is applied or group[key] == applied:
+                    group[key] = original
+                elif not self._warned_skipped_restore:
+                    self._warned_skipped_restore = True
+                    rank_zero_warn(
+                        "SparsityAwareLR: an optimizer step was skipped after the multipliers were applied and "
+                        f"something changed `{key}` before they could be removed; leaving the new value as is."
+                    )
+
+    def _log(self, trainer: pl.Trainer, names: list[str]) -> None:
+        if self.tracker is None or not is_log_step(trainer):
+            return
+        values: dict[str, float] = {}
+        for name in names:
+            if name in self.tracker.row_density:
+                values[f"{name}/row_density"] = self.tracker.row_density[name]
+                values[f"{name}/element_density"] = self.tracker.element_density[name]
+        for name in self.tracked:
+            if name in names and name in self.multipliers:
+                scaled = self.scale_lr and name in self._scaled_names
+                values[f"{name}/lr_multiplier"] = self.multipliers[name] if scaled else 1.0
+        log_geo_scalars(trainer, "sparsity", values)
+        if self.log_histograms:
+            for name in self.tracked:
+                counts = self.tracker.hit_counts.get(name)
+                if name in names and counts is not None:
+                    log_geo_histogram(trainer, "sparsity", f"{name}/row_hits", counts.float())
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Statistics and multipliers, so a resumed run continues with the same ones."""
+        tracker = self.tracker.state_dict() if self.tracker is not None else None
+        return {"tracker": tracker, "multipliers": dict(self.multipliers), "tracked": list(self.tracked)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; applied at fit start, once the model's parameters are known."""
+        self.multipliers = dict(state_dict.get("multipliers", {}))
+        if state_dict.get("tracker") is None:
+            return
+        if self.tracker is not None:  # strategies that restore after setup (FSDP, ModelParallel)
+            self.tracker.load_state_dict(state_dict["tracker"])
+        else:
+            self._loaded_state = {"tracker": state_dict["tracker"]}
+
+
+def _step_will_be_skipped(trainer: pl.Trainer, optimizer: Optimizer) -> bool:
+    """Whether the precision plugin's ``GradScaler`` found inf/NaN gradients and will skip this step."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+        return False
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer), {})
+    found = state.get("found_inf_per_device", {})
+    return bool(found) and any(float(v.item()) > 0 for v in found.values())
+
+
+__all__ = ["DECAY_ROWS", "SparsityAwareLR", "density_multiplier"]

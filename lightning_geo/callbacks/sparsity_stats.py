@@ -1,0 +1,166 @@
+"""Gradient sparsity statistics per parameter: row density, element density and per-row hit counts.
+
+A *row* is an index along dim 0 (a token's embedding row, an output unit of a ``Linear``); a row
+is *touched* in a step when any element of its gradient is non-zero (for a sparse gradient: when
+the gradient lists it). For 0-D and 1-D parameters every element is its own row.
+
+The tracker is pure torch (no Lightning): ``SparsityAwareLR`` drives it, and it can be used in a
+plain training loop too::
+
+    tracker = GradientSparsityTracker(model.named_parameters(), hit_count_names={"emb.weight"})
+    loss.backward()
+    tracker.update(tracker.measure())
+    tracker.row_density["emb.weight"]  # EMA of the share of rows touched per step
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def gradient_touched_rows(grad: Tensor) -> Tensor:
+    """Boolean mask ``[rows]`` of the rows (dim 0) of ``grad`` that have any non-zero entry.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``) count every listed row as touched.
+    """
+    if grad.is_sparse:
+        mask = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
+        mask[grad.coalesce().indices()[0]] = True
+        return mask
+    if grad.dim() == 0:
+        return grad.ne(0).view(1)
+    return grad.ne(0).flatten(1).any(dim=1) if grad.dim() >= 2 else grad.ne(0)
+
+
+def gradient_densities(grad: Tensor) -> tuple[float, float, Tensor]:
+    """``(row_density, element_density, touched_rows)`` of one gradient, densities in [0, 1]."""
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        touched = gradient_touched_rows(grad)
+        elements = int(grad.values().count_nonzero())
+    else:
+        nonzero = grad.ne(0)
+        elements = int(nonzero.sum())
+        touched = nonzero.flatten(1).any(dim=1) if grad.dim() >= 2 else nonzero.reshape(-1)
+    numel = max(grad.numel(), 1)
+    rows = max(touched.numel(), 1)
+    return float(touched.sum()) / rows, elements / numel, touched
+
+
+class GradientSparsityTracker:
+    """Exponential moving averages of the gradient density of every parameter, and row hit counts.
+
+    Args:
+        named_parameters: ``(name, parameter)`` pairs, e.g. ``model.named_parameters()``; frozen
+            parameters (``requires_grad=False``) are skipped.
+        ema: weight of the old value in the moving averages, in [0, 1) (default 0.9: roughly the
+            last 10 measurements). The first measurement initialises the average.
+        hit_count_names: names of the parameters whose per-row hit counts are kept (int64,
+            ``[rows]``); usually the embedding-like ones. Default: none.
+
+    Attributes:
+        row_density: ``{name: EMA of the share of rows touched per step}``.
+        element_density: ``{name: EMA of the share of non-zero gradient elements}``.
+        hit_counts: ``{name: int64 tensor [rows]}`` steps in which each row was touched.
+        measurements: how many times ``update`` ran.
+    """
+
+    def __init__(
+        self,
+        named_parameters: Iterable[tuple[str, Tensor]],
+        *,
+        ema: float = 0.9,
+        hit_count_names: Collection[str] = (),
+    ) -> None:
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 <= ema < 1.0:
+            raise ValueError(f"`ema` must be a number in [0, 1), got {ema!r}")
+        self.ema = float(ema)
+        self.parameters: dict[str, Tensor] = {n: p for n, p in named_parameters if p.requires_grad}
+        unknown = sorted(set(hit_count_names) - set(self.parameters))
+        if unknown:
+            raise ValueError(f"`hit_count_names` names parameters that do not exist or are frozen: {unknown}")
+        self.hit_count_names = tuple(hit_count_names)
+        self.row_density: dict[str, float] = {}
+        self.element_density: dict[str, float] = {}
+        self.hit_counts: dict[str, Tensor] = {}
+        self.measurements = 0
+        self.last_touched: dict[str, Tensor] = {}
+
+    def measure(self, names: Iterable[str] | None = None) -> dict[str, tuple[float, float]]:
+        """This step's ``{name: (row_density, element_density)}`` of every parameter with a gradient.
+
+        Args:
+            names: measure only these parameters (e.g. those of one optimizer); default all.
+
+        Also remembers each hit-counted parameter's touched-row mask for :meth:`update`.
+        """
+        current: dict[str, tuple[float, float]] = {}
+        self.last_touched = {}
+        for name in self.parameters if names is None else names:
+            param = self.parameters.get(name)
+            if param is None or param.grad is None:
+                continue
+            rows, elements, touched = gradient_densities(param.grad)
+            current[name] = (rows, elements)
+            if name in self.hit_count_names:
+                self.last_touched[name] = touched
+        return current
+
+    def update(
+        self,
+        current: dict[str, tuple[float, float]],
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        """Fold one step's measurement into the moving averages and the hit counts.
+
+        Args:
+            current: the output of :meth:`measure`.
+            reduce: optional cross-rank mean of a 1-D float tensor (under DDP, so every rank keeps
+                the same statistics even if its local gradients differed); called once per update
+                with all densities stacked. Every rank must call ``update`` with the same names.
+        """
+        names = sorted(current)
+        if reduce is not None and names:
+            stacked = torch.tensor([v for n in names for v in current[n]], dtype=torch.float64)
+            stacked = reduce(stacked).to(torch.float64).tolist()
+            current = {n: (stacked[2 * i], stacked[2 * i + 1]) for i, n in enumerate(names)}
+        decay = self.ema
+        for name in names:
+            rows, elements = current[name]
+            if name in self.row_density:
+                self.row_density[name] = decay * self.row_density[name] + (1.0 - decay) * rows
+                self.element_density[name] = decay * self.element_density[name] + (1.0 - decay) * elements
+            else:
+                self.row_density[name], self.element_density[name] = rows, elements
+        for name, touched in self.last_touched.items():
+            counts = self.hit_counts.get(name)
+            if counts is None:
+                counts = torch.zeros(touched.numel(), dtype=torch.int64, device=touched.device)
+            counts = counts.to(touched.device)
+            counts += touched
+            self.hit_counts[name] = counts
+        self.measurements += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly after a resume (hit counts on CPU)."""
+        return {
+            "ema": self.ema,
+            "row_density": dict(self.row_density),
+            "element_density": dict(self.element_density),
+            "hit_counts": {n: c.detach().cpu().clone() for n, c in self.hit_counts.items()},
+            "measurements": self.measurements,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; hit counts move to their parameter's device."""
+        self.row_density = dict(state["row_density"])
+        self.element_density = dict(state["element_density"])
+        self.hit_counts = {}
+        for name, counts in state["hit_counts"].items():
+            device = self.parameters[name].device if name in self.parameters else counts.device
+            self.hit_counts[name] = counts.to(device)
+        self.measurements = int(state["measurements"])

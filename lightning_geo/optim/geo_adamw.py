@@ -1,0 +1,306 @@
+"""``GeoAdamW``: AdamW with row-wise lazy moments and per-row step sizes from hit frequency.
+
+Why: under ``torch.optim.AdamW`` a row of an embedding (or of any weight) that gets no gradient in
+a step still moves, because its moments keep decaying and its bias correction keeps advancing
+(pytorch #18404): a row touched once drifts several times its real step over the following
+zero-gradient steps. ``GeoAdamW`` treats each row (index along dim 0) of a parameter with two or
+more dimensions as its own Adam problem:
+
+* a row whose gradient is all zero in a step is *untouched*: its moments are kept as they are,
+  its own step count does not advance and the row does not move (except by weight decay when
+  ``decay_rows="all"``);
+* a touched row is bias-corrected by its own step count ``t_r`` (how many steps it was touched);
+* its step size is multiplied by ``min(max_row_scale, (t_r / t) ** -row_scale_power)``, where
+  ``t`` is the number of steps the parameter had a gradient at all: a row seen in a share ``f``
+  of the steps takes steps ``f ** -0.5`` times larger by default. With the default power 0.5 the
+  rare row's total movement relative to a frequent row is ``sqrt(f)``, the same ratio Adagrad's
+  accumulated denominator gives (Duchi et al. 2011), but with Adam's moments; it is the Adam
+  counterpart of frequency-aware SGD (Li et al., ICLR 2022), which also sets per-token rates
+  from token frequency.
+
+On a parameter whose rows are all touched in every step this is exactly AdamW (the tests check
+it against ``torch.optim.AdamW`` to 1e-6). One-dimensional parameters (biases, norms) and groups
+with ``row_wise=False`` are updated exactly like AdamW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+DECAY_ROWS = ("touched", "all")
+
+# Bias corrections of rows never touched are 0; clamping them keeps 0 / 0 out of the arithmetic
+# (such rows get a step size of exactly 0 anyway).
+_TINY = 1e-30
+
+
+def _check_float(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"GeoAdamW: `{name}` must be a number, got {type(value).__name__}")
+    value = float(value)
+    bad_low = value <= low if low_open else value < low
+    if bad_low or value > high or value != value:
+        left = "(" if low_open else "["
+        raise ValueError(f"GeoAdamW: `{name}` must be in {left}{low}, {high}], got {value}")
+    return value
+
+
+class GeoAdamW(Optimizer):
+    """AdamW with lazy, row-wise moments and per-row step sizes scaled by hit frequency.
+
+    Args:
+        params: parameters or param-group dicts, as for any ``torch.optim`` optimizer.
+        lr: learning rate (default 1e-3).
+        betas: coefficients of the running averages of the gradient and its square
+            (default ``(0.9, 0.999)``).
+        eps: term added to the denominator (default 1e-8).
+        weight_decay: decoupled weight decay coefficient, as in AdamW (default 1e-2).
+        row_wise: treat each row (dim 0) of parameters with two or more dimensions lazily
+            (default True). ``False`` makes the group plain AdamW.
+        row_scale_power: exponent ``p`` of the per-row step-size multiplier
+            ``min(max_row_scale, hit_rate ** -p)``, where ``hit_rate`` is the share of the
+            parameter's steps in which the row was touched (default 0.5; 0 disables the scaling).
+        max_row_scale: upper bound of that multiplier (default 10.0, must be >= 1).
+        decay_rows: which rows of a row-wise parameter weight decay shrinks each step:
+            ``"touched"`` (default: only rows with a gradient, so untouched rows stay exactly put)
+            or ``"all"`` (every row, every step, like AdamW).
+        foreach: update all tensors of a group with ``torch._foreach_*`` kernels (default: on
+            CUDA tensors only). The result is the same either way.
+
+    Gradients may be dense (``nn.Embedding`` default) or sparse (``nn.Embedding(sparse=True)``);
+    a sparse gradient's listed rows count as touched. ``state_dict()`` holds, per parameter,
+    ``step``, ``exp_avg``, ``exp_avg_sq`` and, for row-wise parameters, ``row_step`` (float32
+    count of touched steps per row, kept in float32 even for low-precision parameters).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        row_wise: bool = True,
+        row_scale_power: float = 0.5,
+        max_row_scale: float = 10.0,
+        decay_rows: str = "touched",
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "row_wise": row_wise,
+            "row_scale_power": row_scale_power,
+            "max_row_scale": max_row_scale,
+            "decay_rows": decay_rows,
+            "foreach": foreach,
+        }
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (as ``torch.optim.Optimizer.add_param_group``), validating its settings."""
+        super().add_param_group(param_group)
+        self._validate_group(self.param_groups[-1])
+
+    @staticmethod
+    def _validate_group(group: dict[str, Any]) -> None:
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            if lr.numel() != 1:
+                raise ValueError("GeoAdamW: a tensor `lr` must have one element")
+        else:
+            _check_float("lr", lr, 0.0, float("inf"))
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"GeoAdamW: `betas` must be a pair (beta1, beta2), got {betas!r}")
+        _check_float("betas[0]", betas[0], 0.0, 1.0)
+        _check_float("betas[1]", betas[1], 0.0, 1.0)
+        if betas[0] >= 1.0 or betas[1] >= 1.0:
+            raise ValueError(f"GeoAdamW: `betas` must each be in [0, 1), got {tuple(betas)}")
+        _check_float("eps", group["eps"], 0.0, float("inf"))
+        _check_float("weight_decay", group["weight_decay"], 0.0, float("inf"))
+        _check_float("row_scale_power", group["row_scale_power"], 0.0, 4.0)
+        _check_float("max_row_scale", group["max_row_scale"], 1.0, float("inf"))
+        if not isinstance(group["row_wise"], bool):
+            raise TypeError(f"GeoAdamW: `row_wise` must be a bool, got {group['row_wise']!r}")
+        if group["decay_rows"] not in DECAY_ROWS:
+            raise ValueError(f"GeoAdamW: `decay_rows` must be one of {DECAY_ROWS}, got {group['decay_rows']!r}")
+        if not (group["foreach"] is None or isinstance(group["foreach"], bool)):
+            raise TypeError(f"GeoAdamW: `foreach` must be None or a bool, got {group['foreach']!r}")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; ``row_step`` counts stay float32 whatever the parameter dtype."""
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        row_steps = {
+            pid: state_dict["state"][pid]["row_step"]
+            for pid in saved_ids
+            if pid in state_dict["state"] and "row_step" in state_dict["state"][pid]
+        }
+        super().load_state_dict(state_dict)
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        for pid, param in zip(saved_ids, params, strict=True):
+            if pid in row_steps:
+                self.state[param]["row_step"] = row_steps[pid].to(device=param.device, dtype=torch.float32)
+
+    def row_hit_counts(self, param: Tensor) -> Tensor | None:
+        """How many steps each row of ``param`` was touched (float32, shape ``[rows]``), or None.
+
+        None when ``param`` is not row-wise or has not stepped yet.
+        """
+        state = self.state.get(param, {})
+        rows = state.get("row_step")
+        return None if rows is None else rows.clone()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            dense: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self._init_state(param, group)
+                if param.grad.is_sparse:
+                    self._sparse_step(param, param.grad, state, group)
+                else:
+                    dense.append((param, param.grad, state))
+            if dense:
+                self._dense_step(dense, group)
+        return loss
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if group["row_wise"] and param.dim() >= 2:
+                state["row_step"] = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
+        if param.grad is not None and param.grad.is_sparse and "row_step" not in state:
+            raise RuntimeError("GeoAdamW: sparse gradients need `row_wise=True` for their parameter's group")
+        return state
+
+    @staticmethod
+    def _row_scale(row_step: Tensor, step: Tensor, group: dict[str, Any]) -> Tensor:
+        power = group["row_scale_power"]
+        if power == 0.0:
+            return torch.ones_like(row_step)
+        hit_rate = (row_step / step.to(row_step.device)).clamp_min(_TINY)
+        return hit_rate.pow(-power).clamp_max(group["max_row_scale"])
+
+    def _row_factors(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> tuple:
+        """Per-row (or scalar) factors: decay, lerp weight of exp_avg, beta2, step size, sqrt(bias corr. 2).
+
+        Untouched rows get decay 1 (or AdamW's with ``decay_rows="all"``), lerp weight 0, beta2 1 and
+        step size 0, so neither their moments nor their values change.
+        """
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        wd = group["weight_decay"]
+        state["step"] += 1
+        if "row_step" not in state:
+            step = float(state["step"])
+            bc1 = 1.0 - beta1**step
+            bc2_sqrt = (1.0 - beta2**step) ** 0.5
+            one = torch.ones((), dtype=param.dtype, device=param.device)
+            return (
+                one * (1.0 - lr * wd),
+                one * (1.0 - beta1),
+                one * beta2,
+                one * (lr / bc1),
+                one * bc2_sqrt,
+            )
+        shape = (-1,) + (1,) * (param.dim() - 1)
+        touched = grad.ne(0).flatten(1).any(dim=1)
+        row_step = state["row_step"]
+        row_step += touched
+        # Row factors in float64 so the bias corrections match AdamW's Python-float arithmetic.
+        touched_f = touched.to(torch.float64)
+        row_step = row_step.to(torch.float64)
+        bc1 = (1.0 - beta1**row_step).clamp_min(_TINY)
+        bc2_sqrt = (1.0 - beta2**row_step).sqrt().clamp_min(_TINY)
+        step_size = touched_f * lr * self._row_scale(row_step, state["step"], group) / bc1
+        decayed = torch.ones_like(touched_f) if group["decay_rows"] == "all" else touched_f
+        decay = 1.0 - lr * wd * decayed
+        beta1_weight = (1.0 - beta1) * touched_f
+        beta2_rows = torch.where(touched, beta2, 1.0)
+
+        def rows(t: Tensor) -> Tensor:
+            return t.view(shape).to(param.dtype)
+
+        return rows(decay), rows(beta1_weight), rows(beta2_rows), rows(step_size), rows(bc2_sqrt)
+
+    def _dense_step(self, items: list[tuple[Tensor, Tensor, dict[str, Any]]], group: dict[str, Any]) -> None:
+        beta2 = group["betas"][1]
+        params = [p for p, _, _ in items]
+        grads = [g for _, g, _ in items]
+        exp_avgs = [s["exp_avg"] for _, _, s in items]
+        exp_avg_sqs = [s["exp_avg_sq"] for _, _, s in items]
+        factors = [self._row_factors(p, g, s, group) for p, g, s in items]
+        decays, beta1_weights, beta2s, step_sizes, bc2_sqrts = (list(f) for f in zip(*factors, strict=True))
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = all(p.is_cuda for p in params)
+        if foreach:
+            torch._foreach_mul_(params, decays)
+            torch._foreach_lerp_(exp_avgs, grads, beta1_weights)
+            torch._foreach_mul_(exp_avg_sqs, beta2s)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denoms, bc2_sqrts)
+            torch._foreach_add_(denoms, group["eps"])
+            updates = torch._foreach_mul(exp_avgs, step_sizes)
+            torch._foreach_div_(updates, denoms)
+            torch._foreach_sub_(params, updates)
+            return
+        for i, param in enumerate(params):
+            param.mul_(decays[i])
+            exp_avgs[i].lerp_(grads[i], beta1_weights[i])
+            exp_avg_sqs[i].mul_(beta2s[i]).addcmul_(grads[i], grads[i], value=1.0 - beta2)
+            denom = exp_avg_sqs[i].sqrt().div_(bc2_sqrts[i]).add_(group["eps"])
+            param.sub_(exp_avgs[i].mul(step_sizes[i]).div_(denom))
+
+    def _sparse_step(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Update only the rows a sparse gradient lists (``nn.Embedding(sparse=True)``)."""
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        wd = group["weight_decay"]
+        grad = grad.coalesce()
+        if grad.sparse_dim() != 1:
+            raise RuntimeError("GeoAdamW: sparse gradients must be sparse along dim 0 only (as nn.Embedding's)")
+        index = grad.indices()[0]
+        values = grad.values()
+        state["step"] += 1
+        row_step = state["row_step"]
+        row_step[index] += 1
+        shape = (-1,) + (1,) * (param.dim() - 1)
+        if wd and group["decay_rows"] == "all":
+            param.mul_(1.0 - lr * wd)
+        rows_step = row_step[index].to(torch.float64)
+        exp_avg = state["exp_avg"][index].lerp_(values, 1.0 - beta1)
+        exp_avg_sq = state["exp_avg_sq"][index].mul_(beta2).addcmul_(values, values, value=1.0 - beta2)
+        state["exp_avg"].index_copy_(0, index, exp_avg)
+        state["exp_avg_sq"].index_copy_(0, index, exp_avg_sq)
+        step_size = lr * self._row_scale(rows_step, state["step"], group) / (1.0 - beta1**rows_step)
+        bc2_sqrt = (1.0 - beta2**rows_step).sqrt()
+        denom = exp_avg_sq.sqrt().div_(bc2_sqrt.view(shape).to(param.dtype)).add_(group["eps"])
+        rows = param[index]
+        if wd and group["decay_rows"] == "touched":
+            rows.mul_(1.0 - lr * wd)
+        rows.sub_(exp_avg.mul(step_size.view(shape).to(param.dtype)).div_(denom))
+        param.index_copy_(0, index, rows)
