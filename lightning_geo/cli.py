@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import NoReturn
 
-from lightning_geo.demo.config import PRECISIONS, DemoConfig
+from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, PRECISIONS, DemoConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(DemoConfig)}
 
@@ -47,7 +47,7 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train a small GPT-style character language model with a plain Lightning loop (AdamW, warmup + "
             "cosine LR, gradient clipping). Logs train/val loss and bits per character to TensorBoard, prints "
-            "a summary table and writes loss_curves.png beside the event files. "
+            "a summary table and writes loss_curves.png beside the event files. --geo adds the GEO parts. "
             "View with: tensorboard --logdir runs"
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -75,6 +75,11 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--out", metavar="DIR", default=_DEFAULTS["out"], help="TensorBoard root folder")
     add("--name", default=_DEFAULTS["name"], help="run name: logs go to OUT/NAME/version_N")
     add("--seed", type=int, default=_DEFAULTS["seed"], help="random seed")
+    add(
+        "--geo",
+        action="store_true",
+        help="train with the GEO parts that have landed: " + "; ".join(GEO_PARTS_IN_DEMO),
+    )
     add("--no-progress-bar", dest="progress_bar", action="store_false", help="hide Lightning's progress bar")
 
 

@@ -63,6 +63,25 @@ def test_demo_leaves_event_files_and_a_plot(tmp_path, text_folder, capsys):
     assert "Traceback" not in err
 
 
+def test_geo_flag_trains_with_geo_adamw_and_logs_sparsity(tmp_path, text_folder, capsys):
+    code, out, err = _run_main(_demo_argv(text_folder, tmp_path / "runs", "--geo"), capsys)
+    assert code == 0, err
+    assert "GeoAdamW + SparsityAwareLR" in out
+    (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"geo/sparsity/model.wte.weight/row_density", "geo/sparsity/model.wte.weight/lr_multiplier"} <= tags
+    assert "geo/sparsity/model.wte.weight/row_hits" in acc.Tags()["histograms"]
+    train_loss = [e.value for e in acc.Scalars("train/loss")]
+    assert train_loss[-1] < train_loss[0]
+
+
+def test_plain_demo_says_it_used_no_geo_part(tmp_path, text_folder, capsys):
+    code, out, _ = _run_main(_demo_argv(text_folder, tmp_path / "runs", "--steps", "2"), capsys)
+    assert code == 0 and "none (plain Lightning; add --geo)" in out
+
+
 def test_time_cap_stops_early_and_still_validates_the_final_weights(tmp_path, text_folder, capsys):
     argv = _demo_argv(text_folder, tmp_path, "--steps", "1000", "--max-minutes", "0.0005")
     code, out, err = _run_main(argv, capsys)

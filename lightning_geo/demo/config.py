@@ -9,6 +9,10 @@ PRECISIONS: tuple[str, ...] = ("32-true", "16-mixed", "bf16-mixed", "16-true", "
 """Precision strings the demo accepts (Lightning's own names)."""
 
 
+GEO_PARTS_IN_DEMO: tuple[str, ...] = ("sparsity: GeoAdamW + SparsityAwareLR",)
+"""What ``--geo`` adds to the plain Lightning run, one entry per landed GEO part."""
+
+
 @dataclass
 class DemoConfig:
     """Everything the demo run takes; the command-line flags map one-to-one onto these fields."""
@@ -34,6 +38,7 @@ class DemoConfig:
     seed: int = 0  # seeds model init and data order
     progress_bar: bool = True  # Lightning's progress bar
     sample_chars: int = 160  # characters to sample from the trained model for the summary (0: none)
+    geo: bool = False  # train with the GEO parts that have landed (see GEO_PARTS_IN_DEMO)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "n_layer", "n_head", "n_embd", "devices", "val_every"):

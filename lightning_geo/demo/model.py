@@ -18,6 +18,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from lightning_geo.optim import GeoAdamW
+
 LN2 = math.log(2.0)
 
 
@@ -132,6 +134,10 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+OPTIMIZERS: tuple[str, ...] = ("adamw", "geo_adamw")
+"""Optimizers the demo model can train with."""
+
+
 class CharLanguageModel(pl.LightningModule):
     """Next-character prediction with :class:`CharGPT`, AdamW and a warmup + cosine schedule.
 
@@ -151,6 +157,8 @@ class CharLanguageModel(pl.LightningModule):
             norms or biases). Default 0.1.
         warmup_steps: Linear LR warmup, in optimizer steps. Default 50.
         max_steps: Length of the cosine schedule, in optimizer steps. Default 1000.
+        optimizer: ``"adamw"`` (default, ``torch.optim.AdamW``) or ``"geo_adamw"``
+            (:class:`~lightning_geo.optim.GeoAdamW`: lazy rows for the embedding), same settings.
     """
 
     def __init__(
@@ -166,8 +174,11 @@ class CharLanguageModel(pl.LightningModule):
         weight_decay: float = 0.1,
         warmup_steps: int = 50,
         max_steps: int = 1000,
+        optimizer: str = "adamw",
     ) -> None:
         super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
         if lr <= 0:
             raise ValueError(f"lr={lr!r} must be positive")
         if weight_decay < 0:
@@ -214,7 +225,8 @@ class CharLanguageModel(pl.LightningModule):
         for module in self.model.modules():
             for name, param in module.named_parameters(recurse=False):
                 (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(param)
-        optimizer = torch.optim.AdamW(
+        optimizer_class = GeoAdamW if self.hparams.optimizer == "geo_adamw" else torch.optim.AdamW
+        optimizer = optimizer_class(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
