@@ -250,3 +250,17 @@ def test_two_ranks_agree_on_statistics_and_multipliers(tmp_path):
     assert rank0 == rank1
     assert 0.0 < rank0["row_density"]["emb.weight"] < 0.5 and rank0["multipliers"]["emb.weight"] > 1.0
     assert sum(rank0["hits"]) > 0 and len(rank0["lrs"]) == 2
+
+
+def test_untracked_parameters_are_measured_on_logging_steps_only(tmp_path):
+    sparsity = SparsityAwareLR()
+    trainer, model = _fit(tmp_path, [sparsity], log_every_n_steps=3)
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert len(scalars["geo/sparsity/out.weight/row_density"]) == 2  # steps 3 and 6
+    assert len(scalars["geo/sparsity/emb.weight/lr_multiplier"]) == 2
+    # The tracked embedding is measured every step: its hit counts cover all 6 batches.
+    tokens = model.train_dataloader().dataset.tensors[0]
+    expected = torch.zeros(model.vocab, dtype=torch.int64)
+    for batch in tokens[:48].split(8):
+        expected[batch.unique()] += 1
+    assert torch.equal(sparsity.tracker.hit_counts["emb.weight"], expected)

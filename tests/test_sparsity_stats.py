@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from lightning_geo.callbacks import GradientSparsityTracker
-from lightning_geo.callbacks.sparsity_stats import gradient_densities, gradient_touched_rows
+from lightning_geo.callbacks.sparsity_stats import gradient_densities
 from lightning_geo.optim.param_groups import isolate_parameters
+from lightning_geo.optim.rows import touched_rows
 
 
 def test_densities_of_hand_built_gradients():
@@ -32,7 +33,7 @@ def test_densities_of_hand_built_gradients():
 def test_sparse_gradient_rows_are_the_listed_ones():
     emb = nn.Embedding(8, 3, sparse=True)
     emb(torch.tensor([2, 2, 5])).sum().backward()
-    assert gradient_touched_rows(emb.weight.grad).tolist() == [i in (2, 5) for i in range(8)]
+    assert touched_rows(emb.weight.grad).tolist() == [i in (2, 5) for i in range(8)]
     rows, elements, _ = gradient_densities(emb.weight.grad)
     assert rows == pytest.approx(2 / 8) and elements == pytest.approx(6 / 24)
 

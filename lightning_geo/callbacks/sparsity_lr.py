@@ -12,10 +12,11 @@ What it does, step by step:
    too). LR schedulers are told about the new groups, so they schedule them exactly as before.
    The split depends only on the model's structure, so a resumed run rebuilds the same groups
    before Lightning loads the optimizer state.
-2. **Before every optimizer step** it measures, for every parameter with a gradient, the share of
-   rows (dim 0) and of elements whose gradient is non-zero, kept as moving averages (see
-   :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and the per-row hit
-   counts of tracked parameters. Each tracked group's LR is then multiplied by::
+2. **Before every optimizer step** it measures, for each tracked parameter, the share of rows
+   (dim 0) and of elements whose gradient is non-zero, kept as moving averages (see
+   :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and its per-row hit
+   counts. The other parameters feed only the log, so they are measured on logging steps
+   (``log_every_n_steps``) only. Each tracked group's LR is then multiplied by::
 
        multiplier = min(max_multiplier, max(1, row_density ** -power))
 
@@ -56,9 +57,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 
-from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker, gradient_touched_rows
+from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker
 from lightning_geo.optim.geo_adamw import GeoAdamW
 from lightning_geo.optim.param_groups import isolate_parameters
+from lightning_geo.optim.rows import touched_rows
 from lightning_geo.utils import is_log_step, log_geo_histogram, log_geo_scalars, reduce_tensor
 
 DECAY_ROWS = ("all", "touched")
@@ -96,8 +98,9 @@ class SparsityAwareLR(pl.Callback):
         power: exponent of the density rule above (default 0.5; 0 gives multiplier 1).
         max_multiplier: upper bound of a multiplier (default 10.0, >= 1).
         ema: weight of the old value in the density moving averages, in [0, 1) (default 0.9).
-        every_n_steps: measure every n optimizer steps (default 1); multipliers keep the last
-            measurement in between. The measurement costs one pass over each gradient.
+        every_n_steps: measure the tracked parameters every n optimizer steps (default 1);
+            multipliers keep the last measurement in between. A measurement costs two row
+            reductions over the gradient plus a non-zero count over its touched rows.
         decay_rows: ``"all"`` (default, the optimizer decays as usual) or ``"touched"`` (decoupled
             weight decay on tracked parameters only for rows with a gradient; see module docs).
         scale_lr: set LR multipliers (default True); False only measures and logs.
@@ -145,6 +148,7 @@ class SparsityAwareLR(pl.Callback):
         self.tracked: tuple[str, ...] = ()
         self.multipliers: dict[str, float] = {}
         self._names: dict[int, str] = {}
+        self._optimizer_names: dict[int, list[str]] = {}
         self._groups: dict[int, list[tuple[int, str]]] = {}  # id(optimizer) -> [(group index, name)]
         self._scaling_optimizers: set[int] = set()
         self._scaled_names: set[str] = set()
@@ -185,6 +189,7 @@ class SparsityAwareLR(pl.Callback):
             self.tracker.load_state_dict(self._loaded_state["tracker"])
             self._loaded_state = None
         self._names = {id(p): n for n, p in pl_module.named_parameters()}
+        self._optimizer_names = {}
         by_name = dict(pl_module.named_parameters())
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         self._groups, self._scaling_optimizers, self._scaled_names = {}, set(), set()
@@ -225,9 +230,18 @@ class SparsityAwareLR(pl.Callback):
         """Measure sparsity, set this step's LR multipliers and (optionally) decay touched rows only."""
         if self.tracker is None:
             return
-        names = [self._names[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in self._names]
-        if trainer.global_step % self.every_n_steps == 0:
-            current = self.tracker.measure(names)
+        names = self._optimizer_names.get(id(optimizer))
+        if names is None:
+            names = [self._names[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in self._names]
+            self._optimizer_names[id(optimizer)] = names
+        # Tracked parameters drive the multipliers: every `every_n_steps`. The others only feed the log, so
+        # they are measured on logging steps only (their averages run over those steps).
+        logging = bool(trainer.loggers) and is_log_step(trainer)
+        measure = [n for n in names if n in self.tracked] if trainer.global_step % self.every_n_steps == 0 else []
+        if logging:
+            measure = names
+        if measure:
+            current = self.tracker.measure(measure)
             reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
             self.tracker.update(current, reduce=reduce)
             for name in self.tracked:
@@ -237,7 +251,8 @@ class SparsityAwareLR(pl.Callback):
                     )
         if id(optimizer) in self._scaling_optimizers and not _step_will_be_skipped(trainer, optimizer):
             self._apply(optimizer)
-        self._log(trainer, names)
+        if logging:
+            self._log(trainer, names)
 
     def _apply(self, optimizer: Optimizer) -> None:
         pending = self._pending.setdefault(id(optimizer), [])
@@ -256,7 +271,7 @@ class SparsityAwareLR(pl.Callback):
                     for param in group["params"]:
                         if param.grad is None:
                             continue
-                        touched = gradient_touched_rows(param.grad).to(param.dtype)
+                        touched = touched_rows(param.grad).to(param.dtype)
                         shape = (-1,) + (1,) * max(param.dim() - 1, 0)
                         param.mul_((1.0 - float(group["lr"]) * weight_decay * touched).view(shape))
 
@@ -280,8 +295,6 @@ class SparsityAwareLR(pl.Callback):
                     )
 
     def _log(self, trainer: pl.Trainer, names: list[str]) -> None:
-        if self.tracker is None or not is_log_step(trainer):
-            return
         values: dict[str, float] = {}
         for name in names:
             if name in self.tracker.row_density:

@@ -33,6 +33,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_geo.optim.rows import touched_rows
+
 DECAY_ROWS = ("touched", "all")
 
 # Bias corrections of rows never touched are 0; clamping them keeps 0 / 0 out of the arithmetic
@@ -226,7 +228,7 @@ class GeoAdamW(Optimizer):
                 one * bc2_sqrt,
             )
         shape = (-1,) + (1,) * (param.dim() - 1)
-        touched = grad.ne(0).flatten(1).any(dim=1)
+        touched = touched_rows(grad)
         row_step = state["row_step"]
         row_step += touched
         # Row factors in float64 so the bias corrections match AdamW's Python-float arithmetic.
