@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_geo.optim import GeoAdamW
+from lightning_geo.optim import GeoAdamW, geo_adamw
 
 
 def _dense_model() -> nn.Module:
@@ -38,7 +38,10 @@ def test_equals_adamw_on_dense_fully_touched_parameters(foreach, decay_rows):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
 
 
-def test_untouched_rows_keep_values_and_moments_while_adamw_drifts():
+@pytest.mark.parametrize("path", ["rows", "whole"])
+def test_untouched_rows_keep_values_and_moments_while_adamw_drifts(path, monkeypatch):
+    if path == "whole":
+        monkeypatch.setattr(geo_adamw, "_ROW_PATH_MAX_DENSITY", -1.0)
     torch.manual_seed(0)
     geo_emb, adamw_emb = nn.Embedding(10, 4), nn.Embedding(10, 4)
     adamw_emb.load_state_dict(geo_emb.state_dict())
@@ -63,7 +66,10 @@ def test_untouched_rows_keep_values_and_moments_while_adamw_drifts():
     assert (adamw_emb.weight.detach()[1] - adamw_before).abs().max() > 0.5
 
 
-def test_decay_rows_all_shrinks_untouched_rows_by_adamw_decay_only():
+@pytest.mark.parametrize("path", ["rows", "whole"])
+def test_decay_rows_all_shrinks_untouched_rows_by_adamw_decay_only(path, monkeypatch):
+    if path == "whole":
+        monkeypatch.setattr(geo_adamw, "_ROW_PATH_MAX_DENSITY", -1.0)
     emb = nn.Embedding(6, 3)
     opt = GeoAdamW(emb.parameters(), lr=0.1, weight_decay=0.5, decay_rows="all")
     emb(torch.tensor([0])).sum().backward()
@@ -125,6 +131,26 @@ def test_sparse_gradients_match_dense_gradients():
         assert torch.equal(opt_sparse.state[sparse.weight]["row_step"], opt_dense.state[dense.weight]["row_step"])
 
 
+@pytest.fixture
+def whole_tensor_path(monkeypatch):
+    """Route every dense gradient through the masked whole-tensor update instead of the row-by-row one."""
+    monkeypatch.setattr(geo_adamw, "_ROW_PATH_MAX_DENSITY", -1.0)
+
+
+def test_row_by_row_and_whole_tensor_updates_agree(monkeypatch):
+    generator = torch.Generator().manual_seed(4)
+    tokens = [(torch.rand(4, generator=generator) ** 2 * 11).long() for _ in range(40)]
+    results = []
+    for max_density in (1.0, -1.0):  # every dense gradient row by row; then none
+        monkeypatch.setattr(geo_adamw, "_ROW_PATH_MAX_DENSITY", max_density)
+        model = _dense_model()
+        _train(model, GeoAdamW(model.parameters(), lr=0.02, weight_decay=0.1), 40, tokens)
+        results.append(list(model.parameters()))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.usefixtures("whole_tensor_path")
 def test_foreach_and_single_tensor_paths_agree_with_untouched_rows():
     generator = torch.Generator().manual_seed(2)
     tokens = [(torch.rand(4, generator=generator) ** 2 * 11).long() for _ in range(30)]

@@ -37,6 +37,11 @@ from lightning_geo.optim.rows import touched_rows
 
 DECAY_ROWS = ("touched", "all")
 
+# A dense gradient touching at most this share of a parameter's rows is applied row by row (gather,
+# update, scatter); denser ones take the masked whole-tensor path. Same result either way.
+_ROW_PATH_MAX_DENSITY = 0.5
+_DENSITY_RECHECK = 64  # steps between density checks of a parameter last seen dense
+
 # Bias corrections of rows never touched are 0; clamping them keeps 0 / 0 out of the arithmetic
 # (such rows get a step size of exactly 0 anyway).
 _TINY = 1e-30
@@ -179,6 +184,8 @@ class GeoAdamW(Optimizer):
                 state = self._init_state(param, group)
                 if param.grad.is_sparse:
                     self._sparse_step(param, param.grad, state, group)
+                elif (index := self._few_touched_rows(param.grad, state)) is not None:
+                    self._rows_step(param, index, param.grad.index_select(0, index), state, group)
                 else:
                     dense.append((param, param.grad, state))
             if dense:
@@ -277,16 +284,37 @@ class GeoAdamW(Optimizer):
             denom = exp_avg_sqs[i].sqrt().div_(bc2_sqrts[i]).add_(group["eps"])
             param.sub_(exp_avgs[i].mul(step_sizes[i]).div_(denom))
 
+    @staticmethod
+    def _few_touched_rows(grad: Tensor, state: dict[str, Any]) -> Tensor | None:
+        """Indices of the touched rows of a dense gradient when they are few enough to update alone.
+
+        Updating only the touched rows (gather, update, scatter) costs in proportion to them, not to
+        the whole parameter. Finding how many there are needs a device sync, so a parameter last seen
+        dense (a linear layer's weight) is re-checked only every ``_DENSITY_RECHECK`` steps.
+        """
+        if "row_step" not in state:
+            return None
+        last = state.get("row_density")
+        if last is not None and last > _ROW_PATH_MAX_DENSITY and int(state["step"]) % _DENSITY_RECHECK:
+            return None
+        index = touched_rows(grad).nonzero().squeeze(1)
+        state["row_density"] = index.numel() / max(grad.shape[0], 1)
+        return index if state["row_density"] <= _ROW_PATH_MAX_DENSITY else None
+
     def _sparse_step(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Update only the rows a sparse gradient lists (``nn.Embedding(sparse=True)``)."""
-        lr = float(group["lr"])
-        beta1, beta2 = group["betas"]
-        wd = group["weight_decay"]
         grad = grad.coalesce()
         if grad.sparse_dim() != 1:
             raise RuntimeError("GeoAdamW: sparse gradients must be sparse along dim 0 only (as nn.Embedding's)")
-        index = grad.indices()[0]
-        values = grad.values()
+        self._rows_step(param, grad.indices()[0], grad.values(), state, group)
+
+    def _rows_step(
+        self, param: Tensor, index: Tensor, values: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> None:
+        """Update the rows ``index`` (unique) of ``param`` whose gradient rows are ``values``; others stay."""
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        wd = group["weight_decay"]
         state["step"] += 1
         row_step = state["row_step"]
         row_step[index] += 1
