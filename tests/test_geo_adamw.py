@@ -86,7 +86,9 @@ def test_decay_rows_all_shrinks_untouched_rows_by_adamw_decay_only(path, monkeyp
 def test_row_bias_correction_and_frequency_scaling():
     """A row first touched at step k takes a full Adam step lr * min(max_scale, (1 / k) ** -power)."""
     emb = nn.Embedding(4, 2)
-    opt = GeoAdamW(emb.parameters(), lr=0.01, weight_decay=0.0, eps=1e-12, row_scale_power=0.5, max_row_scale=3.0)
+    opt = GeoAdamW(
+        emb.parameters(), lr=0.01, weight_decay=0.0, eps=1e-12, row_scale_power=0.5, max_row_scale=3.0, density_power=0
+    )
     for step in range(1, 17):
         rows = torch.tensor([0]) if step not in (4, 16) else torch.tensor([0, 1 if step == 4 else 2])
         before = emb.weight.detach().clone()
@@ -103,13 +105,31 @@ def test_row_bias_correction_and_frequency_scaling():
 
 def test_power_zero_disables_row_scaling():
     emb = nn.Embedding(4, 2)
-    opt = GeoAdamW(emb.parameters(), lr=0.01, weight_decay=0.0, eps=1e-12, row_scale_power=0.0)
+    opt = GeoAdamW(emb.parameters(), lr=0.01, weight_decay=0.0, eps=1e-12, row_scale_power=0.0, density_power=0.0)
     for step in range(1, 9):
         before = emb.weight.detach().clone()
         emb(torch.tensor([0] if step < 8 else [0, 3])).sum().backward()
         opt.step()
         opt.zero_grad()
     torch.testing.assert_close((before - emb.weight.detach()).abs()[3], torch.full((2,), 0.01))
+
+
+@pytest.mark.parametrize("path", ["rows", "whole"])
+def test_parameter_density_factor(path, monkeypatch):
+    """A parameter touching a quarter of its rows per step takes 0.25 ** -0.5 = 2x steps (EMA of a constant)."""
+    if path == "whole":
+        monkeypatch.setattr(geo_adamw, "_ROW_PATH_MAX_DENSITY", -1.0)
+    emb = nn.Embedding(8, 2)
+    opt = GeoAdamW(emb.parameters(), lr=0.01, weight_decay=0.0, eps=1e-12, row_scale_power=0.0)
+    for step in range(6):
+        before = emb.weight.detach().clone()
+        emb(torch.tensor([0, 1] if step % 2 == 0 else [2, 3])).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        moved = (before - emb.weight.detach()).abs()
+        assert torch.allclose(moved[[0, 1] if step % 2 == 0 else [2, 3]], torch.full((2, 2), 0.02))
+        assert moved[4:].abs().sum() == 0
+    assert opt.state[emb.weight]["density_ema"].item() == pytest.approx(0.25)
 
 
 def test_sparse_gradients_match_dense_gradients():
@@ -191,6 +211,7 @@ def test_row_step_stays_float32_for_low_precision_parameters():
     row_step = fresh.state[emb.weight]["row_step"]
     assert row_step.dtype == torch.float32 and row_step[0].item() == 1001.0
     assert fresh.state[emb.weight]["exp_avg"].dtype == torch.bfloat16
+    assert fresh.state[emb.weight]["density_ema"].dtype == torch.float32
     assert fresh.row_hit_counts(emb.weight)[1].item() == 3.0
 
 

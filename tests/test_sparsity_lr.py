@@ -143,7 +143,7 @@ def test_with_geo_adamw_it_measures_but_does_not_scale(tmp_path, caplog):
     model = TinyTextModel(optimizer=GeoAdamW, schedule="lambda")
     with caplog.at_level("INFO"):
         trainer, _ = _fit(tmp_path, [sparsity], model)
-    assert "GeoAdamW, which scales steps per row already" in caplog.text
+    assert "GeoAdamW, which scales steps by row frequency and parameter density already" in caplog.text
     assert len(trainer.optimizers[0].param_groups) == 1
     scalars = read_scalars(trainer.logger.log_dir)
     assert {v for _, v in scalars["geo/sparsity/emb.weight/lr_multiplier"]} == {1.0}

@@ -41,8 +41,9 @@ Logged under ``geo/sparsity/`` (at Lightning's ``log_every_n_steps`` cadence): `
 and ``<param>/element_density`` for every parameter, ``<param>/lr_multiplier`` for tracked ones, and
 a histogram ``<param>/row_hits`` of per-row hit counts (TensorBoard only).
 
-With :class:`~lightning_geo.optim.GeoAdamW`, which already scales steps per row, the callback
-measures and logs but sets no multipliers (it says so once).
+With :class:`~lightning_geo.optim.GeoAdamW`, which applies the same density rule per parameter (and
+a row-frequency rule per row) itself, the callback measures and logs but sets no multipliers (it
+says so once).
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ class SparsityAwareLR(pl.Callback):
         for optimizer in trainer.optimizers:
             if isinstance(optimizer, GeoAdamW):
                 rank_zero_info(
-                    "SparsityAwareLR: the optimizer is GeoAdamW, which scales steps per row already; "
+                    "SparsityAwareLR: the optimizer is GeoAdamW, which scales steps by row frequency and "
+                    "parameter density already; "
                     "the callback measures and logs sparsity but sets no LR multipliers for it."
                 )
                 continue
