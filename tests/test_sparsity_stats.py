@@ -60,6 +60,17 @@ def test_tracker_ema_hit_counts_and_state_dict():
     assert torch.equal(restored.hit_counts["emb.weight"], tracker.hit_counts["emb.weight"])
 
 
+def test_element_count_can_be_skipped_and_keeps_the_previous_average():
+    weight = nn.Parameter(torch.zeros(4, 2))
+    tracker = GradientSparsityTracker([("w", weight)], ema=0.5)
+    weight.grad = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    tracker.update(tracker.measure())
+    weight.grad = torch.ones(4, 2)
+    tracker.update(tracker.measure(count_elements=False))
+    assert tracker.row_density["w"] == pytest.approx(0.5 * 0.25 + 0.5 * 1.0)
+    assert tracker.element_density["w"] == pytest.approx(1 / 8)
+
+
 def test_tracker_reduce_hook_replaces_the_local_values():
     weight = nn.Parameter(torch.zeros(4, 2))
     weight.grad = torch.zeros(4, 2)

@@ -13,10 +13,11 @@ What it does, step by step:
    The split depends only on the model's structure, so a resumed run rebuilds the same groups
    before Lightning loads the optimizer state.
 2. **Before every optimizer step** it measures, for each tracked parameter, the share of rows
-   (dim 0) and of elements whose gradient is non-zero, kept as moving averages (see
+   (dim 0) whose gradient is non-zero, kept as a moving average (see
    :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and its per-row hit
-   counts. The other parameters feed only the log, so they are measured on logging steps
-   (``log_every_n_steps``) only. Each tracked group's LR is then multiplied by::
+   counts. What feeds only the log (the share of non-zero elements, and every statistic of the
+   other parameters) is measured on logging steps (``log_every_n_steps``) only, so its averages
+   run over those steps. Each tracked group's LR is then multiplied by::
 
        multiplier = min(max_multiplier, max(1, row_density ** -power))
 
@@ -243,7 +244,7 @@ class SparsityAwareLR(pl.Callback):
         if logging:
             measure = names
         if measure:
-            current = self.tracker.measure(measure)
+            current = self.tracker.measure(measure, count_elements=logging)
             reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
             self.tracker.update(current, reduce=reduce)
             for name in self.tracked:
@@ -301,6 +302,7 @@ class SparsityAwareLR(pl.Callback):
         for name in names:
             if name in self.tracker.row_density:
                 values[f"{name}/row_density"] = self.tracker.row_density[name]
+            if name in self.tracker.element_density:
                 values[f"{name}/element_density"] = self.tracker.element_density[name]
         for name in self.tracked:
             if name in names and name in self.multipliers:

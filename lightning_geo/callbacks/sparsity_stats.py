@@ -15,6 +15,7 @@ plain training loop too::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
@@ -24,15 +25,17 @@ from torch import Tensor
 from lightning_geo.optim.rows import touched_rows
 
 
-def gradient_densities(grad: Tensor) -> tuple[float, float, Tensor]:
+def gradient_densities(grad: Tensor, *, count_elements: bool = True) -> tuple[float, float, Tensor]:
     """``(row_density, element_density, touched_rows)`` of one gradient, densities in [0, 1].
 
-    Cost: two row reductions over the gradient, plus a non-zero count over the touched rows only
-    (so a sparse embedding gradient is cheap to measure).
+    Cost: two row reductions over the gradient, plus (``count_elements``) a non-zero count over
+    the touched rows only. Without ``count_elements`` the element density is NaN (not measured).
     """
     touched = touched_rows(grad)
     num_touched = int(touched.sum())
-    if grad.is_sparse:
+    if not count_elements:
+        elements = float("nan")
+    elif grad.is_sparse:
         elements = int(grad.coalesce().values().count_nonzero())
     elif grad.dim() >= 2 and num_touched < touched.numel():
         elements = int(torch.count_nonzero(grad[touched]))
@@ -82,11 +85,15 @@ class GradientSparsityTracker:
         self.measurements = 0
         self.last_touched: dict[str, Tensor] = {}
 
-    def measure(self, names: Iterable[str] | None = None) -> dict[str, tuple[float, float]]:
+    def measure(
+        self, names: Iterable[str] | None = None, *, count_elements: bool = True
+    ) -> dict[str, tuple[float, float]]:
         """This step's ``{name: (row_density, element_density)}`` of every parameter with a gradient.
 
         Args:
             names: measure only these parameters (e.g. those of one optimizer); default all.
+            count_elements: also count non-zero elements (default True); otherwise the element
+                density is NaN and :meth:`update` keeps the previous average.
 
         Also remembers each hit-counted parameter's touched-row mask for :meth:`update`.
         """
@@ -96,7 +103,7 @@ class GradientSparsityTracker:
             param = self.parameters.get(name)
             if param is None or param.grad is None:
                 continue
-            rows, elements, touched = gradient_densities(param.grad)
+            rows, elements, touched = gradient_densities(param.grad, count_elements=count_elements)
             current[name] = (rows, elements)
             if name in self.hit_count_names:
                 self.last_touched[name] = touched
@@ -123,11 +130,11 @@ class GradientSparsityTracker:
         decay = self.ema
         for name in names:
             rows, elements = current[name]
-            if name in self.row_density:
-                self.row_density[name] = decay * self.row_density[name] + (1.0 - decay) * rows
-                self.element_density[name] = decay * self.element_density[name] + (1.0 - decay) * elements
-            else:
-                self.row_density[name], self.element_density[name] = rows, elements
+            old = self.row_density.get(name)
+            self.row_density[name] = rows if old is None else decay * old + (1.0 - decay) * rows
+            if not math.isnan(elements):  # NaN: not counted this time
+                old = self.element_density.get(name)
+                self.element_density[name] = elements if old is None else decay * old + (1.0 - decay) * elements
         for name, touched in self.last_touched.items():
             counts = self.hit_counts.get(name)
             if counts is None:
