@@ -264,3 +264,25 @@ def test_untracked_parameters_are_measured_on_logging_steps_only(tmp_path):
     for batch in tokens[:48].split(8):
         expected[batch.unique()] += 1
     assert torch.equal(sparsity.tracker.hit_counts["emb.weight"], expected)
+
+
+def test_looked_up_rows_give_the_same_statistics_as_the_gradient(tmp_path, monkeypatch):
+    from lightning_geo.callbacks import sparsity_lr
+
+    class WatchesLookups(pl.Callback):
+        def __init__(self, sparsity):
+            self.sparsity, self.seen = sparsity, []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen.append(self.sparsity._lookups is not None)
+
+    from_lookups = SparsityAwareLR()
+    watch = WatchesLookups(from_lookups)
+    _fit(tmp_path / "lookups", [from_lookups, watch], log_every_n_steps=2)
+    assert watch.seen == [True] * 6 and from_lookups._lookups is None  # hooks removed at the end of fit
+    monkeypatch.setattr(sparsity_lr, "lookup_trackable", lambda module, root: False)
+    from_gradient = SparsityAwareLR()
+    _fit(tmp_path / "gradient", [from_gradient], log_every_n_steps=2)
+    assert from_lookups.tracker.row_density == pytest.approx(from_gradient.tracker.row_density)
+    assert from_lookups.tracker.element_density == pytest.approx(from_gradient.tracker.element_density)
+    assert torch.equal(from_lookups.tracker.hit_counts["emb.weight"], from_gradient.tracker.hit_counts["emb.weight"])

@@ -153,3 +153,40 @@ def test_isolating_a_parameter_keeps_settings_state_and_schedule(schedule):
     # A parameter alone in its group stays there; one the optimizer does not hold is ignored.
     again = isolate_parameters(opt, [model[0].weight, nn.Parameter(torch.zeros(1))], [sched])
     assert again == {id(model[0].weight): 2} and len(opt.param_groups) == 4
+
+
+def test_lookup_recorder_counts_training_lookups_only_and_skips_padding():
+    from lightning_geo.callbacks.embedding_lookups import EmbeddingLookupRecorder
+
+    emb = nn.Embedding(6, 2, padding_idx=0)
+    recorder = EmbeddingLookupRecorder({"emb.weight": emb})
+    emb(torch.tensor([[0, 1], [1, 4]]))  # training forward
+    emb(torch.tensor([5]))  # a second micro-batch before the step (gradient accumulation)
+    with torch.no_grad():
+        emb(torch.tensor([2]))  # no gradient: not a touch
+    emb.eval()
+    emb(torch.tensor([3]))  # evaluation: not a touch
+    emb.train()
+    assert recorder.take("emb.weight").tolist() == [False, True, False, False, True, True]
+    assert recorder.take("emb.weight") is None  # taken: nothing new since
+    recorder.remove()
+    emb(torch.tensor([1]))
+    assert recorder.take("emb.weight") is None
+
+
+def test_lookups_are_used_only_where_they_equal_the_gradient():
+    from lightning_geo.callbacks.embedding_lookups import lookup_trackable
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, 3)
+            self.head = nn.Linear(3, 5, bias=False)
+            self.head.weight = self.emb.weight
+
+    tied = Tied()
+    assert not lookup_trackable(tied.emb, tied)  # the head gives every row a gradient
+    bag_max = nn.Sequential(nn.EmbeddingBag(5, 3, mode="max"))
+    assert not lookup_trackable(bag_max[0], bag_max)  # only the maximal rows get a gradient
+    plain = nn.Sequential(nn.EmbeddingBag(5, 3), nn.Linear(3, 2))
+    assert lookup_trackable(plain[0], plain) and not lookup_trackable(plain[1], plain)

@@ -56,9 +56,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_geo.callbacks.embedding_lookups import EmbeddingLookupRecorder, lookup_trackable
 from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker
 from lightning_geo.optim.geo_adamw import GeoAdamW
 from lightning_geo.optim.param_groups import isolate_parameters
@@ -157,6 +158,7 @@ class SparsityAwareLR(pl.Callback):
         self._pending: dict[int, list[tuple[dict[str, Any], str, Any, Any]]] = {}
         self._hooks: list[Any] = []
         self._loaded_state: dict[str, Any] | None = None
+        self._lookups: EmbeddingLookupRecorder | None = None
         self._warned_skipped_restore = False
 
     # ----------------------------------------------------------------- selection and set-up
@@ -191,6 +193,7 @@ class SparsityAwareLR(pl.Callback):
             self.tracker.load_state_dict(self._loaded_state["tracker"])
             self._loaded_state = None
         self._names = {id(p): n for n, p in pl_module.named_parameters()}
+        self._watch_lookups(pl_module)
         self._optimizer_names = {}
         by_name = dict(pl_module.named_parameters())
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
@@ -221,10 +224,24 @@ class SparsityAwareLR(pl.Callback):
         """Remove the optimizer hooks if fit ended abnormally."""
         self._remove_hooks()
 
+    def _watch_lookups(self, pl_module: pl.LightningModule) -> None:
+        if self._lookups is not None:
+            self._lookups.remove()
+        modules = {}
+        for name in self.tracked:
+            owner, _, leaf = name.rpartition(".")
+            module = pl_module.get_submodule(owner)
+            if leaf == "weight" and lookup_trackable(module, pl_module):
+                modules[name] = module
+        self._lookups = EmbeddingLookupRecorder(modules) if modules else None
+
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self._lookups is not None:
+            self._lookups.remove()
+            self._lookups = None
 
     # ----------------------------------------------------------------- the step
     def on_before_optimizer_step(
@@ -243,8 +260,9 @@ class SparsityAwareLR(pl.Callback):
         measure = [n for n in names if n in self.tracked] if trainer.global_step % self.every_n_steps == 0 else []
         if logging:
             measure = names
+        known = self._looked_up_rows(trainer, [n for n in names if n in self.tracked])
         if measure:
-            current = self.tracker.measure(measure, count_elements=logging)
+            current = self.tracker.measure(measure, count_elements=logging, touched=known)
             reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
             self.tracker.update(current, reduce=reduce)
             for name in self.tracked:
@@ -256,6 +274,23 @@ class SparsityAwareLR(pl.Callback):
             self._apply(optimizer)
         if logging:
             self._log(trainer, names)
+
+    def _looked_up_rows(self, trainer: pl.Trainer, names: list[str]) -> dict[str, Tensor]:
+        """Touched-row masks of tracked embeddings from their looked-up indices (taken every step).
+
+        Under DDP the gradient is the union of every rank's lookups, so the masks are OR-ed over ranks.
+        """
+        if self._lookups is None:
+            return {}
+        known = {}
+        for name in names:
+            mask = self._lookups.take(name)
+            if mask is None:
+                continue
+            if trainer.world_size > 1:
+                mask = reduce_tensor(trainer, mask.to(torch.float32), "max") > 0
+            known[name] = mask
+        return known
 
     def _apply(self, optimizer: Optimizer) -> None:
         pending = self._pending.setdefault(id(optimizer), [])

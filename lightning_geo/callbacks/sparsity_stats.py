@@ -25,13 +25,17 @@ from torch import Tensor
 from lightning_geo.optim.rows import touched_rows
 
 
-def gradient_densities(grad: Tensor, *, count_elements: bool = True) -> tuple[float, float, Tensor]:
+def gradient_densities(
+    grad: Tensor, *, count_elements: bool = True, touched: Tensor | None = None
+) -> tuple[float, float, Tensor]:
     """``(row_density, element_density, touched_rows)`` of one gradient, densities in [0, 1].
 
-    Cost: two row reductions over the gradient, plus (``count_elements``) a non-zero count over
-    the touched rows only. Without ``count_elements`` the element density is NaN (not measured).
+    Cost: two row reductions over the gradient (none when the caller knows the ``touched`` row
+    mask already, e.g. from an embedding's looked-up indices), plus (``count_elements``) a non-zero
+    count over the touched rows only. Without ``count_elements`` the element density is NaN.
     """
-    touched = touched_rows(grad)
+    if touched is None:
+        touched = touched_rows(grad)
     num_touched = int(touched.sum())
     if not count_elements:
         elements = float("nan")
@@ -86,7 +90,11 @@ class GradientSparsityTracker:
         self.last_touched: dict[str, Tensor] = {}
 
     def measure(
-        self, names: Iterable[str] | None = None, *, count_elements: bool = True
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        count_elements: bool = True,
+        touched: dict[str, Tensor] | None = None,
     ) -> dict[str, tuple[float, float]]:
         """This step's ``{name: (row_density, element_density)}`` of every parameter with a gradient.
 
@@ -94,6 +102,7 @@ class GradientSparsityTracker:
             names: measure only these parameters (e.g. those of one optimizer); default all.
             count_elements: also count non-zero elements (default True); otherwise the element
                 density is NaN and :meth:`update` keeps the previous average.
+            touched: ``{name: row mask}`` known without reading the gradient (looked-up rows).
 
         Also remembers each hit-counted parameter's touched-row mask for :meth:`update`.
         """
@@ -103,10 +112,12 @@ class GradientSparsityTracker:
             param = self.parameters.get(name)
             if param is None or param.grad is None:
                 continue
-            rows, elements, touched = gradient_densities(param.grad, count_elements=count_elements)
+            rows, elements, mask = gradient_densities(
+                param.grad, count_elements=count_elements, touched=(touched or {}).get(name)
+            )
             current[name] = (rows, elements)
             if name in self.hit_count_names:
-                self.last_touched[name] = touched
+                self.last_touched[name] = mask
         return current
 
     def update(

@@ -1,0 +1,80 @@
+"""Touched embedding rows from the looked-up indices instead of from the gradient.
+
+Finding the touched rows of a dense ``[vocab, dim]`` embedding gradient reads the whole gradient
+twice; the indices the embedding looked up say the same thing at a cost in proportion to the batch's
+tokens. :class:`EmbeddingLookupRecorder` records them with forward pre-hooks on ``nn.Embedding`` and
+``nn.EmbeddingBag`` modules: only forwards in training mode with gradients enabled count, and all of
+them since the last :meth:`~EmbeddingLookupRecorder.take` (so gradient accumulation is covered).
+
+A looked-up row is a touched row exactly when its gradient is non-zero, except where the loss
+ignores a lookup; so modules where that is structural are left to the gradient measurement:
+``EmbeddingBag(mode="max")`` (only the maximal rows get a gradient) and weights shared with another
+module (a tied output head makes every row's gradient non-zero). ``padding_idx`` never counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def lookup_trackable(module: nn.Module, root: nn.Module) -> bool:
+    """Whether ``module``'s touched rows can be read off its inputs (see the module docstring)."""
+    if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return False
+    if isinstance(module, nn.EmbeddingBag) and module.mode == "max":
+        return False
+    uses = Counter(id(p) for _, p in root.named_parameters(remove_duplicate=False))
+    return uses[id(module.weight)] == 1
+
+
+class EmbeddingLookupRecorder:
+    """Records the row indices that embedding modules look up during training forwards.
+
+    Args:
+        modules: ``{name: module}`` of ``nn.Embedding`` / ``nn.EmbeddingBag`` modules to watch,
+            keyed by the name their weight's statistics are kept under.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = dict(modules)
+        self._seen: dict[str, list[Tensor]] = {name: [] for name in self.modules}
+        self._handles = [
+            module.register_forward_pre_hook(self._recorder(name)) for name, module in self.modules.items()
+        ]
+
+    def _recorder(self, name: str) -> Any:
+        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if module.training and torch.is_grad_enabled() and args and isinstance(args[0], Tensor):
+                self._seen[name].append(args[0].detach().reshape(-1))
+
+        return record
+
+    def take(self, name: str) -> Tensor | None:
+        """The touched-row mask ``[rows]`` of ``name`` since the last call, or None if it looked nothing up."""
+        seen = self._seen.get(name)
+        if not seen:
+            return None
+        module = self.modules[name]
+        index = torch.cat(seen) if len(seen) > 1 else seen[0]
+        seen.clear()
+        touched = torch.zeros(module.weight.shape[0], dtype=torch.bool, device=module.weight.device)
+        touched[index.to(touched.device)] = True
+        if module.padding_idx is not None:
+            touched[module.padding_idx] = False
+        return touched
+
+    def clear(self) -> None:
+        """Forget what was recorded (e.g. the lookups of a step that was skipped)."""
+        for seen in self._seen.values():
+            seen.clear()
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()
