@@ -15,7 +15,8 @@ What it does, step by step:
 2. **Before every optimizer step** it measures, for each tracked parameter, the share of rows
    (dim 0) whose gradient is non-zero, kept as a moving average (see
    :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and its per-row hit
-   counts. What feeds only the log (the share of non-zero elements, and every statistic of the
+   counts (for an embedding, read off the indices it looked up: see
+   :mod:`~lightning_geo.callbacks.embedding_lookups`). What feeds only the log (the share of non-zero elements, and every statistic of the
    other parameters) is measured on logging steps (``log_every_n_steps``) only, so its averages
    run over those steps. Each tracked group's LR is then multiplied by::
 
