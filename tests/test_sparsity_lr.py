@@ -286,3 +286,23 @@ def test_looked_up_rows_give_the_same_statistics_as_the_gradient(tmp_path, monke
     assert from_lookups.tracker.row_density == pytest.approx(from_gradient.tracker.row_density)
     assert from_lookups.tracker.element_density == pytest.approx(from_gradient.tracker.element_density)
     assert torch.equal(from_lookups.tracker.hit_counts["emb.weight"], from_gradient.tracker.hit_counts["emb.weight"])
+
+
+class SkipsOddBatches(TinyTextModel):
+    """Returns None from training_step on odd batches: Lightning then takes no optimizer step for them."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return None if batch_idx % 2 else loss
+
+
+def test_lookups_of_a_skipped_step_do_not_leak_into_the_next(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    model = SkipsOddBatches()
+    sparsity = SparsityAwareLR()
+    tiny_trainer(tmp_path, callbacks=[sparsity], max_epochs=1, max_steps=-1).fit(model)
+    tokens = model.train_dataloader().dataset.tensors[0]
+    expected = torch.zeros(model.vocab, dtype=torch.int64)
+    for batch in tokens.split(8)[::2]:  # only the even batches stepped
+        expected[batch.unique()] += 1
+    assert torch.equal(sparsity.tracker.hit_counts["emb.weight"], expected)

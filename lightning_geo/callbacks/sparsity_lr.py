@@ -16,9 +16,9 @@ What it does, step by step:
    (dim 0) whose gradient is non-zero, kept as a moving average (see
    :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and its per-row hit
    counts (for an embedding, read off the indices it looked up: see
-   :mod:`~lightning_geo.callbacks.embedding_lookups`). What feeds only the log (the share of non-zero elements, and every statistic of the
-   other parameters) is measured on logging steps (``log_every_n_steps``) only, so its averages
-   run over those steps. Each tracked group's LR is then multiplied by::
+   :mod:`~lightning_geo.callbacks.embedding_lookups`). What feeds only the log (the share of
+   non-zero elements, and every statistic of the other parameters) is measured on logging steps
+   (``log_every_n_steps``) only, so its averages run over those steps. Each tracked group's LR is then multiplied by::
 
        multiplier = min(max_multiplier, max(1, row_density ** -power))
 
@@ -317,6 +317,13 @@ class SparsityAwareLR(pl.Callback):
     def _restore_after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         for group, key, original, _ in reversed(self._pending.pop(id(optimizer), [])):
             group[key] = original
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """At the first micro-batch of an optimizer step, forget lookups of a step that never ran."""
+        if self._lookups is not None and batch_idx % trainer.accumulate_grad_batches == 0:
+            self._lookups.clear()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
