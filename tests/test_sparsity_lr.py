@@ -296,6 +296,7 @@ class SkipsOddBatches(TinyTextModel):
         return None if batch_idx % 2 else loss
 
 
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`")
 def test_lookups_of_a_skipped_step_do_not_leak_into_the_next(tmp_path):
     pl.seed_everything(0, verbose=False)
     model = SkipsOddBatches()
