@@ -150,10 +150,11 @@ def test_with_geo_adamw_it_measures_but_does_not_scale(tmp_path, caplog):
     assert sparsity.tracker.hit_counts["emb.weight"].sum() > 0
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("optimizer", [torch.optim.AdamW, GeoAdamW])
+def test_resume_continues_exactly(tmp_path, optimizer):
     def model():
         pl.seed_everything(0, verbose=False)
-        return TinyTextModel(schedule="exponential", weight_decay=0.1)
+        return TinyTextModel(schedule="exponential", weight_decay=0.1, optimizer=optimizer)
 
     straight = SparsityAwareLR(decay_rows="touched")
     full = model()
