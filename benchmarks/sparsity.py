@@ -94,6 +94,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, T
 from lightning_geo.callbacks import SparsityAwareLR
 from lightning_geo.demo.model import CharGPT, GPTConfig
 from lightning_geo.optim import GeoAdamW
+from lightning_geo.optim.rows import touched_rows
 from lightning_geo.utils.table import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparsity.txt"
@@ -334,15 +335,6 @@ class FrequencyAwareSGD(Optimizer):
                 rate = state["hits"].clamp_min(1.0) / state["step"]
                 param.addcmul_(param.grad, rate.rsqrt().view(-1, *([1] * (param.dim() - 1))), value=-group["lr"])
         return loss
-
-
-def touched_rows(grad: Tensor) -> Tensor:
-    """Bool mask of the rows (dim 0) with any non-zero gradient entry (rows a sparse gradient lists)."""
-    if grad.is_sparse:
-        mask = torch.zeros(grad.shape[0], dtype=torch.bool)
-        mask[grad.coalesce().indices()[0]] = True
-        return mask
-    return grad.ne(0).flatten(1).any(dim=1)
 
 
 def build_optimizer(arm: str, module: TaskModule, lr: float) -> Optimizer:
