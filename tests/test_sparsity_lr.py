@@ -199,7 +199,7 @@ def test_multipliers_of_a_step_that_never_ran_are_removed(tmp_path):
     trainer, _ = _fit(tmp_path, [sparsity := SparsityAwareLR()], max_steps=2)
     optimizer = trainer.optimizers[0]
     scheduled = optimizer.param_groups[1]["lr"]
-    sparsity._apply(optimizer)  # as if a step were about to run ...
+    sparsity._apply(optimizer, {})  # as if a step were about to run ...
     assert optimizer.param_groups[1]["lr"] > scheduled
     sparsity.on_train_batch_end(trainer, None, None, None, 0)  # ... and it was skipped
     assert optimizer.param_groups[1]["lr"] == scheduled
@@ -308,3 +308,14 @@ def test_lookups_of_a_skipped_step_do_not_leak_into_the_next(tmp_path):
     for batch in tokens.split(8)[::2]:  # only the even batches stepped
         expected[batch.unique()] += 1
     assert torch.equal(sparsity.tracker.hit_counts["emb.weight"], expected)
+
+
+def test_every_n_steps_counts_only_the_measured_steps(tmp_path):
+    sparsity = SparsityAwareLR(every_n_steps=2)
+    _, model = _fit(tmp_path, [sparsity], logger=False)
+    tokens = model.train_dataloader().dataset.tensors[0]
+    expected = torch.zeros(model.vocab, dtype=torch.int64)
+    for batch in tokens[:48].split(8)[::2]:  # steps 0, 2 and 4 are measured; lookups of 1, 3, 5 are dropped
+        expected[batch.unique()] += 1
+    assert torch.equal(sparsity.tracker.hit_counts["emb.weight"], expected)
+    assert sparsity.tracker.measurements == 3

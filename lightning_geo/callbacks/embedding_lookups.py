@@ -15,6 +15,7 @@ module (a tied output head makes every row's gradient non-zero). ``padding_idx``
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -67,10 +68,11 @@ class EmbeddingLookupRecorder:
             touched[module.padding_idx] = False
         return touched
 
-    def clear(self) -> None:
-        """Forget what was recorded (e.g. the lookups of a step that was skipped)."""
-        for seen in self._seen.values():
-            seen.clear()
+    def clear(self, names: Iterable[str] | None = None) -> None:
+        """Forget what was recorded for ``names`` (default all), e.g. the lookups of a skipped step."""
+        for name in self._seen if names is None else names:
+            if name in self._seen:
+                self._seen[name].clear()
 
     def remove(self) -> None:
         """Remove the hooks."""

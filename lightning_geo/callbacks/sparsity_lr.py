@@ -258,12 +258,13 @@ class SparsityAwareLR(pl.Callback):
         # Tracked parameters drive the multipliers: every `every_n_steps`. The others only feed the log, so
         # they are measured on logging steps only (their averages run over those steps).
         logging = bool(trainer.loggers) and is_log_step(trainer)
-        measure = [n for n in names if n in self.tracked] if trainer.global_step % self.every_n_steps == 0 else []
-        if logging:
-            measure = names
-        known = self._looked_up_rows(trainer, [n for n in names if n in self.tracked])
+        tracked = [n for n in names if n in self.tracked]
+        measure = names if logging else tracked if trainer.global_step % self.every_n_steps == 0 else []
+        touched: dict[str, Tensor] = {}
         if measure:
+            known = self._looked_up_rows(trainer, tracked)
             current = self.tracker.measure(measure, count_elements=logging, touched=known)
+            touched = self.tracker.last_touched
             reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
             self.tracker.update(current, reduce=reduce)
             for name in self.tracked:
@@ -271,8 +272,10 @@ class SparsityAwareLR(pl.Callback):
                     self.multipliers[name] = density_multiplier(
                         self.tracker.row_density[name], self.power, self.max_multiplier
                     )
+        elif self._lookups is not None:
+            self._lookups.clear(tracked)  # nothing measured this step: its lookups are not needed
         if id(optimizer) in self._scaling_optimizers and not _step_will_be_skipped(trainer, optimizer):
-            self._apply(optimizer)
+            self._apply(optimizer, touched)
         if logging:
             self._log(trainer, names)
 
@@ -283,7 +286,7 @@ class SparsityAwareLR(pl.Callback):
         """
         if self._lookups is None:
             return {}
-        known = {}
+        known: dict[str, Tensor] = {}
         for name in names:
             mask = self._lookups.take(name)
             if mask is None:
@@ -293,7 +296,12 @@ class SparsityAwareLR(pl.Callback):
             known[name] = mask
         return known
 
-    def _apply(self, optimizer: Optimizer) -> None:
+    def _apply(self, optimizer: Optimizer, touched: dict[str, Tensor]) -> None:
+        """Multiply the tracked groups' LRs; with ``decay_rows="touched"`` decay their touched rows.
+
+        ``touched`` holds the row masks measured this step (reused, not recomputed); others are read
+        off the gradient.
+        """
         pending = self._pending.setdefault(id(optimizer), [])
         for index, name in self._groups[id(optimizer)]:
             group = optimizer.param_groups[index]
@@ -306,13 +314,13 @@ class SparsityAwareLR(pl.Callback):
             if self.decay_rows == "touched" and weight_decay:
                 pending.append((group, "weight_decay", weight_decay, 0.0))
                 group["weight_decay"] = 0.0
-                with torch.no_grad():
-                    for param in group["params"]:
-                        if param.grad is None:
-                            continue
-                        touched = touched_rows(param.grad).to(param.dtype)
-                        shape = (-1,) + (1,) * max(param.dim() - 1, 0)
-                        param.mul_((1.0 - float(group["lr"]) * weight_decay * touched).view(shape))
+                param = group["params"][0]  # a tracked group holds its one parameter
+                if param.grad is not None:
+                    mask = touched.get(name)
+                    rows = (touched_rows(param.grad) if mask is None else mask).to(param.dtype)
+                    shape = (-1,) + (1,) * max(param.dim() - 1, 0)
+                    with torch.no_grad():
+                        param.mul_((1.0 - float(group["lr"]) * weight_decay * rows).view(shape))
 
     def _restore_after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         for group, key, original, _ in reversed(self._pending.pop(id(optimizer), [])):

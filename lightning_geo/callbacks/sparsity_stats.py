@@ -34,13 +34,15 @@ def gradient_densities(
     mask already, e.g. from an embedding's looked-up indices), plus (``count_elements``) a non-zero
     count over the touched rows only. Without ``count_elements`` the element density is NaN.
     """
+    if grad.is_sparse:
+        grad = grad.coalesce()
     if touched is None:
         touched = touched_rows(grad)
     num_touched = int(touched.sum())
     if not count_elements:
         elements = float("nan")
     elif grad.is_sparse:
-        elements = int(grad.coalesce().values().count_nonzero())
+        elements = int(grad.values().count_nonzero())
     elif grad.dim() >= 2 and num_touched < touched.numel():
         elements = int(torch.count_nonzero(grad[touched]))
     elif grad.dim() >= 2:
