@@ -1,0 +1,136 @@
+"""Non-uniform precision: find modules whose fp16 forward overflows and run them in float32.
+
+No loss scale can fix a *forward* overflow (an activation above 65504, as in T5's feed-forward
+layers): GradScaler then halves its scale on every step until training dies. Here a probe watches
+module outputs on chosen steps; a module whose output is non-finite or beyond the fp16 range while its
+inputs are finite is where the overflow starts, and it is promoted: its forward then runs with
+autocast disabled and its floating inputs cast to float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_geo.precision.scale_rule import FP16_MAX
+
+
+def _to_float32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() and value.dtype != torch.float64 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_float32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_float32(v) for k, v in value.items()}
+    return value
+
+
+def _forward_in_fp32(original: Callable[..., Any], device_type: str, *args: Any, **kwargs: Any) -> Any:
+    with torch.autocast(device_type, enabled=False):
+        return original(*_to_float32(args), **_to_float32(kwargs))
+
+
+def promote_to_fp32(module: nn.Module, device_type: str) -> None:
+    """Make ``module`` run in float32 under autocast (idempotent).
+
+    Args:
+        module: The module to promote; its parameters are left as they are (float32 under AMP).
+        device_type: The autocast device type to disable (``"cuda"``, ``"cpu"``, ...).
+    """
+    if is_promoted(module):
+        return
+    # A functools.partial of module-level functions keeps the module picklable and deep-copyable.
+    module.forward = functools.partial(_forward_in_fp32, module.forward, device_type)  # type: ignore[method-assign]
+
+
+def is_promoted(module: nn.Module) -> bool:
+    """Whether :func:`promote_to_fp32` has been applied to ``module``."""
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, functools.partial) and forward.func is _forward_in_fp32
+
+
+def _floating_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _floating_tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _floating_tensors(v)]
+    return []
+
+
+def _amax(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    if not tensors:
+        return None
+    # nan_to_num keeps a NaN visible to comparisons (NaN > x is False): it becomes +inf.
+    return torch.stack([t.detach().abs().amax().float() for t in tensors if t.numel()]).nan_to_num(nan=float("inf")).amax()
+
+
+class ForwardOverflowProbe:
+    """Forward hooks that, when armed, flag modules whose output leaves the fp16 range.
+
+    A module is flagged if its output has a value that is non-finite or above 65504 while all its
+    floating inputs are finite; of a flagged module and its flagged descendants, only the deepest are
+    reported (the parent only inherits the overflow). Arming costs two reductions per module and
+    forward; disarmed hooks return at once.
+
+    Args:
+        root: The module to watch (every submodule with parameters or children, excluding ``root``).
+    """
+
+    def __init__(self, root: nn.Module) -> None:
+        self.armed = False
+        self._names: list[str] = []
+        self._flags: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        for name, module in root.named_modules():
+            if name:
+                self._names.append(name)
+                self._handles.append(module.register_forward_hook(self._make_hook(name), with_kwargs=True))
+
+    @property
+    def names(self) -> list[str]:
+        """Qualified names of the watched modules, in the order of :meth:`take_flags`."""
+        return list(self._names)
+
+    def _make_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if not self.armed or is_promoted(module):
+                return
+            out_amax = _amax(_floating_tensors(output))
+            if out_amax is None:
+                return
+            in_amax = _amax(_floating_tensors(args) + _floating_tensors(kwargs))
+            inputs_finite = torch.ones((), dtype=torch.bool, device=out_amax.device)
+            if in_amax is not None:
+                inputs_finite = torch.isfinite(in_amax).to(out_amax.device)
+            flag = (out_amax > FP16_MAX) & inputs_finite
+            previous = self._flags.get(name)
+            self._flags[name] = flag if previous is None else previous | flag
+
+        return hook
+
+    def take_flags(self) -> torch.Tensor | None:
+        """One float per watched module (1.0: flagged) since the last call, or ``None`` if nothing ran armed."""
+        if not self._flags:
+            return None
+        device = next(iter(self._flags.values())).device
+        values = [self._flags.get(name, torch.zeros((), dtype=torch.bool, device=device)) for name in self._names]
+        self._flags.clear()
+        return torch.stack(values).float()
+
+    def culprits(self, flags: torch.Tensor) -> list[str]:
+        """The deepest flagged modules: flagged names none of whose descendants is flagged."""
+        flagged = [name for name, flag in zip(self._names, flags.tolist(), strict=True) if flag > 0]
+        return [name for name in flagged if not any(other.startswith(name + ".") for other in flagged)]
+
+    def remove(self) -> None:
+        """Remove every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

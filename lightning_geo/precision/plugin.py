@@ -1,0 +1,576 @@
+"""``PredictiveScalingPrecision``: fp16 mixed precision whose loss scale is predicted, not probed by overflow."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from lightning.fabric.utilities.types import Optimizable
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
+from torch import nn
+from torch.optim import LBFGS, Optimizer
+from typing_extensions import override
+
+from lightning_geo.precision.block_scaling import BlockScaling, find_block_stacks
+from lightning_geo.precision.fp32_modules import ForwardOverflowProbe, promote_to_fp32
+from lightning_geo.precision.scale_rule import FP16_MAX, AmaxPredictor, power_of_two_scale
+from lightning_geo.precision.scheduler_hold import hold_step_schedulers, release_schedulers
+from lightning_geo.precision.underflow import UnderflowProbe, summarize_underflow
+from lightning_geo.utils import log_geo_scalars, log_geo_text, reduce_tensor
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+_STATE_VERSION = 1
+
+
+class LossScaleCollapseError(RuntimeError):
+    """Raised when the loss scale would fall below ``min_scale`` or too many steps in a row are skipped."""
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={value!r} must be a positive finite number")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+class PredictiveScalingPrecision(MixedPrecision):
+    """Mixed precision (fp16 or bf16 autocast) with a predicted loss scale, per-block scales and fp32 fallback.
+
+    Use it in place of ``precision="16-mixed"``: ``Trainer(plugins=[PredictiveScalingPrecision("16-mixed")])``.
+
+    What it does on each optimizer step (fp16):
+
+    1. **Predicted scale.** The gradients are unscaled and their largest absolute value (amax) is
+       measured; the next step's amax is predicted as the maximum of the last ``window`` ones, and the
+       scale becomes the largest power of two with ``predicted_amax * scale * headroom <= 65504``. No
+       overflow is provoked to find it, from the first step on (which runs at ``init_scale``).
+    2. **Per-block scales** (``per_block=True``). Where the model is a chain of blocks (an
+       ``nn.ModuleList``/``nn.Sequential`` of same-class modules, as in every transformer), the gradient
+       entering each block is rescaled so each block's gradients use the fp16 range, and each
+       parameter's gradient is unscaled by its own region's scale. Only points every backward path
+       passes through are used (found from the autograd graph of the first step); elsewhere the global
+       scale applies.
+    3. **Safety net.** If a gradient is still inf/NaN, the step is skipped: no ``optimizer.step``, no
+       ``on_before_optimizer_step``/clipping, and the step-interval LR schedulers do not advance (so
+       no "lr_scheduler.step() before optimizer.step()" warning). The overflowing region's scale is
+       re-planned from the evidence (its amax was at least ``65504 / scale``) and it keeps one more bit
+       of headroom from then on, so it does not overflow again at the same place.
+    4. **fp32 fallback.** On probe steps (the first, every ``probe_every_n_steps``, and after a skip)
+       module outputs are checked; a module whose fp16 output overflows from finite inputs runs in
+       float32 from the next step on, with one warning naming it. A forward overflow never lowers the
+       scale. ``fp32_modules`` pins modules to float32 up front.
+
+    With ``"bf16-mixed"`` nothing is scaled or skipped (bf16 has fp32's range); amax, the forward
+    overflow probe and the underflow sample are still measured and logged.
+
+    Logged under ``geo/precision/``: ``scale`` (global), ``block_scale/<region>`` (per block),
+    ``predicted_amax`` and ``actual_amax`` (unscaled), ``skipped_steps`` (total), ``underflow_fraction``
+    and ``underflow_fraction_worst`` (on probe steps: share of zero elements in fp16 activation
+    gradients, mean over layers and worst layer) and the text ``promoted_modules``.
+
+    Args:
+        precision: ``"16-mixed"`` (default) or ``"bf16-mixed"``.
+        device: Autocast device type (``"cuda"``, ``"cpu"``, ...). Default ``None``: the Trainer's device.
+        per_block: Scale each block of the model's block chain separately. Default ``True``.
+        blocks: ``"auto"`` (default: the blocks of the outermost repeated ``ModuleList``/``Sequential``)
+            or the qualified module names of the blocks, in forward order.
+        window: Steps of amax history the prediction takes the maximum over. Default 16.
+        headroom: Factor (>= 1) kept between the scaled predicted amax and 65504. Default 2.
+        init_scale: Scale of the first step, before any amax is known. Default 1: a first step at a low
+            scale loses a little precision; one at a high scale may overflow and be skipped.
+        min_scale: A scale below this is a collapse: :class:`LossScaleCollapseError`. Default 2**-10.
+        max_scale: Upper bound of every scale. Default 2**24.
+        probe_every_n_steps: Interval (optimizer steps) of the forward-overflow probe and the underflow
+            sample; each probe costs a few reductions per module. ``0`` probes only on the first step
+            and after a skip. Default 100.
+        fp32_modules: Modules that always run in float32: qualified names, ``fnmatch`` patterns
+            (``"*.mlp.*"``) or module classes. Default none.
+        max_consecutive_skips: Raise :class:`LossScaleCollapseError` after this many skipped steps in a
+            row (``None``: never). Default 50.
+        init_scale, growth_factor, backoff_factor, growth_interval, enabled: ``torch.amp.GradScaler``'s
+            arguments, accepted so existing configurations keep working (Lightning #17272):
+            ``init_scale`` as above; ``backoff_factor`` (default 0.5) is the least a skip cuts the
+            overflowing region's scale by; ``enabled=False`` turns scaling off (plain autocast);
+            ``growth_factor`` and ``growth_interval`` have no role (the scale is predicted, never grown
+            by probing) and give a warning if set.
+    """
+
+    def __init__(
+        self,
+        precision: Literal["16-mixed", "bf16-mixed"] = "16-mixed",
+        device: str | None = None,
+        *,
+        per_block: bool = True,
+        blocks: str | Sequence[str] = "auto",
+        window: int = 16,
+        headroom: float = 2.0,
+        init_scale: float = 1.0,
+        min_scale: float = 2.0**-10,
+        max_scale: float = 2.0**24,
+        probe_every_n_steps: int = 100,
+        fp32_modules: Iterable[str | type[nn.Module]] = (),
+        max_consecutive_skips: int | None = 50,
+        growth_factor: float | None = None,
+        backoff_factor: float = 0.5,
+        growth_interval: int | None = None,
+        enabled: bool = True,
+    ) -> None:
+        if precision not in ("16-mixed", "bf16-mixed"):
+            raise ValueError(f"precision={precision!r} is not supported; expected '16-mixed' or 'bf16-mixed'")
+        if device is not None and not isinstance(device, str):
+            raise ValueError(f"device={device!r} must be a device type string such as 'cuda' or 'cpu', or None")
+        if not isinstance(per_block, bool):
+            raise ValueError(f"per_block={per_block!r} must be True or False")
+        if isinstance(blocks, str):
+            if blocks != "auto":
+                raise ValueError(f"blocks={blocks!r} must be 'auto' or a list of module names")
+        elif not blocks or not all(isinstance(b, str) for b in blocks):
+            raise ValueError(f"blocks={blocks!r} must be 'auto' or a non-empty list of module names")
+        _check_int("window", window, 1)
+        _check_positive("headroom", headroom)
+        if headroom < 1:
+            raise ValueError(f"headroom={headroom!r} must be >= 1 (it is a safety factor below the fp16 maximum)")
+        for name, value in (("init_scale", init_scale), ("min_scale", min_scale), ("max_scale", max_scale)):
+            _check_positive(name, value)
+        if not min_scale <= init_scale <= max_scale:
+            raise ValueError(
+                f"need min_scale <= init_scale <= max_scale, got {min_scale!r}, {init_scale!r}, {max_scale!r}"
+            )
+        _check_int("probe_every_n_steps", probe_every_n_steps, 0)
+        if max_consecutive_skips is not None:
+            _check_int("max_consecutive_skips", max_consecutive_skips, 1)
+        _check_positive("backoff_factor", backoff_factor)
+        if backoff_factor >= 1:
+            raise ValueError(f"backoff_factor={backoff_factor!r} must be in (0, 1)")
+        if growth_factor is not None or growth_interval is not None:
+            rank_zero_warn(
+                "PredictiveScalingPrecision: growth_factor and growth_interval are ignored; the scale is "
+                "predicted from measured gradients each step rather than grown by probing for overflows."
+            )
+        fp32_modules = list(fp32_modules)
+        for entry in fp32_modules:
+            if not (isinstance(entry, str) or (isinstance(entry, type) and issubclass(entry, nn.Module))):
+                raise ValueError(f"fp32_modules entry {entry!r} must be a module name, a pattern or an nn.Module class")
+
+        # MixedPrecision.__init__ would build a GradScaler; this plugin is its own scaler.
+        self.precision = precision
+        self.device = device  # type: ignore[assignment]
+        self.scaler = None
+        self.per_block = per_block
+        self.blocks = blocks
+        self.window = window
+        self.headroom = float(headroom)
+        self.init_scale = float(init_scale)
+        self.min_scale = float(min_scale)
+        self.max_scale = float(max_scale)
+        self.probe_every_n_steps = probe_every_n_steps
+        self.fp32_modules = fp32_modules
+        self.max_consecutive_skips = max_consecutive_skips
+        self.backoff_factor = float(backoff_factor)
+        self.enabled = bool(enabled)
+
+        self.steps = 0  # optimizer steps seen, skipped ones included
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self.promoted_modules: list[str] = []
+        self.last_underflow: dict[str, float] = {}
+        self.last_predicted_amax: float | None = None
+        self.last_actual_amax: float | None = None
+        self._scales = [self.init_scale]
+        self._extra_headroom = [1.0]
+        self._predictors = [AmaxPredictor(window)]
+        self._region_names = ["global"]
+        self._probe_next = True
+        self._loss_nonfinite: list[torch.Tensor] = []
+        self._module: nn.Module | None = None
+        self._block_scaling: BlockScaling | None = None
+        self._overflow_probe: ForwardOverflowProbe | None = None
+        self._underflow_probe: UnderflowProbe | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ public read-outs
+
+    @property
+    def scaling(self) -> bool:
+        """Whether gradients are scaled (fp16 and ``enabled``)."""
+        return self.precision == "16-mixed" and self.enabled
+
+    @property
+    def scale(self) -> float:
+        """The global loss scale (the one applied to the loss; region ``head``'s)."""
+        return self._scales[0]
+
+    @property
+    def block_scales(self) -> dict[str, float]:
+        """The scale of every region by name: ``"head"`` (global) and one per block region."""
+        return dict(zip(self._region_names, self._scales, strict=True))
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    @override
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        if self._module is module:
+            return module
+        self._detach()
+        self._module = module
+        if self.device is None:
+            trainer = getattr(module, "_trainer", None)
+            self.device = (
+                trainer.strategy.root_device.type
+                if trainer is not None
+                else ("cuda" if torch.cuda.is_available() else "cpu")
+            )
+        for name in self._resolve_fp32_modules(module):
+            self._promote(name, warn=False)
+        if self.scaling and self.per_block:
+            names = find_block_stacks(module) if self.blocks == "auto" else list(self.blocks)
+            if names:
+                self._block_scaling = BlockScaling(module, names)
+        self._overflow_probe = ForwardOverflowProbe(module)
+        dtype = torch.float16 if self.precision == "16-mixed" else torch.bfloat16
+        self._underflow_probe = UnderflowProbe(module, dtype=dtype)
+        self._arm_probes(self._probe_next)
+        if self._pending_state is not None:
+            for name in self._pending_state.get("promoted_modules", []):
+                self._promote(name, warn=False)
+        return module
+
+    def _detach(self) -> None:
+        for probe in (self._block_scaling, self._overflow_probe, self._underflow_probe):
+            if probe is not None:
+                probe.remove()
+        self._block_scaling = self._overflow_probe = self._underflow_probe = None
+
+    def _resolve_fp32_modules(self, module: nn.Module) -> list[str]:
+        named = [(name, sub) for name, sub in module.named_modules() if name]
+        chosen: list[str] = []
+        for entry in self.fp32_modules:
+            if isinstance(entry, str):
+                matches = [name for name, _ in named if name == entry or fnmatch.fnmatchcase(name, entry)]
+            else:
+                matches = [name for name, sub in named if isinstance(sub, entry)]
+            if not matches:
+                raise ValueError(
+                    f"fp32_modules entry {entry!r} matches no submodule of {type(module).__name__}; "
+                    f"module names look like {[name for name, _ in named[:5]]}"
+                )
+            chosen.extend(m for m in matches if m not in chosen)
+        return chosen
+
+    def _promote(self, name: str, *, warn: bool) -> None:
+        assert self._module is not None
+        modules = dict(self._module.named_modules())
+        if name not in modules:
+            rank_zero_warn(f"PredictiveScalingPrecision: promoted module {name!r} no longer exists; ignored")
+            return
+        promote_to_fp32(modules[name], str(self.device))
+        if name not in self.promoted_modules:
+            self.promoted_modules.append(name)
+        if warn:
+            rank_zero_warn(
+                f"PredictiveScalingPrecision: the float16 forward of {name!r} ({type(modules[name]).__name__}) "
+                f"overflowed (inf/NaN or a value beyond +-65504 from finite inputs) at step {self.steps}. It runs in "
+                f"float32 (autocast off) from the next step on; no loss scale can fix a forward overflow. "
+                f"To start it in float32, pass fp32_modules=[{name!r}]."
+            )
+
+    def _arm_probes(self, armed: bool) -> None:
+        for probe in (self._overflow_probe, self._underflow_probe):
+            if probe is not None:
+                probe.armed = armed
+
+    @override
+    def pre_backward(self, tensor: torch.Tensor, module: pl.LightningModule) -> torch.Tensor:  # type: ignore[override]
+        self._loss_nonfinite.append(~torch.isfinite(tensor.detach()).all())
+        if self.scaling:
+            blocks = self._block_scaling
+            if blocks is not None and not blocks.analysed and module.training:
+                blocks.analyse(tensor, module.parameters())
+                self._on_regions_known(blocks)
+            tensor = tensor * self._scales[0]
+        return Precision.pre_backward(self, tensor, module)
+
+    def _on_regions_known(self, blocks: BlockScaling) -> None:
+        names = blocks.region_names()
+        pending = (self._pending_state or {}).get("regions")
+        if pending is not None and pending["names"] == names:
+            self._load_regions(pending)
+        else:
+            if pending is not None:
+                rank_zero_warn(
+                    "PredictiveScalingPrecision: the checkpoint's block regions "
+                    f"{pending['names']} differ from this model's {names}; per-block scales start afresh."
+                )
+            global_predictor = self._predictors[0]
+            self._predictors = [global_predictor] + [AmaxPredictor(self.window) for _ in names[1:]]
+            self._scales = [self._scales[0]] * len(names)
+            self._extra_headroom = [self._extra_headroom[0]] * len(names)
+        self._region_names = names
+        blocks.set_region_scales(self._scales)
+
+    @override
+    def optimizer_step(  # type: ignore[override]
+        self,
+        optimizer: Optimizable,
+        model: pl.LightningModule,
+        closure: Callable[[], Any],
+        **kwargs: Any,
+    ) -> Any:
+        trainer = model.trainer
+        release_schedulers(trainer)
+        if isinstance(optimizer, LBFGS):
+            raise ValueError("PredictiveScalingPrecision does not support LBFGS (its closure re-runs backward).")
+        closure_result = closure()
+        if closure_result is None and model.automatic_optimization:
+            # training_step returned None: Lightning skipped backward, there is nothing to step.
+            self._loss_nonfinite.clear()
+            return closure_result
+        skip = self._measure_and_plan(trainer, optimizer)
+        if skip:
+            hold_step_schedulers(trainer)
+            return closure_result
+        self._after_closure(model, optimizer)
+        return optimizer.step(**kwargs)
+
+    @override
+    def clip_gradients(
+        self,
+        optimizer: Optimizer,
+        clip_val: int | float = 0.0,
+        gradient_clip_algorithm: GradClipAlgorithmType = GradClipAlgorithmType.NORM,
+    ) -> None:
+        # Gradients are already unscaled here, also for fused optimizers (which GradScaler cannot clip).
+        Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+    # ------------------------------------------------------------------ the step decision
+
+    def _region_of(self, param: torch.Tensor) -> int:
+        if self._block_scaling is None or not self._block_scaling.analysed:
+            return 0
+        return self._block_scaling.param_region.get(id(param), 0)
+
+    def _measure_and_plan(self, trainer: pl.Trainer, optimizer: Optimizable) -> bool:
+        """Unscale, measure, agree across ranks, decide skip, re-plan the scales. Returns whether to skip."""
+        regions = len(self._scales)
+        grads: list[list[torch.Tensor]] = [[] for _ in range(regions)]
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    grads[self._region_of(param)].append(param.grad)
+        device = next((g.device for region in grads for g in region), trainer.strategy.root_device)
+        values = [self._unscale_and_amax(region_grads, self._scales[r], device) for r, region_grads in enumerate(grads)]
+        boundary: list[torch.Tensor] = []
+        if self._block_scaling is not None and self._block_scaling.analysed:
+            # Cut k (from the loss) sees region k-1's scale; unscaled it bounds regions k-1 and k.
+            raw = self._block_scaling.take_boundary_amax()
+            zero = torch.zeros((), device=device)
+            boundary = [(zero if v is None else v.to(device)) / self._scales[k] for k, v in enumerate(raw)]
+        loss_flags = self._loss_nonfinite or [torch.zeros((), dtype=torch.bool, device=device)]
+        loss_bad = torch.stack([f.to(device) for f in loss_flags]).any().float()
+        self._loss_nonfinite = []
+        probed = self._overflow_probe is not None and self._overflow_probe.armed
+        flags = self._overflow_probe.take_flags() if self._overflow_probe is not None else None
+        pieces = [torch.stack(values), torch.stack(boundary) if boundary else torch.zeros(0, device=device)]
+        pieces.append(loss_bad.reshape(1))
+        if flags is not None:
+            pieces.append(flags.to(device))
+        vector = torch.cat(pieces).nan_to_num(nan=math.inf)
+        if trainer.world_size > 1:
+            vector = reduce_tensor(trainer, vector, op="max")
+        numbers = vector.tolist()  # the one host sync of the step
+        region_amax = numbers[:regions]
+        boundary_amax = numbers[regions : regions + len(boundary)]
+        forward_bad = numbers[regions + len(boundary)] > 0
+        culprits = []
+        if flags is not None and self._overflow_probe is not None:
+            culprits = self._overflow_probe.culprits(torch.tensor(numbers[regions + len(boundary) + 1 :]))
+        underflow = self._underflow_probe.take() if self._underflow_probe is not None and probed else {}
+
+        for name in culprits:
+            self._promote(name, warn=True)
+        self.steps += 1
+        self.last_predicted_amax = self._predicted_global_amax()
+        grads_bad = not all(math.isfinite(a) for a in region_amax)
+        skip = self.scaling and (grads_bad or forward_bad)
+        if skip:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if not forward_bad and not culprits:
+                self._replan_after_overflow(region_amax)
+            self._check_consecutive_skips(forward_bad, culprits)
+        else:
+            self.consecutive_skips = 0
+            for r in range(regions):
+                bounds = [region_amax[r]]
+                if r >= 1:
+                    bounds.append(boundary_amax[r - 1])
+                if r < len(boundary_amax):
+                    bounds.append(boundary_amax[r])
+                self._predictors[r].observe(max(bounds))
+            self.last_actual_amax = max(region_amax) if region_amax else None
+            if self.scaling:
+                self._plan()
+        if underflow:
+            self.last_underflow = underflow
+        self._probe_next = skip or grads_bad or forward_bad or self._is_probe_step(self.steps)
+        self._arm_probes(self._probe_next)
+        self._log(trainer, underflow, culprits)
+        return skip
+
+    def _unscale_and_amax(self, grads: list[torch.Tensor], scale: float, device: torch.device) -> torch.Tensor:
+        if not grads:
+            return torch.zeros((), device=device)
+        dense = [g for g in grads if not g.is_sparse]
+        amaxes = []
+        if dense:
+            if self.scaling:
+                torch._foreach_mul_(dense, 1.0 / scale)
+            amaxes.extend(n.to(device) for n in torch._foreach_norm(dense, math.inf))
+        for g in grads:
+            if g.is_sparse:
+                if self.scaling:
+                    g.mul_(1.0 / scale)
+                values = g.coalesce().values()
+                amaxes.append(values.abs().amax().float().to(device) if values.numel() else torch.zeros((), device=device))
+        return torch.stack([a.float() for a in amaxes]).nan_to_num(nan=math.inf).amax()
+
+    def _is_probe_step(self, step: int) -> bool:
+        return self.probe_every_n_steps > 0 and step % self.probe_every_n_steps == 0
+
+    def _predicted_global_amax(self) -> float | None:
+        predictions = [p.predict() for p in self._predictors]
+        known = [v for v in predictions if v is not None]
+        return max(known) if known else None
+
+    def _plan(self) -> None:
+        for r, predictor in enumerate(self._predictors):
+            predicted = predictor.predict()
+            if predicted is None:
+                continue
+            scale = power_of_two_scale(
+                predicted * self._extra_headroom[r], self.headroom, self.min_scale, self.max_scale
+            )
+            self._set_scale(r, scale)
+        if self._block_scaling is not None and self._block_scaling.analysed:
+            self._block_scaling.set_region_scales(self._scales)
+
+    def _set_scale(self, region: int, scale: float) -> None:
+        if scale < self.min_scale:
+            raise LossScaleCollapseError(
+                f"PredictiveScalingPrecision: the loss scale of region {self._region_names[region]!r} would fall to "
+                f"{scale:g}, below min_scale={self.min_scale:g}: its unscaled gradients reach "
+                f"{FP16_MAX / scale / self.headroom:.3g}. Likely causes: diverging weights (lower the learning rate "
+                "or clip gradients), a loss summed over many elements (use a mean), or NaN/inf in the data."
+            )
+        self._scales[region] = scale
+
+    def _replan_after_overflow(self, region_amax: list[float]) -> None:
+        """Re-plan the region where the overflow started: the non-finite region nearest the loss."""
+        region = next(r for r, a in enumerate(region_amax) if not math.isfinite(a))
+        scale = self._scales[region]
+        # Its amax was at least FP16_MAX / scale; keep one more bit of headroom there from now on.
+        self._extra_headroom[region] *= 2.0
+        self._predictors[region].observe(FP16_MAX / scale)
+        predicted = self._predictors[region].predict() or FP16_MAX / scale
+        planned = power_of_two_scale(
+            predicted * self._extra_headroom[region], self.headroom, self.min_scale, self.max_scale
+        )
+        self._set_scale(region, min(planned, scale * self.backoff_factor))
+        if self._block_scaling is not None and self._block_scaling.analysed:
+            self._block_scaling.set_region_scales(self._scales)
+
+    def _check_consecutive_skips(self, forward_bad: bool, culprits: list[str]) -> None:
+        if self.max_consecutive_skips is None or self.consecutive_skips < self.max_consecutive_skips:
+            return
+        cause = (
+            "the loss itself is non-finite: a NaN/inf in the data, a log/division by zero in the loss, or diverged "
+            "weights"
+            if forward_bad and not culprits
+            else "gradients overflow at every scale tried: diverging weights (lower the learning rate or clip "
+            "gradients)"
+        )
+        raise LossScaleCollapseError(
+            f"PredictiveScalingPrecision: {self.consecutive_skips} optimizer steps in a row were skipped for "
+            f"non-finite values (max_consecutive_skips={self.max_consecutive_skips}). Likely cause: {cause}. "
+            f"Scales now: {self.block_scales}; modules in float32: {self.promoted_modules or 'none'}."
+        )
+
+    # ------------------------------------------------------------------ logging and state
+
+    def _log(self, trainer: pl.Trainer, underflow: dict[str, float], culprits: list[str]) -> None:
+        metrics: dict[str, float] = {"skipped_steps": float(self.skipped_steps)}
+        if self.scaling:
+            metrics["scale"] = self._scales[0]
+            if len(self._scales) > 1:
+                metrics.update({f"block_scale/{n}": s for n, s in zip(self._region_names, self._scales, strict=True)})
+        if self.last_predicted_amax is not None:
+            metrics["predicted_amax"] = self.last_predicted_amax
+        if self.last_actual_amax is not None:
+            metrics["actual_amax"] = self.last_actual_amax
+        if underflow:
+            mean, worst, _ = summarize_underflow(underflow)
+            metrics["underflow_fraction"] = mean
+            metrics["underflow_fraction_worst"] = worst
+        log_geo_scalars(trainer, "precision", metrics, throttle=not (underflow or culprits))
+        if culprits:
+            log_geo_text(trainer, "precision", "promoted_modules", ", ".join(self.promoted_modules), throttle=False)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "precision": self.precision,
+            "steps": self.steps,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "promoted_modules": list(self.promoted_modules),
+            "probe_next": self._probe_next,
+            "last_actual_amax": self.last_actual_amax,
+            "regions": {
+                "names": list(self._region_names),
+                "scales": list(self._scales),
+                "extra_headroom": list(self._extra_headroom),
+                "predictors": [p.state_dict() for p in self._predictors],
+            },
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"PredictiveScalingPrecision cannot load state of version {state_dict.get('version')!r} "
+                f"(expected {_STATE_VERSION}); was the checkpoint written by another precision plugin?"
+            )
+        self.steps = state_dict["steps"]
+        self.skipped_steps = state_dict["skipped_steps"]
+        self.consecutive_skips = state_dict["consecutive_skips"]
+        self.last_actual_amax = state_dict["last_actual_amax"]
+        self._probe_next = state_dict["probe_next"]
+        self._arm_probes(self._probe_next)
+        self._pending_state = state_dict
+        if state_dict["regions"]["names"] == self._region_names:
+            self._load_regions(state_dict["regions"])  # otherwise when the first step has found the regions
+        if self._module is not None:
+            for name in state_dict["promoted_modules"]:
+                self._promote(name, warn=False)
+
+    def _load_regions(self, regions: dict[str, Any]) -> None:
+        self._region_names = list(regions["names"])
+        self._scales = [float(s) for s in regions["scales"]]
+        self._extra_headroom = [float(h) for h in regions["extra_headroom"]]
+        self._predictors = []
+        for predictor_state in regions["predictors"]:
+            predictor = AmaxPredictor(self.window)
+            predictor.load_state_dict(predictor_state)
+            self._predictors.append(predictor)
+        if self._block_scaling is not None and self._block_scaling.analysed:
+            self._block_scaling.set_region_scales(self._scales)

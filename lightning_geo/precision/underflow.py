@@ -1,0 +1,78 @@
+"""Sampled underflow measurement: the share of fp16 activation-gradient elements that are zero.
+
+The gradient arriving at a layer's output in an fp16 backward is computed by the layers after it;
+an element whose true value is below fp16's smallest subnormal (2**-24 times the loss scale in effect)
+comes out as exactly zero: it was flushed. On layers whose output gradient has no structural zeros
+(the Linear layers of a transformer: GELU, attention and residual adds have none) the zero share *is*
+the flushed share; after a ReLU it also counts the ReLU's zeros, so compare arms, not absolute values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+_WATCHED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class UnderflowProbe:
+    """Measures, on armed forwards, the zero share of each Linear/Conv layer's fp16 output gradient.
+
+    Args:
+        root: The model; every ``nn.Linear`` and ``nn.Conv*`` inside it is watched.
+        dtype: Only output gradients of this dtype are counted. Default ``torch.float16``.
+
+    Example::
+
+        probe = UnderflowProbe(model)
+        probe.armed = True          # the next forward/backward is measured
+        loss.backward()
+        fractions = probe.take()    # {"blocks.0.attn.qkv": 0.012, ...}
+    """
+
+    def __init__(self, root: nn.Module, dtype: torch.dtype = torch.float16) -> None:
+        self.armed = False
+        self.dtype = dtype
+        self._counts: dict[str, list[torch.Tensor]] = {}
+        self._handles: list[RemovableHandle] = []
+        for name, module in root.named_modules():
+            if isinstance(module, _WATCHED):
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+
+    def _make_hook(self, name: str) -> Any:
+        def on_grad(grad: torch.Tensor) -> None:
+            if grad.dtype != self.dtype:
+                return
+            zeros = (grad == 0).sum().float()
+            total = torch.tensor(float(grad.numel()), device=grad.device)
+            counts = self._counts.setdefault(name, [torch.zeros((), device=grad.device)] * 2)
+            counts[0], counts[1] = counts[0] + zeros, counts[1] + total
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if self.armed and isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(on_grad)
+
+        return hook
+
+    def take(self) -> dict[str, float]:
+        """Zero share per layer measured since the last call (empty if nothing was measured), then reset."""
+        result = {name: float(zeros / total) for name, (zeros, total) in self._counts.items() if float(total) > 0}
+        self._counts.clear()
+        return result
+
+    def remove(self) -> None:
+        """Remove every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def summarize_underflow(fractions: dict[str, float]) -> tuple[float, float, str]:
+    """``(mean over layers, worst layer's share, worst layer's name)``; NaNs and ``""`` if empty."""
+    if not fractions:
+        return float("nan"), float("nan"), ""
+    worst = max(fractions, key=fractions.__getitem__)
+    return sum(fractions.values()) / len(fractions), fractions[worst], worst
