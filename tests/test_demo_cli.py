@@ -77,6 +77,27 @@ def test_geo_flag_trains_with_geo_adamw_and_logs_sparsity(tmp_path, text_folder,
     assert train_loss[-1] < train_loss[0]
 
 
+def test_geo_flag_at_16_mixed_trains_in_fp16_with_the_predicted_scale(tmp_path, text_folder, capsys):
+    argv = _demo_argv(text_folder, tmp_path / "runs", "--geo", "--precision", "16-mixed", "--accelerator", "cpu")
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert "PredictiveScalingPrecision('16-mixed')" in out and "GeoAdamW + SparsityAwareLR" in out
+    (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"geo/precision/scale", "geo/precision/skipped_steps", "geo/precision/block_scale/head"} <= tags
+    assert [e.value for e in acc.Scalars("geo/precision/skipped_steps")][-1] == 0
+    train_loss = [e.value for e in acc.Scalars("train/loss")]
+    assert train_loss[-1] < train_loss[0]
+
+
+def test_geo_flag_at_32_true_says_the_precision_part_is_not_used(tmp_path, text_folder, capsys):
+    code, out, err = _run_main(_demo_argv(text_folder, tmp_path / "runs", "--geo", "--steps", "2"), capsys)
+    assert code == 0, err
+    assert "precision: not used at --precision 32-true" in out
+
+
 def test_plain_demo_says_it_used_no_geo_part(tmp_path, text_folder, capsys):
     code, out, _ = _run_main(_demo_argv(text_folder, tmp_path / "runs", "--steps", "2"), capsys)
     assert code == 0 and "none (plain Lightning; add --geo)" in out

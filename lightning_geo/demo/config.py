@@ -9,8 +9,25 @@ PRECISIONS: tuple[str, ...] = ("32-true", "16-mixed", "bf16-mixed", "16-true", "
 """Precision strings the demo accepts (Lightning's own names)."""
 
 
-GEO_PARTS_IN_DEMO: tuple[str, ...] = ("sparsity: GeoAdamW + SparsityAwareLR",)
+GEO_PARTS_IN_DEMO: tuple[str, ...] = (
+    "sparsity: GeoAdamW + SparsityAwareLR",
+    "precision: PredictiveScalingPrecision (with --precision 16-mixed or bf16-mixed)",
+)
 """What ``--geo`` adds to the plain Lightning run, one entry per landed GEO part."""
+
+MIXED_PRECISIONS: tuple[str, ...] = ("16-mixed", "bf16-mixed")
+"""Precisions under which ``--geo`` trains with ``PredictiveScalingPrecision``."""
+
+
+def geo_parts_used(config: DemoConfig) -> tuple[str, ...]:
+    """The GEO parts a demo run with ``config`` uses, as shown in its summary (empty without ``--geo``)."""
+    if not config.geo:
+        return ()
+    if config.precision in MIXED_PRECISIONS:
+        precision = f"precision: PredictiveScalingPrecision({config.precision!r})"
+    else:
+        precision = f"precision: not used at --precision {config.precision} (it needs 16-mixed or bf16-mixed)"
+    return ("sparsity: GeoAdamW + SparsityAwareLR", precision)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
-from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, DemoConfig
+from lightning_geo.demo.config import MIXED_PRECISIONS, DemoConfig, geo_parts_used
 from lightning_geo.demo.corpus import Corpus, load_corpus
 from lightning_geo.demo.data import CharDataModule
 from lightning_geo.demo.model import LN2, CharLanguageModel
@@ -111,11 +111,22 @@ def _geo_callbacks(config: DemoConfig) -> list[Callback]:
     return [SparsityAwareLR()]
 
 
+def _geo_plugins(config: DemoConfig) -> list[Any]:
+    """The precision plugin ``--geo`` uses under mixed precision (it replaces Lightning's own)."""
+    if not (config.geo and config.precision in MIXED_PRECISIONS):
+        return []
+    from lightning_geo.precision import PredictiveScalingPrecision
+
+    return [PredictiveScalingPrecision(config.precision)]  # type: ignore[arg-type]
+
+
 def _build_trainer(config: DemoConfig, logger: TensorBoardLogger, timer: ThroughputTimer) -> pl.Trainer:
+    plugins = _geo_plugins(config)
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
-        precision=config.precision,
+        precision=None if plugins else config.precision,  # type: ignore[arg-type]
+        plugins=plugins or None,
         max_steps=config.steps,
         max_time=timedelta(minutes=config.max_minutes),
         gradient_clip_val=config.grad_clip,
@@ -196,7 +207,7 @@ def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | N
         log_dir=log_dir,
         plot_path=plot_path,
         sample=sample,
-        geo_parts=GEO_PARTS_IN_DEMO if config.geo else (),
+        geo_parts=geo_parts_used(config),
     )
 
 

@@ -27,15 +27,18 @@ from torch.utils.hooks import RemovableHandle
 def find_block_stacks(root: nn.Module) -> list[str]:
     """Names of the blocks of the outermost repeated stacks in ``root``, in forward-definition order.
 
-    A stack is an ``nn.ModuleList`` or ``nn.Sequential`` with at least two children that all have the
-    same class and hold parameters (the transformer blocks of a GPT, the layers of a ResNet stage).
+    A stack is an ``nn.ModuleList`` (of at least one child) or an ``nn.Sequential`` (of at least two)
+    whose children all have the same class and hold parameters (the transformer blocks of a GPT, the layers of a ResNet stage).
     Stacks inside a stack's blocks are not searched.
     """
     names: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
         children = list(module.named_children())
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(children) >= 2:
+        # A ModuleList is a stack even of one block (a 1-layer GPT); a Sequential needs two of a kind.
+        if len(children) >= (1 if isinstance(module, nn.ModuleList) else 2) and isinstance(
+            module, (nn.ModuleList, nn.Sequential)
+        ):
             kinds = {type(child) for _, child in children}
             if len(kinds) == 1 and all(any(True for _ in child.parameters()) for _, child in children):
                 names.extend(f"{prefix}{name}" for name, _ in children)

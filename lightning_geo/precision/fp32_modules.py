@@ -68,7 +68,7 @@ def _amax(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     if not tensors:
         return None
     # nan_to_num keeps a NaN visible to comparisons (NaN > x is False): it becomes +inf.
-    return torch.stack([t.detach().abs().amax().float() for t in tensors if t.numel()]).nan_to_num(nan=float("inf")).amax()
+    return torch.stack([t.detach().abs().amax().float() for t in tensors if t.numel()]).nan_to_num(nan=float("inf"), posinf=float("inf")).amax()
 
 
 class ForwardOverflowProbe:

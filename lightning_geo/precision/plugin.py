@@ -383,7 +383,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         pieces.append(loss_bad.reshape(1))
         if flags is not None:
             pieces.append(flags.to(device))
-        vector = torch.cat(pieces).nan_to_num(nan=math.inf)
+        vector = torch.cat(pieces).nan_to_num(nan=math.inf, posinf=math.inf)
         if trainer.world_size > 1:
             vector = reduce_tensor(trainer, vector, op="max")
         numbers = vector.tolist()  # the one host sync of the step
@@ -441,7 +441,7 @@ class PredictiveScalingPrecision(MixedPrecision):
                     g.mul_(1.0 / scale)
                 values = g.coalesce().values()
                 amaxes.append(values.abs().amax().float().to(device) if values.numel() else torch.zeros((), device=device))
-        return torch.stack([a.float() for a in amaxes]).nan_to_num(nan=math.inf).amax()
+        return torch.stack([a.float() for a in amaxes]).nan_to_num(nan=math.inf, posinf=math.inf).amax()
 
     def _is_probe_step(self, step: int) -> bool:
         return self.probe_every_n_steps > 0 and step % self.probe_every_n_steps == 0
@@ -477,9 +477,12 @@ class PredictiveScalingPrecision(MixedPrecision):
         """Re-plan the region where the overflow started: the non-finite region nearest the loss."""
         region = next(r for r, a in enumerate(region_amax) if not math.isfinite(a))
         scale = self._scales[region]
-        # Its amax was at least FP16_MAX / scale; keep one more bit of headroom there from now on.
-        self._extra_headroom[region] *= 2.0
-        self._predictors[region].observe(FP16_MAX / scale)
+        if self.consecutive_skips == 1:
+            # A new overflow here: this region's gradients outgrow its measured amax; keep one more bit from now on.
+            self._extra_headroom[region] *= 2.0
+        # Its amax was at least FP16_MAX / scale. Overflowing again right after a re-plan means it is far larger:
+        # assume 16x more per further skip in a row (a geometric search, 2**24 -> 2**6 in three skips).
+        self._predictors[region].observe(FP16_MAX / scale * 16.0 ** (self.consecutive_skips - 1))
         predicted = self._predictors[region].predict() or FP16_MAX / scale
         planned = power_of_two_scale(
             predicted * self._extra_headroom[region], self.headroom, self.min_scale, self.max_scale
