@@ -28,7 +28,6 @@ from lightning_geo.precision import (
 from lightning_geo.utils.geo_logging import GEO_PARTS
 from tests.helpers import DDP_SPAWN_CPU, TinyModel, tiny_trainer
 
-
 # ---------------------------------------------------------------------------------------------- scale rule
 
 
@@ -210,7 +209,7 @@ def _fit(tmp_path, plugin, model=None, **overrides):
 
 def test_first_step_predicts_the_scale_with_no_skip(tmp_path):
     plugin = PredictiveScalingPrecision("16-mixed", device="cpu", per_block=False)
-    trainer, _ = _fit(tmp_path, plugin, PrecisionModel(reduction="sum", lr=0.005), max_steps=6)
+    _fit(tmp_path, plugin, PrecisionModel(reduction="sum", lr=0.005), max_steps=6)
     assert plugin.skipped_steps == 0 and plugin.steps == 6
     # After each step the scale is the rule applied to the predicted (window-max) amax.
     expected = power_of_two_scale(plugin._predictors[0].predict(), 2.0, plugin.min_scale, plugin.max_scale)
@@ -252,7 +251,7 @@ def test_a_skipped_first_step_holds_the_scheduler_without_the_ordering_warning(t
     plugin = PredictiveScalingPrecision("16-mixed", device="cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer, model = _fit(tmp_path, plugin, PrecisionModel(nonfinite_steps={0}, scheduler=True), max_steps=4)
+        trainer, _ = _fit(tmp_path, plugin, PrecisionModel(nonfinite_steps={0}, scheduler=True), max_steps=4)
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     assert plugin.skipped_steps == 1
     scheduler = trainer.lr_scheduler_configs[0].scheduler
@@ -282,7 +281,7 @@ def test_lightning_16_mixed_collapses_on_the_same_forward_overflow(tmp_path):
 
 def test_pinned_fp32_modules_run_in_fp32_from_the_start(tmp_path):
     plugin = PredictiveScalingPrecision("16-mixed", device="cpu", fp32_modules=["hot.*", nn.LayerNorm])
-    trainer, model = _fit(tmp_path, plugin, PrecisionModel(hot_gain=3e5), max_steps=3)
+    _, model = _fit(tmp_path, plugin, PrecisionModel(hot_gain=3e5), max_steps=3)
     assert is_promoted(model.hot[0]) and is_promoted(model.blocks[0][0])
     assert plugin.skipped_steps == 0
     with pytest.raises(ValueError, match=r"fp32_modules entry 'nope' matches no submodule"):
@@ -322,7 +321,8 @@ def test_decisions_are_logged_under_geo_precision(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     def run(max_steps, ckpt_path=None, every=None):
         plugin = PredictiveScalingPrecision("16-mixed", device="cpu")
-        callbacks = [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1)] if every else []
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1)
+        callbacks = [checkpoint] if every else []
         model = PrecisionModel(reduction="sum", hot_gain=3e5, num_samples=32, lr=0.005)
         pl.seed_everything(0, verbose=False)
         trainer = tiny_trainer(

@@ -16,6 +16,7 @@ runs at the global scale; region ``k`` lies upstream of the ``k`` cuts nearest t
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,17 +29,16 @@ def find_block_stacks(root: nn.Module) -> list[str]:
     """Names of the blocks of the outermost repeated stacks in ``root``, in forward-definition order.
 
     A stack is an ``nn.ModuleList`` (of at least one child) or an ``nn.Sequential`` (of at least two)
-    whose children all have the same class and hold parameters (the transformer blocks of a GPT, the layers of a ResNet stage).
-    Stacks inside a stack's blocks are not searched.
+    whose children all have the same class and hold parameters (the transformer blocks of a GPT, the
+    layers of a ResNet stage). Stacks inside a stack's blocks are not searched.
     """
     names: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
         children = list(module.named_children())
         # A ModuleList is a stack even of one block (a 1-layer GPT); a Sequential needs two of a kind.
-        if len(children) >= (1 if isinstance(module, nn.ModuleList) else 2) and isinstance(
-            module, (nn.ModuleList, nn.Sequential)
-        ):
+        minimum = 1 if isinstance(module, nn.ModuleList) else 2
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(children) >= minimum:
             kinds = {type(child) for _, child in children}
             if len(kinds) == 1 and all(any(True for _ in child.parameters()) for _, child in children):
                 names.extend(f"{prefix}{name}" for name, _ in children)
@@ -170,7 +170,7 @@ class BlockScaling:
             if upstream and not upstream & _reachable_params(root_node, stop=node):
                 reach[point] = upstream
         ordered = [point for point in self.points if point in reach]
-        nested = all(reach[a] <= reach[b] for a, b in zip(ordered, ordered[1:]))
+        nested = all(reach[a] <= reach[b] for a, b in itertools.pairwise(ordered))
         self.valid_points = ordered if nested else []
         self.param_region = {
             id(p): sum(id(p) in reach[point] for point in self.valid_points) for p in params if p.requires_grad

@@ -10,14 +10,13 @@ autocast disabled and its floating inputs cast to float32.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-
-from lightning_geo.precision.scale_rule import FP16_MAX
 
 
 def _to_float32(value: Any) -> Any:
@@ -67,20 +66,22 @@ def _floating_tensors(value: Any) -> list[torch.Tensor]:
 def _amax(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     if not tensors:
         return None
-    # nan_to_num keeps a NaN visible to comparisons (NaN > x is False): it becomes +inf.
-    return torch.stack([t.detach().abs().amax().float() for t in tensors if t.numel()]).nan_to_num(nan=float("inf"), posinf=float("inf")).amax()
+    # A NaN becomes +inf, so that comparisons see it (NaN > x is False).
+    amaxes = torch.stack([t.detach().abs().amax().float() for t in tensors if t.numel()])
+    return amaxes.nan_to_num(nan=math.inf, posinf=math.inf).amax()
 
 
 class ForwardOverflowProbe:
     """Forward hooks that, when armed, flag modules whose output leaves the fp16 range.
 
-    A module is flagged if its output has a value that is non-finite or above 65504 while all its
-    floating inputs are finite; of a flagged module and its flagged descendants, only the deepest are
-    reported (the parent only inherits the overflow). Arming costs two reductions per module and
-    forward; disarmed hooks return at once.
+    A module is flagged if its output is non-finite while its floating inputs are finite: the overflow
+    starts there (an fp16 result beyond 65504 is inf; a float32 value beyond it, such as a promoted
+    module's output, is flagged where an fp16 operation downstream turns it into inf). Of a flagged
+    module and its flagged descendants only the deepest are reported: the parent only inherits it.
+    Arming costs two reductions per module and forward; disarmed hooks return at once.
 
     Args:
-        root: The module to watch (every submodule with parameters or children, excluding ``root``).
+        root: The module to watch: every submodule of it (not ``root`` itself).
     """
 
     def __init__(self, root: nn.Module) -> None:
@@ -106,10 +107,11 @@ class ForwardOverflowProbe:
             if out_amax is None:
                 return
             in_amax = _amax(_floating_tensors(args) + _floating_tensors(kwargs))
-            inputs_finite = torch.ones((), dtype=torch.bool, device=out_amax.device)
-            if in_amax is not None:
-                inputs_finite = torch.isfinite(in_amax).to(out_amax.device)
-            flag = (out_amax > FP16_MAX) & inputs_finite
+            in_amax = torch.zeros_like(out_amax) if in_amax is None else in_amax.to(out_amax.device)
+            # Non-finite from finite inputs: the overflow starts here. (An fp16 result beyond 65504 is inf; a
+            # float32 one beyond it is harmless until an fp16 operation downstream turns it into inf, and that
+            # operation's module is the one flagged.)
+            flag = ~torch.isfinite(out_amax) & torch.isfinite(in_amax)
             previous = self._flags.get(name)
             self._flags[name] = flag if previous is None else previous | flag
 

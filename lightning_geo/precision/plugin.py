@@ -440,7 +440,8 @@ class PredictiveScalingPrecision(MixedPrecision):
                 if self.scaling:
                     g.mul_(1.0 / scale)
                 values = g.coalesce().values()
-                amaxes.append(values.abs().amax().float().to(device) if values.numel() else torch.zeros((), device=device))
+                amax = values.abs().amax().float() if values.numel() else torch.zeros(())
+                amaxes.append(amax.to(device))
         return torch.stack([a.float() for a in amaxes]).nan_to_num(nan=math.inf, posinf=math.inf).amax()
 
     def _is_probe_step(self, step: int) -> bool:

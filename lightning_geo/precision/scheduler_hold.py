@@ -36,7 +36,8 @@ class _HeldScheduler:
 def hold_step_schedulers(trainer: pl.Trainer) -> None:
     """Make the next ``step()`` of every non-plateau, step-interval scheduler of ``trainer`` a no-op."""
     for config in trainer.lr_scheduler_configs:
-        if config.interval == "step" and not config.reduce_on_plateau and not isinstance(config.scheduler, _HeldScheduler):
+        held = isinstance(config.scheduler, _HeldScheduler)
+        if config.interval == "step" and not config.reduce_on_plateau and not held:
             config.scheduler = _HeldScheduler(config.scheduler, config)
 
 
