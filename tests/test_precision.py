@@ -202,7 +202,8 @@ class PrecisionModel(TinyModel):
 def _fit(tmp_path, plugin, model=None, **overrides):
     pl.seed_everything(0, verbose=False)
     model = model if model is not None else PrecisionModel()
-    trainer = tiny_trainer(tmp_path, plugins=[plugin], **overrides)
+    overrides.setdefault("plugins", [plugin])
+    trainer = tiny_trainer(tmp_path, **overrides)
     trainer.fit(model)
     return trainer, model
 
@@ -215,6 +216,18 @@ def test_first_step_predicts_the_scale_with_no_skip(tmp_path):
     expected = power_of_two_scale(plugin._predictors[0].predict(), 2.0, plugin.min_scale, plugin.max_scale)
     assert plugin.scale == expected and plugin.scale != plugin.init_scale
     assert plugin.last_actual_amax * plugin.scale * 2.0 <= FP16_MAX
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_fp16_training_with_per_block_scales_follows_fp32(tmp_path, accumulate):
+    """Every gradient is unscaled by its own region's scale: a wrong factor anywhere would show as a gap."""
+    _, reference = _fit(tmp_path / "fp32", None, max_steps=6, accumulate_grad_batches=accumulate, plugins=None)
+    plugin = PredictiveScalingPrecision("16-mixed", device="cpu")
+    _, model = _fit(tmp_path / "geo", plugin, max_steps=6, accumulate_grad_batches=accumulate)
+    assert plugin.steps == 6 and plugin.skipped_steps == 0
+    assert len(set(plugin.block_scales.values())) > 1  # regions really run at different scales
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=1e-2)
 
 
 def test_gradscaler_skips_a_summed_loss_where_the_predicted_scale_does_not(tmp_path):
