@@ -260,6 +260,24 @@ def test_backward_overflows_are_replanned_from_the_evidence_faster_than_halving(
     assert scheduler.last_epoch == 16 - 3  # the schedule advanced on optimizer steps only
 
 
+def test_each_region_is_replanned_from_its_own_overflow_streak():
+    plugin = PredictiveScalingPrecision("16-mixed")
+    plugin._region_names = ["head", "blocks.1", "blocks.0"]
+    plugin._scales = [128.0, 4096.0, 512.0]
+    plugin._extra_headroom = [1.0, 1.0, 1.0]
+    plugin._overflow_streak = [0, 0, 0]
+    plugin._predictors = [AmaxPredictor(16) for _ in range(3)]
+    for predictor, amax in zip(plugin._predictors, (200.0, 5.0, 37.0), strict=True):
+        predictor.observe(amax)
+    plugin._replan_after_overflow([170.0, math.inf, math.inf])  # blocks.1 overflowed (and blocks.0 below it)
+    assert plugin.block_scales == {"head": 128.0, "blocks.1": 1024.0, "blocks.0": 512.0}
+    # The next step overflows first in blocks.0: its first overflow, so amax >= 65504 / 512 and one extra bit:
+    # a 4x cut, not the 64x of the 16x-per-skip search that a second overflow of one region in a row gets.
+    plugin._replan_after_overflow([145.0, 26.0, math.inf])
+    assert plugin.block_scales == {"head": 128.0, "blocks.1": 1024.0, "blocks.0": 128.0}
+    assert plugin._extra_headroom == [1.0, 2.0, 2.0]
+
+
 def test_a_skipped_first_step_holds_the_scheduler_without_the_ordering_warning(tmp_path):
     plugin = PredictiveScalingPrecision("16-mixed", device="cpu")
     with warnings.catch_warnings(record=True) as caught:

@@ -72,8 +72,10 @@ class PredictiveScalingPrecision(MixedPrecision):
     With ``"bf16-mixed"`` nothing is scaled or skipped (bf16 has fp32's range); amax, the forward
     overflow probe and the underflow sample are still measured and logged.
 
-    Logged under ``geo/precision/``: ``scale`` (global), ``block_scale/<region>`` (per block),
-    ``predicted_amax`` and ``actual_amax`` (unscaled), ``skipped_steps`` (total), ``underflow_fraction``
+    Logged under ``geo/precision/``: ``scale`` (global: the ``head`` region's), ``block_scale/<region>``
+    (every region, ``head`` included), ``predicted_amax`` and ``actual_amax`` (the ``head`` region's
+    unscaled amax, predicted before the step and measured in it: the pair ``scale`` is planned from),
+    ``skipped_steps`` (total), ``underflow_fraction``
     and ``underflow_fraction_worst`` (on probe steps: share of zero elements in fp16 activation
     gradients, mean over layers and worst layer) and the text ``promoted_modules``.
 
@@ -187,6 +189,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self.last_actual_amax: float | None = None
         self._scales = [self.init_scale]
         self._extra_headroom = [1.0]
+        self._overflow_streak = [0]  # per region: skips in a row that started there
         self._predictors = [AmaxPredictor(window)]
         self._region_names = ["global"]
         self._probe_next = True
@@ -314,6 +317,7 @@ class PredictiveScalingPrecision(MixedPrecision):
             self._predictors = [global_predictor] + [AmaxPredictor(self.window) for _ in names[1:]]
             self._scales = [self._scales[0]] * len(names)
             self._extra_headroom = [self._extra_headroom[0]] * len(names)
+            self._overflow_streak = [self._overflow_streak[0]] * len(names)
         self._region_names = names
         blocks.set_region_scales(self._scales)
 
@@ -398,7 +402,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         for name in culprits:
             self._promote(name, warn=True)
         self.steps += 1
-        self.last_predicted_amax = self._predicted_global_amax()
+        self.last_predicted_amax = self._predictors[0].predict()
         grads_bad = not all(math.isfinite(a) for a in region_amax)
         skip = self.scaling and (grads_bad or forward_bad)
         if skip:
@@ -409,6 +413,7 @@ class PredictiveScalingPrecision(MixedPrecision):
             self._check_consecutive_skips(forward_bad, culprits)
         else:
             self.consecutive_skips = 0
+            self._overflow_streak = [0] * regions
             for r in range(regions):
                 bounds = [region_amax[r]]
                 if r >= 1:
@@ -416,7 +421,8 @@ class PredictiveScalingPrecision(MixedPrecision):
                 if r < len(boundary_amax):
                     bounds.append(boundary_amax[r])
                 self._predictors[r].observe(max(bounds))
-            self.last_actual_amax = max(region_amax) if region_amax else None
+                if r == 0:
+                    self.last_actual_amax = max(bounds)
             if self.scaling:
                 self._plan()
         if underflow:
@@ -447,11 +453,6 @@ class PredictiveScalingPrecision(MixedPrecision):
     def _is_probe_step(self, step: int) -> bool:
         return self.probe_every_n_steps > 0 and step % self.probe_every_n_steps == 0
 
-    def _predicted_global_amax(self) -> float | None:
-        predictions = [p.predict() for p in self._predictors]
-        known = [v for v in predictions if v is not None]
-        return max(known) if known else None
-
     def _plan(self) -> None:
         for r, predictor in enumerate(self._predictors):
             predicted = predictor.predict()
@@ -478,12 +479,14 @@ class PredictiveScalingPrecision(MixedPrecision):
         """Re-plan the region where the overflow started: the non-finite region nearest the loss."""
         region = next(r for r, a in enumerate(region_amax) if not math.isfinite(a))
         scale = self._scales[region]
-        if self.consecutive_skips == 1:
+        self._overflow_streak[region] += 1
+        streak = self._overflow_streak[region]
+        if streak == 1:
             # A new overflow here: this region's gradients outgrow its measured amax; keep one more bit from now on.
             self._extra_headroom[region] *= 2.0
         # Its amax was at least FP16_MAX / scale. Overflowing again right after a re-plan means it is far larger:
-        # assume 16x more per further skip in a row (a geometric search, 2**24 -> 2**6 in three skips).
-        self._predictors[region].observe(FP16_MAX / scale * 16.0 ** (self.consecutive_skips - 1))
+        # assume 16x more per further skip of this region in a row (a geometric search: 2**24 -> 2**6 in 3 skips).
+        self._predictors[region].observe(FP16_MAX / scale * 16.0 ** (streak - 1))
         predicted = self._predictors[region].predict() or FP16_MAX / scale
         planned = power_of_two_scale(
             predicted * self._extra_headroom[region], self.headroom, self.min_scale, self.max_scale
@@ -543,6 +546,7 @@ class PredictiveScalingPrecision(MixedPrecision):
                 "names": list(self._region_names),
                 "scales": list(self._scales),
                 "extra_headroom": list(self._extra_headroom),
+                "overflow_streak": list(self._overflow_streak),
                 "predictors": [p.state_dict() for p in self._predictors],
             },
         }
@@ -571,6 +575,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._region_names = list(regions["names"])
         self._scales = [float(s) for s in regions["scales"]]
         self._extra_headroom = [float(h) for h in regions["extra_headroom"]]
+        self._overflow_streak = [int(n) for n in regions["overflow_streak"]]
         self._predictors = []
         for predictor_state in regions["predictors"]:
             predictor = AmaxPredictor(self.window)

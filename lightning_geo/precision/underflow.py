@@ -1,10 +1,11 @@
 """Sampled underflow measurement: the share of fp16 activation-gradient elements that are zero.
 
 The gradient arriving at a layer's output in an fp16 backward is computed by the layers after it;
-an element whose true value is below fp16's smallest subnormal (2**-24 times the loss scale in effect)
-comes out as exactly zero: it was flushed. On layers whose output gradient has no structural zeros
-(the Linear layers of a transformer: GELU, attention and residual adds have none) the zero share *is*
-the flushed share; after a ReLU it also counts the ReLU's zeros, so compare arms, not absolute values.
+an element whose true value is below fp16's smallest subnormal (2**-24 divided by the loss scale in
+effect) comes out as exactly zero: it was flushed. Zeros that are exact in any precision count too:
+after a ReLU, and in causal attention the query of the first position, whose gradient is zero (so each
+fused ``qkv`` projection reads at least ``1 / (3 * seq_len)``). Such a floor is the same in every arm,
+so compare arms rather than read the absolute values.
 """
 
 from __future__ import annotations
