@@ -222,7 +222,7 @@ def test_first_step_predicts_the_scale_with_no_skip(tmp_path):
 def test_fp16_training_with_per_block_scales_follows_fp32(tmp_path, accumulate):
     """Every gradient is unscaled by its own region's scale: a wrong factor anywhere would show as a gap."""
     _, reference = _fit(tmp_path / "fp32", None, max_steps=6, accumulate_grad_batches=accumulate, plugins=None)
-    plugin = PredictiveScalingPrecision("16-mixed", device="cpu")
+    plugin = PredictiveScalingPrecision("16-mixed", device="cpu", block_headroom=1.0)
     _, model = _fit(tmp_path / "geo", plugin, max_steps=6, accumulate_grad_batches=accumulate)
     assert plugin.steps == 6 and plugin.skipped_steps == 0
     assert len(set(plugin.block_scales.values())) > 1  # regions really run at different scales
@@ -261,7 +261,7 @@ def test_backward_overflows_are_replanned_from_the_evidence_faster_than_halving(
 
 
 def test_each_region_is_replanned_from_its_own_overflow_streak():
-    plugin = PredictiveScalingPrecision("16-mixed")
+    plugin = PredictiveScalingPrecision("16-mixed", block_headroom=2.0)
     plugin._region_names = ["head", "blocks.1", "blocks.0"]
     plugin._scales = [128.0, 4096.0, 512.0]
     plugin._extra_headroom = [1.0, 1.0, 1.0]
@@ -410,6 +410,7 @@ def test_two_ranks_take_the_same_decisions(tmp_path):
         ({"window": 0}, "window=0 must be an integer >= 1"),
         ({"headroom": 0.5}, "headroom=0.5 must be >= 1"),
         ({"headroom": math.nan}, "headroom=nan must be a positive finite number"),
+        ({"block_headroom": 0.5}, "block_headroom=0.5 must be >= 1"),
         ({"init_scale": -1.0}, "init_scale=-1.0 must be a positive finite number"),
         ({"min_scale": 4.0, "init_scale": 1.0}, "need min_scale <= init_scale <= max_scale"),
         ({"probe_every_n_steps": -1}, "probe_every_n_steps=-1 must be an integer >= 0"),

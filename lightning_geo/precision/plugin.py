@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim import LBFGS, Optimizer
 from typing_extensions import override
 
+from lightning_geo.precision.activation_amax import ActivationGradAmax
 from lightning_geo.precision.block_scaling import BlockScaling, find_block_stacks
 from lightning_geo.precision.fp32_modules import ForwardOverflowProbe, promote_to_fp32
 from lightning_geo.precision.scale_rule import FP16_MAX, AmaxPredictor, power_of_two_scale
@@ -86,7 +87,12 @@ class PredictiveScalingPrecision(MixedPrecision):
         blocks: ``"auto"`` (default: the blocks of the outermost repeated ``ModuleList``/``Sequential``)
             or the qualified module names of the blocks, in forward order.
         window: Steps of amax history the prediction takes the maximum over. Default 16.
-        headroom: Factor (>= 1) kept between the scaled predicted amax and 65504. Default 2.
+        headroom: Factor (>= 1) kept between the scaled predicted amax and 65504 in the global (head)
+            region. Default 2.
+        block_headroom: The same for the block regions. Default 8: inside a block, fp16 results that no
+            cheap measurement bounds (the weight-gradient GEMMs, the residual stream between attention
+            and MLP) jump by more than 4x from one step to the next now and then; the head region's scale
+            leaves them far more room.
         init_scale: Scale of the first step, before any amax is known. Default 1: a first step at a low
             scale loses a little precision; one at a high scale may overflow and be skipped.
         min_scale: A scale below this is a collapse: :class:`LossScaleCollapseError`. Default 2**-10.
@@ -115,6 +121,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         blocks: str | Sequence[str] = "auto",
         window: int = 16,
         headroom: float = 2.0,
+        block_headroom: float = 8.0,
         init_scale: float = 1.0,
         min_scale: float = 2.0**-10,
         max_scale: float = 2.0**24,
@@ -138,9 +145,10 @@ class PredictiveScalingPrecision(MixedPrecision):
         elif not blocks or not all(isinstance(b, str) for b in blocks):
             raise ValueError(f"blocks={blocks!r} must be 'auto' or a non-empty list of module names")
         _check_int("window", window, 1)
-        _check_positive("headroom", headroom)
-        if headroom < 1:
-            raise ValueError(f"headroom={headroom!r} must be >= 1 (it is a safety factor below the fp16 maximum)")
+        for name, value in (("headroom", headroom), ("block_headroom", block_headroom)):
+            _check_positive(name, value)
+            if value < 1:
+                raise ValueError(f"{name}={value!r} must be >= 1 (it is a safety factor below the fp16 maximum)")
         for name, value in (("init_scale", init_scale), ("min_scale", min_scale), ("max_scale", max_scale)):
             _check_positive(name, value)
         if not min_scale <= init_scale <= max_scale:
@@ -171,6 +179,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self.blocks = blocks
         self.window = window
         self.headroom = float(headroom)
+        self.block_headroom = float(block_headroom)
         self.init_scale = float(init_scale)
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
@@ -198,6 +207,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._block_scaling: BlockScaling | None = None
         self._overflow_probe: ForwardOverflowProbe | None = None
         self._underflow_probe: UnderflowProbe | None = None
+        self._activation_amax: ActivationGradAmax | None = None
         self._pending_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ public read-outs
@@ -241,6 +251,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._overflow_probe = ForwardOverflowProbe(module)
         dtype = torch.float16 if self.precision == "16-mixed" else torch.bfloat16
         self._underflow_probe = UnderflowProbe(module, dtype=dtype)
+        self._activation_amax = ActivationGradAmax(module, self._region_of)
         self._arm_probes(self._probe_next)
         if self._pending_state is not None:
             for name in self._pending_state.get("promoted_modules", []):
@@ -248,10 +259,10 @@ class PredictiveScalingPrecision(MixedPrecision):
         return module
 
     def _detach(self) -> None:
-        for probe in (self._block_scaling, self._overflow_probe, self._underflow_probe):
+        for probe in (self._block_scaling, self._overflow_probe, self._underflow_probe, self._activation_amax):
             if probe is not None:
                 probe.remove()
-        self._block_scaling = self._overflow_probe = self._underflow_probe = None
+        self._block_scaling = self._overflow_probe = self._underflow_probe = self._activation_amax = None
 
     def _resolve_fp32_modules(self, module: nn.Module) -> list[str]:
         named = [(name, sub) for name, sub in module.named_modules() if name]
@@ -372,6 +383,10 @@ class PredictiveScalingPrecision(MixedPrecision):
                     grads[self._region_of(param)].append(param.grad)
         device = next((g.device for region in grads for g in region), trainer.strategy.root_device)
         values = [self._unscale_and_amax(region_grads, self._scales[r], device) for r, region_grads in enumerate(grads)]
+        if self._activation_amax is not None:
+            # The layers' output gradients are at their region's scale: unscale, then take the larger.
+            inner = self._activation_amax.take(regions, device) / torch.tensor(self._scales, device=device)
+            values = [torch.maximum(v, a) for v, a in zip(values, inner.unbind(), strict=True)]
         boundary: list[torch.Tensor] = []
         if self._block_scaling is not None and self._block_scaling.analysed:
             # Cut k (from the loss) sees region k-1's scale; unscaled it bounds regions k-1 and k.
@@ -459,19 +474,23 @@ class PredictiveScalingPrecision(MixedPrecision):
             if predicted is None:
                 continue
             scale = power_of_two_scale(
-                predicted * self._extra_headroom[r], self.headroom, self.min_scale, self.max_scale
+                predicted * self._extra_headroom[r], self._headroom(r), self.min_scale, self.max_scale
             )
             self._set_scale(r, scale)
         if self._block_scaling is not None and self._block_scaling.analysed:
             self._block_scaling.set_region_scales(self._scales)
+
+    def _headroom(self, region: int) -> float:
+        return self.headroom if region == 0 else self.block_headroom
 
     def _set_scale(self, region: int, scale: float) -> None:
         if scale < self.min_scale:
             raise LossScaleCollapseError(
                 f"PredictiveScalingPrecision: the loss scale of region {self._region_names[region]!r} would fall to "
                 f"{scale:g}, below min_scale={self.min_scale:g}: its unscaled gradients reach "
-                f"{FP16_MAX / scale / self.headroom:.3g}. Likely causes: diverging weights (lower the learning rate "
-                "or clip gradients), a loss summed over many elements (use a mean), or NaN/inf in the data."
+                f"{FP16_MAX / scale / self._headroom(region):.3g}. Likely causes: diverging weights (lower the "
+                "learning rate or clip gradients), a loss summed over many elements (use a mean), or NaN/inf in "
+                "the data."
             )
         self._scales[region] = scale
 
@@ -489,7 +508,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._predictors[region].observe(FP16_MAX / scale * 16.0 ** (streak - 1))
         predicted = self._predictors[region].predict() or FP16_MAX / scale
         planned = power_of_two_scale(
-            predicted * self._extra_headroom[region], self.headroom, self.min_scale, self.max_scale
+            predicted * self._extra_headroom[region], self._headroom(region), self.min_scale, self.max_scale
         )
         self._set_scale(region, min(planned, scale * self.backoff_factor))
         if self._block_scaling is not None and self._block_scaling.analysed:

@@ -1,0 +1,65 @@
+"""The largest activation gradient inside each scaling region, measured at the outputs of the Linear/Conv layers.
+
+A region's parameter gradients and the gradients at its boundaries do not bound what flows inside it: in
+a pre-norm transformer block the residual-stream gradient between attention and MLP can be several
+times the one at the block's output, and it is cast to fp16 at the attention projection's output. So
+every step the amax of each Linear/Conv layer's output gradient is taken (one reduction per layer, no
+host sync) and counted in the region of the layer's weight: that gradient is at the region's scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class ActivationGradAmax:
+    """Max-accumulates, per region, the amax of the output gradients of the Linear/Conv layers of ``root``.
+
+    Args:
+        root: The model.
+        region_of: Maps a layer's weight to its region index (0: the global region).
+    """
+
+    def __init__(self, root: nn.Module, region_of: Callable[[torch.Tensor], int]) -> None:
+        self.region_of = region_of
+        self._amax: dict[int, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = [
+            module.register_forward_hook(self._on_forward) for module in root.modules() if isinstance(module, _LAYERS)
+        ]
+
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not (
+            module.training
+            and torch.is_grad_enabled()
+            and isinstance(output, torch.Tensor)
+            and output.requires_grad
+            and torch._C._current_graph_task_id() == -1  # not a forward re-run by activation checkpointing
+        ):
+            return
+        def on_grad(grad: torch.Tensor) -> None:
+            region = self.region_of(module.weight)  # looked up now: the first step finds the regions after its forward
+            amax = grad.detach().abs().amax().float()
+            previous = self._amax.get(region)
+            self._amax[region] = amax if previous is None else torch.maximum(previous, amax)
+
+        output.register_hook(on_grad)
+
+    def take(self, num_regions: int, device: torch.device) -> torch.Tensor:
+        """The scaled amax per region since the last call (0 where nothing was measured), then reset."""
+        zero = torch.zeros((), device=device)
+        values = torch.stack([self._amax.get(r, zero).to(device) for r in range(num_regions)])
+        self._amax.clear()
+        return values
+
+    def remove(self) -> None:
+        """Remove every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
