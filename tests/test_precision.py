@@ -78,8 +78,12 @@ class ResidualNet(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + self.fc(torch.tanh(self.norm(x)))
 
-    def __init__(self, *, residual_inside: bool = True, long_skip: bool = False, tied: bool = False) -> None:
+    def __init__(
+        self, *, residual_inside: bool = True, long_skip: bool = False, tied: bool = False, shared_leaf: bool = False
+    ) -> None:
         super().__init__()
+        # A tensor that requires grad but is no parameter, used in every block (not unscaled, so not relevant).
+        self.shared_leaf = torch.ones(12, requires_grad=True) if shared_leaf else None
         width = 12
         self.residual_inside = residual_inside
         self.long_skip = long_skip
@@ -93,6 +97,8 @@ class ResidualNet(nn.Module):
         h0 = h = self.stem(x)
         for block in self.blocks:
             h = block(h) if self.residual_inside else h + block(h)
+            if self.shared_leaf is not None:
+                h = h * self.shared_leaf
         return self.head(h + h0 if self.long_skip else h)
 
 
@@ -135,6 +141,9 @@ def test_points_that_a_backward_path_bypasses_are_not_used_and_stay_exact():
     # A weight tied between stem and head is reached from the loss around every point: global scale only.
     tied = _scaled_grads_match_fp32(ResidualNet(tied=True), SCALES)
     assert tied.valid_points == [] and set(tied.param_region.values()) == {0}
+    # A non-parameter leaf shared by all blocks (its gradient is not unscaled) leaves every cut valid.
+    shared = _scaled_grads_match_fp32(ResidualNet(shared_leaf=True), SCALES)
+    assert shared.valid_points == ["blocks.0:input", "blocks.0", "blocks.1", "blocks.2"]
 
 
 def test_block_stacks_are_the_outermost_repeated_module_lists():

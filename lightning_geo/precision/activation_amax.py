@@ -29,7 +29,7 @@ class ActivationGradAmax:
 
     def __init__(self, root: nn.Module, region_of: Callable[[torch.Tensor], int]) -> None:
         self.region_of = region_of
-        self._amax: dict[int, torch.Tensor] = {}
+        self._amax: list[tuple[int, torch.Tensor]] = []  # (region, scaled amax) per layer output gradient
         self._handles: list[RemovableHandle] = [
             module.register_forward_hook(self._on_forward) for module in root.modules() if isinstance(module, _LAYERS)
         ]
@@ -45,18 +45,19 @@ class ActivationGradAmax:
             return
         def on_grad(grad: torch.Tensor) -> None:
             region = self.region_of(module.weight)  # looked up now: the first step finds the regions after its forward
-            amax = grad.detach().abs().amax().float()
-            previous = self._amax.get(region)
-            self._amax[region] = amax if previous is None else torch.maximum(previous, amax)
+            self._amax.append((region, grad.detach().abs().amax()))
 
         output.register_hook(on_grad)
 
     def take(self, num_regions: int, device: torch.device) -> torch.Tensor:
         """The scaled amax per region since the last call (0 where nothing was measured), then reset."""
-        zero = torch.zeros((), device=device)
-        values = torch.stack([self._amax.get(r, zero).to(device) for r in range(num_regions)])
+        result = torch.zeros(num_regions, device=device)
+        if self._amax:
+            regions = torch.tensor([r for r, _ in self._amax], device=device)
+            values = torch.stack([a.float() for _, a in self._amax]).to(device)
+            result.scatter_reduce_(0, regions, values, reduce="amax")
         self._amax.clear()
-        return values
+        return result
 
     def remove(self) -> None:
         """Remove every hook."""

@@ -53,13 +53,15 @@ def find_block_stacks(root: nn.Module) -> list[str]:
 def _reachable_params(start: Any, stop: Any = None) -> set[int]:
     """ids of the leaf tensors whose AccumulateGrad nodes are reachable from ``start`` without entering ``stop``."""
     found: set[int] = set()
-    seen: set[int] = set()
+    # Keep every visited node object alive: autograd creates the Python wrapper of a C++ node on demand and
+    # reuses it only while it lives, so a freed wrapper's id() could come back for another node.
+    seen: dict[int, Any] = {}
     stack = [start]
     while stack:
         node = stack.pop()
         if node is None or node is stop or id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         variable = getattr(node, "variable", None)
         if variable is not None:
             found.add(id(variable))
@@ -103,7 +105,7 @@ class BlockScaling:
         self.param_region: dict[int, int] = {}  # id(param) -> region
         self._factors: dict[str, float] = {}
         self._pending: dict[str, torch.Tensor] = {}  # point -> its tensor, until analyse()
-        self._boundary_amax: dict[str, torch.Tensor] = {}
+        self._boundary_amax: dict[str, list[torch.Tensor]] = {}  # one amax per backward (micro-batch)
         self._handles: list[RemovableHandle] = []
         first = modules[block_names[0]]
         self._handles.append(first.register_forward_pre_hook(self._on_first_input))
@@ -141,9 +143,7 @@ class BlockScaling:
 
     def _register(self, point: str, tensor: torch.Tensor) -> None:
         def on_grad(grad: torch.Tensor) -> torch.Tensor | None:
-            amax = grad.detach().abs().amax().float()
-            previous = self._boundary_amax.get(point)
-            self._boundary_amax[point] = amax if previous is None else torch.maximum(previous, amax)
+            self._boundary_amax.setdefault(point, []).append(grad.detach().abs().amax())
             factor = self._factors[point]
             return None if factor == 1.0 else grad * factor
 
@@ -157,7 +157,10 @@ class BlockScaling:
         Parameters not upstream of any valid cut get region 0 (the global scale). Call it after the
         forward and before the backward of a training step; that backward is already hooked.
         """
-        params = list(params)
+        params = [p for p in params if p.requires_grad]
+        # Only the parameters matter (their gradients are what gets unscaled); other leaves that require
+        # grad, shared between blocks, must not invalidate a cut.
+        param_ids = {id(p) for p in params}
         self.analysed = True
         root_node = loss.grad_fn
         reach: dict[str, set[int]] = {}
@@ -166,15 +169,13 @@ class BlockScaling:
             node = None if tensor is None else tensor.grad_fn
             if node is None or root_node is None:
                 continue
-            upstream = _reachable_params(node)
+            upstream = _reachable_params(node) & param_ids
             if upstream and not upstream & _reachable_params(root_node, stop=node):
                 reach[point] = upstream
         ordered = [point for point in self.points if point in reach]
         nested = all(reach[a] <= reach[b] for a, b in itertools.pairwise(ordered))
         self.valid_points = ordered if nested else []
-        self.param_region = {
-            id(p): sum(id(p) in reach[point] for point in self.valid_points) for p in params if p.requires_grad
-        }
+        self.param_region = {id(p): sum(id(p) in reach[point] for point in self.valid_points) for p in params}
         self._factors = dict.fromkeys(self.valid_points, 1.0)
         # This step's backward has not run yet: hook it too, so it is scaled like every later one.
         for point in self.valid_points:
@@ -192,7 +193,10 @@ class BlockScaling:
     def take_boundary_amax(self) -> list[torch.Tensor | None]:
         """The raw (scaled) amax of the gradient that arrived at each valid cut since the last call,
         ordered from the loss (index ``k - 1`` for the cut between regions ``k - 1`` and ``k``), then reset."""
-        values = [self._boundary_amax.get(point) for point in reversed(self.valid_points)]
+        values = []
+        for point in reversed(self.valid_points):
+            amaxes = self._boundary_amax.get(point)
+            values.append(None if amaxes is None else torch.stack(amaxes).float().amax())
         self._boundary_amax.clear()
         return values
 

@@ -78,21 +78,32 @@ class ForwardOverflowProbe:
     starts there (an fp16 result beyond 65504 is inf; a float32 value beyond it, such as a promoted
     module's output, is flagged where an fp16 operation downstream turns it into inf). Of a flagged
     module and its flagged descendants only the deepest are reported: the parent only inherits it.
-    Arming costs two reductions per module and forward; disarmed hooks return at once.
+    Arming costs two reductions per module and forward; a disarmed probe has no hooks.
 
     Args:
         root: The module to watch: every submodule of it (not ``root`` itself).
     """
 
     def __init__(self, root: nn.Module) -> None:
-        self.armed = False
-        self._names: list[str] = []
+        self._modules = [(name, module) for name, module in root.named_modules() if name]
+        self._names = [name for name, _ in self._modules]
         self._flags: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
-        for name, module in root.named_modules():
-            if name:
-                self._names.append(name)
-                self._handles.append(module.register_forward_hook(self._make_hook(name), with_kwargs=True))
+
+    @property
+    def armed(self) -> bool:
+        """Whether the hooks are in place; they are registered when armed and removed when disarmed, so a
+        disarmed probe costs nothing."""
+        return bool(self._handles)
+
+    @armed.setter
+    def armed(self, value: bool) -> None:
+        if value and not self._handles:
+            self._handles = [
+                module.register_forward_hook(self._make_hook(name), with_kwargs=True) for name, module in self._modules
+            ]
+        elif not value:
+            self.remove()
 
     @property
     def names(self) -> list[str]:
@@ -101,7 +112,7 @@ class ForwardOverflowProbe:
 
     def _make_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            if not self.armed or is_promoted(module):
+            if is_promoted(module):
                 return
             out_amax = _amax(_floating_tensors(output))
             if out_amax is None:

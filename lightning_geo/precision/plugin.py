@@ -451,19 +451,20 @@ class PredictiveScalingPrecision(MixedPrecision):
         if not grads:
             return torch.zeros((), device=device)
         dense = [g for g in grads if not g.is_sparse]
-        amaxes = []
+        amaxes: list[torch.Tensor] = []
         if dense:
             if self.scaling:
                 torch._foreach_mul_(dense, 1.0 / scale)
-            amaxes.extend(n.to(device) for n in torch._foreach_norm(dense, math.inf))
+            amaxes.extend(torch._foreach_norm(dense, math.inf))
         for g in grads:
             if g.is_sparse:
                 if self.scaling:
                     g.mul_(1.0 / scale)
                 values = g.coalesce().values()
-                amax = values.abs().amax().float() if values.numel() else torch.zeros(())
-                amaxes.append(amax.to(device))
-        return torch.stack([a.float() for a in amaxes]).nan_to_num(nan=math.inf, posinf=math.inf).amax()
+                amaxes.append(values.abs().amax() if values.numel() else torch.zeros((), device=g.device))
+        if len({a.device for a in amaxes}) > 1:  # parameters spread over devices
+            amaxes = [a.to(device) for a in amaxes]
+        return torch.stack(amaxes).float().amax().to(device)
 
     def _is_probe_step(self, step: int) -> bool:
         return self.probe_every_n_steps > 0 and step % self.probe_every_n_steps == 0

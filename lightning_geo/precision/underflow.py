@@ -35,13 +35,22 @@ class UnderflowProbe:
     """
 
     def __init__(self, root: nn.Module, dtype: torch.dtype = torch.float16) -> None:
-        self.armed = False
         self.dtype = dtype
+        self._layers = [(name, module) for name, module in root.named_modules() if isinstance(module, _WATCHED)]
         self._counts: dict[str, list[torch.Tensor]] = {}
         self._handles: list[RemovableHandle] = []
-        for name, module in root.named_modules():
-            if isinstance(module, _WATCHED):
-                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+
+    @property
+    def armed(self) -> bool:
+        """Whether forwards are measured; the hooks exist only while armed, so a disarmed probe costs nothing."""
+        return bool(self._handles)
+
+    @armed.setter
+    def armed(self, value: bool) -> None:
+        if value and not self._handles:
+            self._handles = [module.register_forward_hook(self._make_hook(name)) for name, module in self._layers]
+        elif not value:
+            self.remove()
 
     def _make_hook(self, name: str) -> Any:
         def on_grad(grad: torch.Tensor) -> None:
@@ -53,7 +62,7 @@ class UnderflowProbe:
             counts[0], counts[1] = counts[0] + zeros, counts[1] + total
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if self.armed and isinstance(output, torch.Tensor) and output.requires_grad:
+            if isinstance(output, torch.Tensor) and output.requires_grad:
                 output.register_hook(on_grad)
 
         return hook
