@@ -385,7 +385,9 @@ class PredictiveScalingPrecision(MixedPrecision):
         values = [self._unscale_and_amax(region_grads, self._scales[r], device) for r, region_grads in enumerate(grads)]
         if self._activation_amax is not None:
             # The layers' output gradients are at their region's scale: unscale, then take the larger.
-            inner = self._activation_amax.take(regions, device) / torch.tensor(self._scales, device=device)
+            inner = self._activation_amax.take(regions, device)
+            if self.scaling:
+                inner = inner / torch.tensor(self._scales, device=device)
             values = [torch.maximum(v, a) for v, a in zip(values, inner.unbind(), strict=True)]
         boundary: list[torch.Tensor] = []
         if self._block_scaling is not None and self._block_scaling.analysed:
