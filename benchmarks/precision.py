@@ -87,12 +87,10 @@ are shorter); the thread CPU time ratio is printed beside it as a check on machi
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -104,6 +102,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from bench_common import code_version, keep_freed_memory, verdict
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
@@ -514,11 +513,6 @@ class Results:
         return format_table(headers, rows)
 
 
-def _verdict(met: bool | None, claim: str, details: list[str]) -> list[str]:
-    label = "NOT RUN" if met is None else ("MET" if met else "MISSED")
-    return [f"[{label}] {claim}", *(f"  {line}" for line in details)]
-
-
 def _skips_text(runs: Sequence[Run]) -> str:
     return "/".join(str(r.skipped) for r in runs)
 
@@ -549,7 +543,7 @@ def target_report(res: Results, tasks: Sequence[str], config: Config, device: st
             f"{_skipped_where(res.of(task, MIXED))}; "
             + "; ".join(f"{arm} {_skips_text(res.of(task, arm))}{_skipped_where(res.of(task, arm))}" for arm in ours)
         )
-    lines += _verdict(ok if ab else None, "zero skipped steps on tasks a, a_high and b for both GEO arms "
+    lines += verdict(ok if ab else None, "zero skipped steps on tasks a, a_high and b for both GEO arms "
                       "(per seed), where 16-mixed skips several", details)  # fmt: skip
 
     # 2. underflow
@@ -572,7 +566,7 @@ def target_report(res: Results, tasks: Sequence[str], config: Config, device: st
             f"structural zeros alone: 1/(3 x seq_len) = {_pct(1 / (3 * config.seq_len))} of each attn.qkv output "
             "gradient (the query gradient at position 0); see the per-layer table"
         )
-    lines += _verdict(ok if a_tasks else None, f"worst-layer underflow at least {UNDERFLOW_FACTOR:g}x lower than "
+    lines += verdict(ok if a_tasks else None, f"worst-layer underflow at least {UNDERFLOW_FACTOR:g}x lower than "
                       "16-mixed with per-block scaling (tasks a, a_high)", details)  # fmt: skip
 
     # 3. validation loss
@@ -588,7 +582,7 @@ def target_report(res: Results, tasks: Sequence[str], config: Config, device: st
     if ab:
         spread = [max(r.val_loss for r in res.of(t, FP32)) / min(r.val_loss for r in res.of(t, FP32)) - 1 for t in ab]
         details.append(f"(for scale: fp32's own max/min over seeds differs by {100 * max(spread):.2f}% at most)")
-    lines += _verdict(ok if ab else None, f"validation loss within {100 * VAL_TOLERANCE:g}% of fp32: median over "
+    lines += verdict(ok if ab else None, f"validation loss within {100 * VAL_TOLERANCE:g}% of fp32: median over "
                       "seeds at most that much worse, on tasks a, a_high and b, both GEO arms", details)  # fmt: skip
 
     # 4. forward overflow
@@ -607,11 +601,11 @@ def target_report(res: Results, tasks: Sequence[str], config: Config, device: st
                 for arm in GEO_ARMS
             ),
         ]
-        lines += _verdict(mixed_failed and ours_ok, f"task c: 16-mixed fails or degrades (> {100 * VAL_TOLERANCE_C:g}% "
+        lines += verdict(mixed_failed and ours_ok, f"task c: 16-mixed fails or degrades (> {100 * VAL_TOLERANCE_C:g}% "
                           f"worse than fp32) while both GEO arms end within {100 * VAL_TOLERANCE_C:g}% of fp32",
                           details)  # fmt: skip
     else:
-        lines += _verdict(None, "task c: 16-mixed fails while GEO trains within 1% of fp32", [])
+        lines += verdict(None, "task c: 16-mixed fails while GEO trains within 1% of fp32", [])
 
     # 5. step time: judged on every paired ratio of tasks a, a_high and b together (3 per task are too few)
     details, ok = [], True
@@ -637,7 +631,7 @@ def target_report(res: Results, tasks: Sequence[str], config: Config, device: st
             + ", ".join(f"{arm} {_fmt(res.step_ms(task, arm), 2)} ms (x{_fmt(v, 3)})" for arm, v in ratios.items())
             + cpu
         )
-    lines += _verdict(ok if ab else None, f"step-time overhead at most {100 * OVERHEAD_TARGET:g}% vs 16-mixed for "
+    lines += verdict(ok if ab else None, f"step-time overhead at most {100 * OVERHEAD_TARGET:g}% vs 16-mixed for "
                       "both GEO arms (per-seed ratios of tasks a, a_high and b, median)", details)  # fmt: skip
     return lines
 
@@ -653,16 +647,6 @@ final loss scale of seed 0 (GEO per-block: head | blocks min..max)."""
 
 
 # -------------------------------------------------------------------------------------------- main
-def _keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory instead of unmapping each step's temporaries (steadier CPU timings)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-
-
 def _quiet() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_geo"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -676,21 +660,6 @@ def _quiet() -> None:
         ".*LeafSpec.*",
     ):
         warnings.filterwarnings("ignore", message)
-
-
-def _code_version() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "lightning_geo"], check=True, capture_output=True,
-            text=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "lightning_geo (commit unknown)"
-    return f"lightning_geo {commit}" + (" + local changes" if dirty else "")
 
 
 def _device_text(device: str) -> str:
@@ -728,9 +697,9 @@ def main() -> None:
     out = Path(args.out) if args.out else (None if args.quick else RESULTS_DIR / f"precision_{args.device}.txt")
 
     _quiet()
-    _keep_freed_memory()
+    keep_freed_memory()
     torch.set_num_threads(THREADS)
-    version = _code_version()
+    version = code_version()
     started = time.perf_counter()
     output: list[str] = []
 

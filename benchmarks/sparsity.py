@@ -37,7 +37,7 @@ parameter-density factor (the callback's rule, built into the optimizer), leavin
 the per-row factor: it shows how much of GeoAdamW's result is due to the lazy rows themselves.
 
 **Method.** Every run is a Lightning ``Trainer`` on CPU (no logger, checkpointing, progress bar or
-summary), one torch thread, glibc told to keep freed memory (see ``_keep_freed_memory``). LR: three
+summary), one torch thread, glibc told to keep freed memory (see ``bench_common.keep_freed_memory``). LR: three
 neighbouring values of the ladder ..., 0.01, 0.03, 0.1, 0.3, ... (about half a decade apart) per arm
 and task, run on seed 0 and widened along the ladder while the best value sits at an edge (at most
 twice); the best *final* validation value picks the LR, and seeds ``0..N-1`` then run at that LR
@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import functools
 import inspect
 import logging
@@ -87,6 +86,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from bench_common import code_version, keep_freed_memory, verdict
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
@@ -113,7 +113,6 @@ SPEEDUP_TARGET = 1.2
 FINAL_TOLERANCE = 0.005  # "never worse than tuned AdamW by more than 0.5%" (relative)
 OVERHEAD_TARGET = 0.03
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 _WORD = re.compile(r"[a-z]+")
 _LM_TOKEN = re.compile(r"[a-z]+|[^\sa-z]")
@@ -851,10 +850,6 @@ def _steps_text(steps: float, max_steps: int) -> str:
     return f">{max_steps}" if math.isinf(steps) else f"{steps:g}"
 
 
-def _verdict(met: bool, claim: str, details: list[str]) -> list[str]:
-    return [f"[{'MET' if met else 'MISSED'}] {claim}", *(f"  {line}" for line in details)]
-
-
 def target_report(summaries: list[Summary]) -> list[str]:
     """One MET/MISSED line per target, each followed by the numbers it was judged on."""
     lines: list[str] = []
@@ -873,20 +868,20 @@ def target_report(summaries: list[Summary]) -> list[str]:
         f"GeoAdamW reaches the best tuned baseline's final value in >= {SPEEDUP_TARGET}x fewer steps "
         f"on at least one task (best: {max(speedups):.2f}x)"
     )
-    lines += _verdict(any(x >= SPEEDUP_TARGET for x in speedups), claim, details)
+    lines += verdict(any(x >= SPEEDUP_TARGET for x in speedups), claim, details)
     # 2. GeoAdamW never ends more than 0.5% (relative) worse than tuned AdamW.
     worst, details = -math.inf, []
     for s in summaries:
         geo, adamw = s.final("GeoAdamW"), s.final("AdamW")
         worse = (adamw - geo) / abs(adamw) if s.task.higher_is_better else (geo - adamw) / abs(adamw)
         worst = max(worst, worse)
-        verdict = f"{100 * worse:.2f}% worse" if worse > 0 else f"{100 * -worse:.2f}% better"
+        comparison = f"{100 * worse:.2f}% worse" if worse > 0 else f"{100 * -worse:.2f}% better"
         details.append(
             f"task {s.task.key}: {s.task.metric} GeoAdamW {geo:.4f} vs AdamW {adamw:.4f} "
-            f"(difference {geo - adamw:+.4f}): {verdict}"
+            f"(difference {geo - adamw:+.4f}): {comparison}"
         )
     claim = f"GeoAdamW's final value (median) is never more than {100 * FINAL_TOLERANCE:.1f}% worse than tuned AdamW's"
-    lines += _verdict(worst <= FINAL_TOLERANCE, claim, details)
+    lines += verdict(worst <= FINAL_TOLERANCE, claim, details)
     # 3. SparsityAwareLR costs < 3% of a step: timed inside its hooks, and end to end in back-to-back pairs.
     direct, end_to_end, details = [], [], []
     for s in summaries:
@@ -903,12 +898,12 @@ def target_report(summaries: list[Summary]) -> list[str]:
             f"{100 * end_to_end[-1]:+.1f}% (median; pairs " + ", ".join(f"{100 * r:+.0f}%" for r in ratios) + ")"
         )
     pct = f"{100 * OVERHEAD_TARGET:.0f}%"
-    lines += _verdict(
+    lines += verdict(
         max(direct) < OVERHEAD_TARGET,
         f"SparsityAwareLR's own hooks (timed inside them) cost < {pct} of an AdamW step",
         [],
     )
-    lines += _verdict(
+    lines += verdict(
         max(end_to_end) < OVERHEAD_TARGET,
         f"AdamW+SparsityAwareLR's step time is < {pct} above AdamW's (median over back-to-back pairs of "
         "runs without validation; step times on a shared machine are noisy)",
@@ -928,22 +923,6 @@ x AdamW = its ratio to AdamW's. * = best baseline (sets the target)."""
 
 
 # ------------------------------------------------------------------------------------------ main
-def _keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the OS after every step.
-
-    By default each step's large temporaries (the LM's 16 MB logits) are unmapped when freed and
-    page-faulted back in the next step: on the test machine that was a third of task b's wall time,
-    all of it system time, and a large part of its step-time noise. It applies to every arm alike.
-    Does nothing where glibc is not the C library.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # the documented maximum on 64-bit systems
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-
-
 def _quiet() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning_geo"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -960,9 +939,9 @@ def main() -> None:
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     _quiet()
-    _keep_freed_memory()
+    keep_freed_memory()
     torch.set_num_threads(THREADS)
-    version = _code_version()  # now: the code under test is what was imported at start
+    version = code_version()  # now: the code under test is what was imported at start
     started = time.perf_counter()
     output: list[str] = []
 
@@ -1023,24 +1002,6 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text("\n".join(output[report_start:]) + "\n")
         print(f"\nwritten to {RESULTS}")
-
-
-def _code_version() -> str:
-    """``lightning_geo <commit>`` (``+ local changes`` when its files differ from the commit), if git knows."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "lightning_geo"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "lightning_geo (commit unknown)"
-    return f"lightning_geo {commit}" + (" + local changes" if dirty else "")
 
 
 if __name__ == "__main__":
