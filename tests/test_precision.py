@@ -441,3 +441,22 @@ def test_gradscaler_arguments_are_accepted():
         plugin = PredictiveScalingPrecision(init_scale=2.0**10, growth_factor=2.0, growth_interval=2000)
     assert plugin.scale == 2.0**10
     assert not PredictiveScalingPrecision(enabled=False).scaling
+
+
+def test_a_promoted_module_casts_inputs_in_any_collection_to_fp32():
+    from collections import namedtuple
+
+    from lightning_geo.precision import promote_to_fp32
+
+    Pair = namedtuple("Pair", ["a", "b"])
+
+    class Adds(nn.Module):
+        def forward(self, pair, extra):
+            return pair.a + pair.b + extra["x"][0]
+
+    module = Adds()
+    promote_to_fp32(module, "cpu")
+    half = torch.ones(2, dtype=torch.float16)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = module(Pair(half, half), extra={"x": [half]})
+    assert out.dtype == torch.float32 and torch.equal(out, torch.full((2,), 3.0))

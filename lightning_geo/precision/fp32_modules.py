@@ -15,18 +15,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 
 def _to_float32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() and value.dtype != torch.float64 else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_float32(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_float32(v) for k, v in value.items()}
-    return value
+    """``value`` with every floating tensor below float64 cast to float32, in any (nested) collection."""
+
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float64 else tensor
+
+    return apply_to_collection(value, torch.Tensor, cast)
 
 
 def _forward_in_fp32(original: Callable[..., Any], device_type: str, *args: Any, **kwargs: Any) -> Any:
@@ -54,20 +54,17 @@ def is_promoted(module: nn.Module) -> bool:
 
 
 def _floating_tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value] if value.is_floating_point() else []
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _floating_tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _floating_tensors(v)]
-    return []
+    """The non-empty floating tensors in ``value``, in any (nested) collection."""
+    found: list[torch.Tensor] = []
+    apply_to_collection(value, torch.Tensor, lambda t: found.append(t) if t.is_floating_point() and t.numel() else None)
+    return found
 
 
 def _amax(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     if not tensors:
         return None
     # A NaN becomes +inf, so that comparisons see it (NaN > x is False).
-    amaxes = torch.stack([t.detach().abs().amax().float() for t in tensors if t.numel()])
+    amaxes = torch.stack([t.detach().abs().amax().float() for t in tensors])
     return amaxes.nan_to_num(nan=math.inf, posinf=math.inf).amax()
 
 

@@ -37,7 +37,7 @@ class UnderflowProbe:
     def __init__(self, root: nn.Module, dtype: torch.dtype = torch.float16) -> None:
         self.dtype = dtype
         self._layers = [(name, module) for name, module in root.named_modules() if isinstance(module, _WATCHED)]
-        self._counts: dict[str, list[torch.Tensor]] = {}
+        self._counts: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (zero elements, elements)
         self._handles: list[RemovableHandle] = []
 
     @property
@@ -56,10 +56,8 @@ class UnderflowProbe:
         def on_grad(grad: torch.Tensor) -> None:
             if grad.dtype != self.dtype:
                 return
-            zeros = (grad == 0).sum().float()
-            total = torch.tensor(float(grad.numel()), device=grad.device)
-            counts = self._counts.setdefault(name, [torch.zeros((), device=grad.device)] * 2)
-            counts[0], counts[1] = counts[0] + zeros, counts[1] + total
+            zeros, total = self._counts.get(name, (0, 0))
+            self._counts[name] = (zeros + (grad == 0).sum(), total + grad.numel())  # zeros stay on the device
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if isinstance(output, torch.Tensor) and output.requires_grad:
@@ -69,7 +67,11 @@ class UnderflowProbe:
 
     def take(self) -> dict[str, float]:
         """Zero share per layer measured since the last call (empty if nothing was measured), then reset."""
-        result = {name: float(zeros / total) for name, (zeros, total) in self._counts.items() if float(total) > 0}
+        if not self._counts:
+            return {}
+        zeros = torch.stack([z for z, _ in self._counts.values()]).tolist()  # one host sync
+        totals = [total for _, total in self._counts.values()]
+        result = {name: z / t for name, z, t in zip(self._counts, zeros, totals, strict=True) if t > 0}
         self._counts.clear()
         return result
 
