@@ -2,6 +2,7 @@
 
 Sub-commands:
     demo   train a small character-level GPT on a real corpus and summarise the run
+    tune   Bayesian hyperparameter search (GeoTuner) over the demo model, or over your own from a YAML file
 
 Bad input (a missing or empty corpus, a binary file, a non-positive budget, an unknown precision)
 ends with a one-line ``lightning-geo demo: error: ...`` message and exit status 2, not a traceback.
@@ -83,6 +84,37 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--no-progress-bar", dest="progress_bar", action="store_false", help="hide Lightning's progress bar")
 
 
+def _add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
+    tune = subparsers.add_parser(
+        "tune",
+        help="Bayesian hyperparameter search (GeoTuner) over the demo model or a YAML-configured one",
+        description=(
+            "Tune the demo character GPT (learning rate, weight decay, warmup, depth, width, batch size) at a "
+            "fixed budget of training characters per trial, with BoTorch Bayesian optimisation and pruning of "
+            "bad trials; or tune your own LightningModule from a study file (--config). Trials are stored as "
+            "they finish: run the same command again to continue an interrupted study. "
+            "View with: tensorboard --logdir OUT/NAME"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pos_int = _positive(int)
+    add = tune.add_argument
+    add("--config", metavar="FILE", default=None, help="a study file (YAML: space, model, data, trainer); see README")
+    add("--trials", type=pos_int, default=None, help="trials in the study (default: 8, or the file's max_trials)")
+    add("--tokens", type=pos_int, default=60_000, help="demo: training characters per trial")
+    add("--corpus", metavar="PATH", default=None, help="demo: text file or folder (default: Python's stdlib)")
+    add("--seq-len", type=pos_int, default=64, help="demo: characters per sample")
+    add("--accelerator", default="auto", help="demo: Lightning accelerator")
+    add("--executor", choices=("in_process", "subprocess"), default=None,
+        help="run trials in this process or each in its own (default: in_process, or the file's)")
+    add("--parallel", type=pos_int, default=None, help="trials at once (needs --executor subprocess)")
+    add("--pruner", choices=("median", "curve", "none"), default=None, help="pruning rule (default: median)")
+    add("--out", metavar="DIR", default="runs", help="root folder of the study")
+    add("--name", default="tune", help="study name: everything goes to OUT/NAME (re-run to resume)")
+    add("--seed", type=int, default=None, help="optimiser seed (default: 0)")
+    add("--quiet", action="store_true", help="no line per trial")
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
     """Reports a bad argument in one line (with a pointer to ``--help``) instead of the whole usage block."""
 
@@ -98,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
+    _add_tune_parser(subparsers)
     return parser
 
 
-def _fail(message: object) -> int:
-    print(f"lightning-geo demo: error: {message}", file=sys.stderr)
+def _fail(message: object, command: str = "demo") -> int:
+    print(f"lightning-geo {command}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -140,9 +173,46 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from lightning_geo.tuning import GeoTuner, TuningError
+
+    try:
+        if args.config:
+            from lightning_geo.tuning.config_file import load_study_file
+
+            space, options, train_fn = load_study_file(args.config)
+        else:
+            from lightning_geo.demo.tune import DEMO_MONITOR, DemoTrainFn, _corpus, demo_search_space
+
+            _corpus(args.corpus)  # a bad corpus fails here, once, not in every trial
+            space, options = demo_search_space(), {"monitor": DEMO_MONITOR}
+            train_fn = DemoTrainFn(tokens=args.tokens, corpus=args.corpus, seq_len=args.seq_len,
+                                   accelerator=args.accelerator)
+        flags = {"max_trials": args.trials, "executor": args.executor, "n_parallel": args.parallel, "seed": args.seed,
+                 "pruner": None if args.pruner == "none" else args.pruner}
+        options.update({k: v for k, v in flags.items() if v is not None or (k == "pruner" and args.pruner)})
+        options.setdefault("max_trials", 8)
+        tuner = GeoTuner(space, log_dir=args.out, study_name=args.name, verbose=not args.quiet, **options)
+    except (ValueError, TypeError, OSError) as err:
+        return _fail(err, "tune")
+    try:
+        best = tuner.search(train_fn)
+    except (TuningError, ValueError) as err:
+        return _fail(err, "tune")
+    print("\n" + tuner.results_table())
+    if best is not None:
+        print(f"\nbest {tuner.monitor[0]} = {tuner.best_value:.5g} (trial {tuner.best_trial.number}): {best}")
+    else:
+        print(f"\nPareto front: trials {[t.number for t in tuner.pareto_front()]}")
+    print(f"plot: {tuner.plot()}\nsee the study with: tensorboard --logdir {tuner.study_dir}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "tune":
+        return _tune(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only accepts known commands

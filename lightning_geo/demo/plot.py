@@ -50,12 +50,12 @@ def plot_loss_curves(runs: Mapping[str, str | os.PathLike[str]], path: str | os.
         The PNG's path.
     """
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: works without a display, also on headless CI
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # A bare Figure draws to a file without pyplot, so the caller's backend (a notebook's) is left alone.
+    fig = Figure(figsize=(8, 4.5), dpi=110)
+    ax = fig.subplots()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for color, (label, log_dir) in zip(itertools.cycle(colors), runs.items()):
         series = read_scalars(log_dir, ["train/bpc", "val/bpc"])
         if train := series.get("train/bpc"):
@@ -73,5 +73,4 @@ def plot_loss_curves(runs: Mapping[str, str | os.PathLike[str]], path: str | os.
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
-    plt.close(fig)
     return out

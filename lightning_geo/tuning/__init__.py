@@ -1,4 +1,46 @@
-"""GEO tuning: search spaces, the BoTorch optimizer and ``GeoTuner``.
+"""GEO tuning: search spaces, the BoTorch optimizer (ask/tell) and ``GeoTuner`` over Lightning runs.
 
-BoTorch is imported inside the modules of this package only, never at ``import lightning_geo``.
+BoTorch is imported inside the modules of this package only, and only when a model is fitted, never at
+``import lightning_geo``.
+
+Example::
+
+    from lightning_geo.tuning import Categorical, Float, GeoTuner, Int, SearchSpace
+
+    space = SearchSpace({"lr": Float(1e-5, 1e-1, log=True), "layers": Int(1, 6), "act": Categorical(["relu", "gelu"])})
+    tuner = GeoTuner(space, monitor="val_loss", max_trials=30)
+    best = tuner.search(train_fn)  # train_fn(config, trial) builds a Trainer with trial.reporter() and fits
 """
+
+from lightning_geo.tuning.executors import InProcessExecutor, SubprocessExecutor, TrialExecutor, run_trial
+from lightning_geo.tuning.optimizer import BayesianOptimizer, Observation, TuningError
+from lightning_geo.tuning.pruners import CurvePruner, MedianPruner, Pruner
+from lightning_geo.tuning.reporter import TrialReporter
+from lightning_geo.tuning.space import Categorical, Float, Int, SearchSpace
+from lightning_geo.tuning.storage import JsonlStorage
+from lightning_geo.tuning.trial import Trial, TrialPruned, TrialRecord, TrialState
+from lightning_geo.tuning.tuner import GeoTuner
+
+__all__ = [
+    "BayesianOptimizer",
+    "Categorical",
+    "CurvePruner",
+    "Float",
+    "GeoTuner",
+    "InProcessExecutor",
+    "Int",
+    "JsonlStorage",
+    "MedianPruner",
+    "Observation",
+    "Pruner",
+    "SearchSpace",
+    "SubprocessExecutor",
+    "Trial",
+    "TrialExecutor",
+    "TrialPruned",
+    "TrialRecord",
+    "TrialReporter",
+    "TrialState",
+    "TuningError",
+    "run_trial",
+]

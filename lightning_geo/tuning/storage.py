@@ -1,0 +1,138 @@
+"""Durable trial storage: one JSON line per event, fsynced as it happens.
+
+The file holds a header (what the study optimises, over which space), then a ``start`` line when a trial is
+launched and a ``finish`` line when it ends. Killing the tuner at any moment loses at most the line being
+written: a torn last line is cut off when the file is opened again. On resume, trials with a ``finish`` line
+are replayed (never run again), and trials with only a ``start`` line, the ones that were running when the
+tuner died, are run again with the same number and the same config (a crash does not count as a failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_geo.tuning.trial import TrialRecord, TrialState
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StoredStudy:
+    """What a storage file holds: finished trials in finishing order and trials that never finished."""
+
+    finished: list[tuple[TrialRecord, list[float]]]  # each with its encoded row
+    unfinished: list[tuple[int, dict[str, Any], list[float]]]  # (number, params, encoded row)
+
+    @property
+    def next_number(self) -> int:
+        """The first trial number not used yet."""
+        numbers = [r.number for r, _ in self.finished] + [n for n, _, _ in self.unfinished]
+        return max(numbers, default=-1) + 1
+
+
+class JsonlStorage:
+    """Trials of one study in a JSON-lines file.
+
+    Args:
+        path: The file; its folder is created. Default name used by ``GeoTuner``: ``<study dir>/trials.jsonl``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def open(self, header: dict[str, Any]) -> StoredStudy:
+        """Create the file with ``header``, or check that an existing file belongs to the same study and read it.
+
+        Raises:
+            ValueError: if the existing file was written for a different space, monitor or mode.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"event": "study", "format": FORMAT_VERSION, **header}
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._append(header)
+            return StoredStudy([], [])
+        self._cut_torn_tail()
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        stored_header = json.loads(lines[0])
+        for key in ("space", "monitor", "mode"):
+            if stored_header.get(key) != header.get(key):
+                raise ValueError(
+                    f"{self.path} holds a study with a different {key} ({stored_header.get(key)!r}, now "
+                    f"{header.get(key)!r}); use another study name or storage file"
+                )
+        started: dict[int, tuple[dict[str, Any], list[float]]] = {}
+        finished: list[tuple[TrialRecord, list[float]]] = []
+        done: set[int] = set()
+        for line in lines[1:]:
+            event = json.loads(line)
+            number = int(event["number"])
+            if event["event"] == "start":
+                started[number] = (event["params"], event["x"])
+            elif event["event"] == "finish" and number not in done:
+                done.add(number)
+                params, x = started.get(number, (event["params"], event["x"]))
+                record = TrialRecord(
+                    number=number,
+                    params=params,
+                    state=TrialState(event["state"]),
+                    values=None if event["values"] is None else tuple(float(v) for v in event["values"]),
+                    reports=[(int(s), float(v)) for s, v in event.get("reports", [])],
+                    seconds=float(event.get("seconds", 0.0)),
+                    error=event.get("error"),
+                )
+                finished.append((record, x))
+        unfinished = [(n, p, x) for n, (p, x) in started.items() if n not in done]
+        return StoredStudy(finished, unfinished)
+
+    def start(self, number: int, params: dict[str, Any], x: list[float]) -> None:
+        """Record that trial ``number`` was launched with ``params`` (encoded as ``x``)."""
+        self._append({"event": "start", "number": number, "params": params, "x": x, "time": time.time()})
+
+    def finish(self, record: TrialRecord, x: list[float]) -> None:
+        """Record a finished trial."""
+        self._append(
+            {
+                "event": "finish",
+                "number": record.number,
+                "params": record.params,
+                "x": x,
+                "state": record.state.value,
+                "values": None if record.values is None else list(record.values),
+                "reports": [list(r) for r in record.reports],
+                "seconds": record.seconds,
+                "error": record.error,
+                "time": time.time(),
+            }
+        )
+
+    def _append(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, default=repr, allow_nan=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a last line that a kill left half-written (no newline, or not valid JSON)."""
+        data = self.path.read_bytes()
+        keep = len(data)
+        if not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+        else:
+            last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+            try:
+                json.loads(data[last_start:].decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                keep = last_start
+        if keep < len(data):
+            warnings.warn(f"{self.path}: dropping a torn last line left by an interrupted write", stacklevel=3)
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())

@@ -1,0 +1,129 @@
+"""The Gaussian-process surrogate: outcome warping, fitting in double precision, parameter importance.
+
+Inputs arrive already normalised by :class:`~lightning_geo.tuning.space.SearchSpace` (unit-cube columns and
+category indices). Outcomes are in *maximisation* form (``-loss`` for a minimised metric). A single
+objective is first passed through a Gaussian copula (each value replaced by the normal quantile of its rank,
+Salinas et al. 2020, "A quantile-based approach for hyperparameter transfer learning"): a diverged run that
+returns a loss of 1e9, or a failed trial imputed at the worst value, then weighs no more than the worst
+ordinary trial, where a plain standardised GP would be dragged by it for the rest of the study (the HEBO
+paper, Cowen-Rivers et al. 2022, warps outputs for the same reason). Outcomes are then standardised
+(BoTorch's ``Standardize``) as usual.
+
+Categorical columns use BoTorch's ``MixedSingleTaskGP`` (a sum and product of a continuous kernel and a
+categorical kernel); without categoricals a ``SingleTaskGP`` with BoTorch's default dimension-scaled
+length-scale prior (Hvarfner et al. 2024). Integer columns are modelled as continuous and snapped to their
+grid when decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Any
+
+import torch
+
+
+def copula_warp(Y: torch.Tensor) -> torch.Tensor:
+    """Replace each column of ``n x m`` values by the standard-normal quantiles of their ranks.
+
+    Ties get the mean of their ranks; the result is in ``(-3, 3)`` for any ``n`` up to ~700 and keeps the
+    order of the values, which is all expected improvement needs.
+    """
+    n = Y.shape[0]
+    out = torch.empty_like(Y)
+    for j in range(Y.shape[1]):
+        column = Y[:, j]
+        ranks = torch.empty(n, dtype=Y.dtype)
+        order = torch.argsort(column, stable=True)
+        ranks[order] = torch.arange(n, dtype=Y.dtype)
+        for value in torch.unique(column):  # average ranks of ties
+            tied = column == value
+            if tied.sum() > 1:
+                ranks[tied] = ranks[tied].mean()
+        quantiles = (ranks + 0.5) / n
+        out[:, j] = math.sqrt(2.0) * torch.erfinv(2.0 * quantiles - 1.0)
+    return out
+
+
+def fit_surrogate(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    *,
+    cat_dims: list[int],
+    warm_start: dict[str, torch.Tensor] | None = None,
+    max_iterations: int = 100,
+) -> Any:
+    """Fit a GP to ``n x d`` inputs and ``n x m`` (already warped) outcomes, in double precision.
+
+    Args:
+        X: ``n x d`` normalised inputs.
+        Y: ``n x m`` outcomes, larger is better.
+        cat_dims: Columns of ``X`` that hold category indices.
+        warm_start: A previous fit's ``state_dict`` to start the hyperparameters from (same ``d`` and ``m``), so
+            the fit starts near the last ask's optimum instead of at the priors.
+        max_iterations: L-BFGS-B iterations for the marginal likelihood (caps the time per ``ask``).
+
+    Returns:
+        The fitted BoTorch model (``SingleTaskGP`` or ``MixedSingleTaskGP``) in eval mode.
+    """
+    from botorch.exceptions.errors import ModelFittingError
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import MixedSingleTaskGP, SingleTaskGP
+    from botorch.models.transforms import Standardize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    X, Y = X.to(torch.double), Y.to(torch.double)
+    with warnings.catch_warnings():
+        # BoTorch's data checks (e.g. all outcomes equal) and single-fit optimisation warnings are noise here: the
+        # study goes on with whatever the fit gives, and a fit that fails outright raises below.
+        warnings.simplefilter("ignore")
+        transform = Standardize(m=Y.shape[-1])
+        if cat_dims:
+            model = MixedSingleTaskGP(X, Y, cat_dims=cat_dims, outcome_transform=transform)
+        else:
+            model = SingleTaskGP(X, Y, outcome_transform=transform)
+        if warm_start is not None:
+            hyper = {k: v for k, v in warm_start.items() if not k.startswith(("outcome_transform", "train_", "input"))}
+            with contextlib.suppress(RuntimeError):  # shapes changed (not for one space); then fit from the priors
+                model.load_state_dict(hyper, strict=False)
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        try:
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": max_iterations}})
+        except ModelFittingError:
+            if warm_start is None:
+                raise
+            return fit_surrogate(X, Y, cat_dims=cat_dims, warm_start=None, max_iterations=max_iterations)
+    model.eval()
+    return model
+
+
+def mean_sensitivity(model: Any, background: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
+    """How much the GP's posterior mean moves along each input column: a parameter importance.
+
+    For every background point and every column ``i``, column ``i`` is swept over ``grids[i]`` (all categories of
+    a categorical, a grid of the unit interval otherwise) with the other columns held; the importance of ``i``
+    is the mean over background points of the range (max - min) of the posterior mean along the sweep,
+    normalised so that the importances sum to 1. Unlike raw lengthscales this compares categorical and
+    continuous columns on one scale (the objective's) and cannot be fooled by a kernel whose output scale is
+    near zero.
+
+    Args:
+        model: A fitted BoTorch model (several outputs: their ranges are averaged).
+        background: ``b x d`` points of the space (already snapped).
+        grids: For each of the ``d`` columns, the values to sweep it over.
+
+    Returns:
+        A length-``d`` double tensor of shares summing to 1 (uniform if the mean is flat).
+    """
+    ranges = []
+    with torch.no_grad():
+        for i, grid in enumerate(grids):
+            X = background.unsqueeze(0).repeat(len(grid), 1, 1)  # (g, b, d)
+            X[..., i] = grid.to(X).unsqueeze(-1)
+            mean = model.posterior(X.reshape(-1, X.shape[-1])).mean.reshape(len(grid), len(background), -1)
+            ranges.append((mean.amax(dim=0) - mean.amin(dim=0)).mean())
+    spread = torch.stack(ranges).to(torch.double)
+    total = spread.sum()
+    return spread / total if total > 0 else torch.full_like(spread, 1.0 / len(spread))

@@ -1,0 +1,275 @@
+"""``GeoTuner``: Bayesian hyperparameter search over Lightning runs, with pruning, parallel trials and resume."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_geo.tuning.executors import DIVERGED, TrainFn, TrialExecutor, make_executor
+from lightning_geo.tuning.optimizer import BayesianOptimizer, Mode, TuningError, _modes
+from lightning_geo.tuning.pruners import Pruner, make_pruner
+from lightning_geo.tuning.reporter import MONITOR_MISSING
+from lightning_geo.tuning.space import Categorical, Config, SearchSpace
+from lightning_geo.tuning.storage import JsonlStorage
+from lightning_geo.tuning.study_log import StudyWriter, plot_study, progress_line, results_table
+from lightning_geo.tuning.trial import Trial, TrialRecord, TrialState
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class GeoTuner:
+    """Tune a Lightning training run with Bayesian optimisation (BoTorch), pruning bad trials early.
+
+    ``search(train_fn)`` calls ``train_fn(config, trial)`` for up to ``max_trials`` configs. ``train_fn`` builds
+    a Trainer and a module from ``config`` and fits; adding ``trial.reporter()`` to the Trainer's callbacks
+    reports the monitored metric after each validation and lets the pruner stop a bad trial, and
+    ``trial.logger()`` puts the run in the study's TensorBoard folder.
+
+    Every finished trial is written at once to ``storage`` (JSON lines, fsynced): run the same script again
+    after a crash or a kill and the study continues where it stopped, without losing or repeating a finished
+    trial; trials that were running are run again with the same config.
+
+    Args:
+        space: What to search over.
+        monitor: The metric to optimise, a key of ``trainer.callback_metrics`` (``"val_loss"`` by default); a
+            sequence of names makes a multi-objective study (e.g. ``("val_loss", "step_time")``), whose result
+            is a Pareto front; such trials are not pruned.
+        mode: ``"min"`` (default) or ``"max"``, or one per monitored metric.
+        max_trials: Trials in the study, failed and pruned ones included (resumed trials count). Default 20.
+        n_parallel: Trials at once (needs ``executor="subprocess"`` or your own executor). Default 1.
+        executor: ``"in_process"`` (default), ``"subprocess"`` (each trial in a fresh process, isolated from
+            crashes and out-of-memory kills, one device each), or a :class:`TrialExecutor` (e.g. on Ray).
+        devices: With ``executor="subprocess"``: the ``CUDA_VISIBLE_DEVICES`` value of each parallel slot.
+        pruner: ``"median"`` (default), ``"curve"``, ``None`` (never prune) or a :class:`Pruner`.
+        log_dir: Root folder of the study's TensorBoard runs and storage. Default ``"tuning"``.
+        study_name: The study's folder under ``log_dir``: ``<log_dir>/<study_name>/``. Default ``"study"``.
+        storage: The trial file; default ``<log_dir>/<study_name>/trials.jsonl``.
+        resume: Continue the study in an existing ``storage`` (default). With ``False``, an existing file with
+            trials is an error, so a new study never mixes with an old one by accident.
+        seed: Seeds the optimiser. Default 0.
+        num_initial: Quasi-random trials before the GP takes over (see :class:`BayesianOptimizer`).
+        max_consecutive_failures: Stop with :class:`TuningError` when this many trials fail in a row (a bug in
+            ``train_fn`` should not burn the whole budget). Default 5.
+        verbose: Print one line per finished trial. Default ``True``.
+
+    Example::
+
+        def train_fn(config, trial):
+            model = MyModule(lr=config["lr"], layers=config["layers"])
+            trainer = L.Trainer(max_epochs=3, callbacks=[trial.reporter()], logger=trial.logger())
+            trainer.fit(model, datamodule)
+            return trainer.callback_metrics["val_loss"]
+
+        tuner = GeoTuner(SearchSpace({"lr": Float(1e-4, 1e-1, log=True), "layers": Int(1, 6)}), max_trials=30)
+        best = tuner.search(train_fn)
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        monitor: str | Sequence[str] = "val_loss",
+        mode: Mode | Sequence[Mode] = "min",
+        max_trials: int = 20,
+        n_parallel: int = 1,
+        executor: str | TrialExecutor = "in_process",
+        devices: Sequence[int | str] | None = None,
+        pruner: str | Pruner | None = "median",
+        log_dir: str | Path = "tuning",
+        study_name: str = "study",
+        storage: str | Path | None = None,
+        resume: bool = True,
+        seed: int = 0,
+        num_initial: int | None = None,
+        max_consecutive_failures: int = 5,
+        verbose: bool = True,
+    ) -> None:
+        self.monitor = (monitor,) if isinstance(monitor, str) else tuple(monitor)
+        if not self.monitor or not all(isinstance(m, str) and m for m in self.monitor):
+            raise ValueError(f"monitor={monitor!r} must be a metric name or a non-empty sequence of names")
+        modes = _modes(mode)
+        if len(modes) == 1 and len(self.monitor) > 1:
+            modes = modes * len(self.monitor)
+        if len(modes) != len(self.monitor):
+            raise ValueError(f"mode={mode!r} needs one entry per monitored metric {list(self.monitor)}")
+        self.mode = modes
+        for name, value in (("max_trials", max_trials), ("n_parallel", n_parallel),
+                            ("max_consecutive_failures", max_consecutive_failures)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(study_name, str) or not _NAME.match(study_name):
+            raise ValueError(f"study_name={study_name!r} must be a folder name of letters, digits, '_', '.', '-'")
+        self.space = space
+        self.max_trials = max_trials
+        self.pruner = make_pruner(pruner)
+        self.executor = make_executor(executor, n_parallel, devices)
+        if isinstance(executor, TrialExecutor) and n_parallel not in (1, executor.n_parallel):
+            raise ValueError(
+                f"n_parallel={n_parallel} differs from the executor's own n_parallel={executor.n_parallel}"
+            )
+        self.study_dir = Path(log_dir) / study_name
+        self.storage = JsonlStorage(storage if storage is not None else self.study_dir / "trials.jsonl")
+        self.resume = resume
+        self.max_consecutive_failures = max_consecutive_failures
+        self.verbose = verbose
+        self.seed = seed
+        self.num_initial = num_initial
+        self.optimizer = BayesianOptimizer(space, seed=seed, mode=modes, num_initial=num_initial)
+        self.trials: list[TrialRecord] = []
+
+    # ------------------------------------------------------------------ results
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        """The best completed trial by the first monitored metric (``None`` before one completes)."""
+        done = [t for t in self.trials if t.state is TrialState.COMPLETE and t.values is not None]
+        if not done:
+            return None
+        sign = 1.0 if self.mode[0] == "min" else -1.0
+        return min(done, key=lambda t: sign * t.values[0])  # type: ignore[index]
+
+    @property
+    def best_params(self) -> Config | None:
+        """The config of :attr:`best_trial`."""
+        best = self.best_trial
+        return None if best is None else dict(best.params)
+
+    @property
+    def best_value(self) -> float | None:
+        """The first monitored metric of :attr:`best_trial`."""
+        best = self.best_trial
+        return None if best is None else best.value
+
+    def pareto_front(self) -> list[TrialRecord]:
+        """Completed trials that no other completed trial beats on every monitored metric."""
+        from botorch.utils.multi_objective.pareto import is_non_dominated
+
+        done = [t for t in self.trials if t.state is TrialState.COMPLETE and t.values is not None]
+        if not done:
+            return []
+        signs = torch.tensor([-1.0 if m == "min" else 1.0 for m in self.mode], dtype=torch.double)
+        Y = torch.tensor([t.values for t in done], dtype=torch.double) * signs
+        return [t for t, keep in zip(done, is_non_dominated(Y).tolist(), strict=True) if keep]
+
+    def results_table(self) -> str:
+        """Every finished trial as a text table."""
+        return results_table(self.trials, self.monitor)
+
+    def importance(self) -> dict[str, float]:
+        """Parameter importance from the GP (shares summing to 1); see :meth:`BayesianOptimizer.importance`."""
+        return self.optimizer.importance()
+
+    def plot(self, path: str | Path | None = None) -> Path:
+        """Save the optimisation history and parameter importance as a PNG (default ``<study dir>/tuning.png``)."""
+        try:
+            importance = self.importance()
+        except TuningError:
+            importance = None
+        target = Path(path) if path is not None else self.study_dir / "tuning.png"
+        return plot_study(self.trials, importance, monitor=self.monitor[0], mode=self.mode[0], path=target)
+
+    # ------------------------------------------------------------------ the study
+    def _header(self) -> dict[str, Any]:
+        return {"space": self.space.describe(), "monitor": list(self.monitor), "mode": list(self.mode)}
+
+    def _trial(self, number: int, params: Config) -> Trial:
+        finished = tuple(t.curve() for t in self.trials if t.state is not TrialState.FAILED)
+        trial_dir = self.study_dir / f"trial_{number:04d}"
+        stale = trial_dir / "reports.jsonl"
+        if stale.exists():  # reports of an interrupted earlier run of this trial
+            stale.unlink()
+        return Trial(number, dict(params), self.monitor, self.mode, str(trial_dir), self.pruner, finished)
+
+    def search(self, train_fn: TrainFn) -> Config | None:
+        """Run the study (or continue it from its storage) until ``max_trials`` trials have finished.
+
+        Args:
+            train_fn: ``train_fn(config, trial)``; see the class docstring. With ``executor="subprocess"`` it
+                must be picklable (a module-level function).
+
+        Returns:
+            :attr:`best_params` (for a multi-objective study, ``None``: see :meth:`pareto_front`).
+
+        Raises:
+            TuningError: after ``max_consecutive_failures`` failed trials in a row (with the last error).
+            ValueError: if ``resume=False`` and the storage already holds trials, or it holds another study.
+        """
+        if not callable(train_fn):
+            raise TypeError(f"train_fn must be callable as train_fn(config, trial), got {train_fn!r}")
+        stored = self.storage.open(self._header())
+        if stored.finished and not self.resume:
+            raise ValueError(f"{self.storage.path} already holds {len(stored.finished)} trials; pass resume=True "
+                             "to continue that study, or use another study_name")
+        self.trials = []  # rebuilt from the storage, which is the truth also when search is called again
+        self.optimizer = BayesianOptimizer(self.space, seed=self.seed, mode=self.mode, num_initial=self.num_initial)
+        for record, x in stored.finished:
+            record.params = self._stored_params(record.params, x)
+            self._record(record, x)
+        requeue = [(n, self._stored_params(params, x)) for n, params, x in stored.unfinished]
+        next_number = stored.next_number
+        writer = StudyWriter(self.study_dir, self.monitor, self.mode, best=self.best_value)
+        if self.verbose and (stored.finished or requeue):
+            print(f"GeoTuner: resuming {self.storage.path}: {len(stored.finished)} finished trials, "
+                  f"{len(requeue)} interrupted ones run again")
+        running: dict[int, tuple[Trial, list[float], float | None]] = {}
+        failures = 0
+        try:
+            while len(self.trials) < self.max_trials:
+                while len(running) < self.executor.n_parallel and len(self.trials) + len(running) < self.max_trials:
+                    ask_seconds = None
+                    if requeue:
+                        number, params = requeue.pop(0)
+                        self.optimizer.mark_pending(params)
+                    else:
+                        number, params = next_number, self.optimizer.ask()
+                        next_number += 1
+                        ask_seconds = self.optimizer.ask_seconds[-1]
+                    trial = self._trial(number, params)
+                    x = self.space.encode([params])[0].tolist()
+                    self.storage.start(number, trial.params, x)
+                    running[number] = (trial, x, ask_seconds)
+                    self.executor.submit(train_fn, trial)
+                for record in self.executor.wait():
+                    _, x, ask_seconds = running.pop(record.number)
+                    self.storage.finish(record, x)
+                    self._record(record, x)
+                    writer.trial_finished(record, trial_dir=self.study_dir / f"trial_{record.number:04d}",
+                                          ask_seconds=ask_seconds, counts=self._counts())
+                    if self.verbose:
+                        print(progress_line(record, total=self.max_trials, best=self.best_trial, monitor=self.monitor),
+                              flush=True)
+                    if record.state is TrialState.FAILED and (record.error or "").startswith(MONITOR_MISSING):
+                        raise TuningError(f"trial {record.number}: {record.error}")
+                    crashed = record.state is TrialState.FAILED and record.error != DIVERGED
+                    failures = failures + 1 if crashed else 0
+                    if failures >= self.max_consecutive_failures:
+                        raise TuningError(
+                            f"{failures} trials failed in a row; the last one (trial {record.number}) with:\n"
+                            f"{record.error}"
+                        )
+        finally:
+            self.executor.shutdown()
+            if self.trials:
+                writer.text("results", "```\n" + self.results_table() + "\n```")
+            writer.close()
+        return self.best_params if len(self.monitor) == 1 else None
+
+    def _stored_params(self, params: dict[str, Any], x: list[float]) -> Config:
+        """A stored config: numbers exactly as written (JSON keeps floats bit for bit), categories from their
+        encoded index (JSON would turn a tuple choice into a list)."""
+        config = self.space.decode(torch.tensor([x], dtype=torch.double))[0]
+        for name, dim in self.space.dimensions.items():
+            if name in config and name in params and not isinstance(dim, Categorical):
+                config[name] = type(config[name])(params[name])
+        return config
+
+    def _counts(self) -> dict[str, int]:
+        return {state.value.lower(): sum(t.state is state for t in self.trials)
+                for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)}
+
+    def _record(self, record: TrialRecord, x: list[float]) -> None:
+        self.trials.append(record)
+        self.optimizer.tell(record.params, record.values)
