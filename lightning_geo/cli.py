@@ -101,7 +101,7 @@ def _add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
     add = tune.add_argument
     add("--config", metavar="FILE", default=None, help="a study file (YAML: space, model, data, trainer); see README")
     add("--trials", type=pos_int, default=None, help="trials in the study (default: 8, or the file's max_trials)")
-    add("--tokens", type=pos_int, default=60_000, help="demo: training characters per trial")
+    add("--tokens", type=pos_int, default=300_000, help="demo: training characters per trial")
     add("--corpus", metavar="PATH", default=None, help="demo: text file or folder (default: Python's stdlib)")
     add("--seq-len", type=pos_int, default=64, help="demo: characters per sample")
     add("--accelerator", default="auto", help="demo: Lightning accelerator")

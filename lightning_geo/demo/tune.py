@@ -44,7 +44,7 @@ class DemoTrainFn:
     """Train the demo model with one config and report ``val/loss`` (a picklable ``train_fn`` for ``GeoTuner``).
 
     Args:
-        tokens: Training characters per trial; steps = ``tokens // (batch_size * seq_len)``. Default 60 000.
+        tokens: Training characters per trial; steps = ``tokens // (batch_size * seq_len)``. Default 300 000.
         corpus: Text file or folder; ``None``: the Python standard library's sources.
         seq_len: Characters per sample. Default 64.
         val_every: Validate (and report to the pruner) every this many steps. Default 25.
@@ -52,7 +52,7 @@ class DemoTrainFn:
         seed: Seeds model initialisation and data order (the same for every trial). Default 0.
     """
 
-    tokens: int = 60_000
+    tokens: int = 300_000
     corpus: str | None = None
     seq_len: int = 64
     val_every: int = 25
