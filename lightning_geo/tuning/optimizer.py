@@ -66,6 +66,20 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _signs(modes: Sequence[str]) -> torch.Tensor:
+    """``+1`` for each maximised objective and ``-1`` for each minimised one: values times signs are maximised."""
+    return torch.tensor([-1.0 if m == "min" else 1.0 for m in modes], dtype=torch.double)
+
+
+def pareto_mask(values: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
+    """For ``n`` rows of objective values (one column per objective, each in its own ``mode``): whether no other
+    row is at least as good in every objective and better in one (exact repeats keep their first row)."""
+    from botorch.utils.multi_objective.pareto import is_non_dominated
+
+    Y = torch.tensor(values, dtype=torch.double).reshape(len(values), len(modes))
+    return is_non_dominated(Y * _signs(modes), deduplicate=True).tolist()
+
+
 def _modes(mode: Mode | Sequence[Mode]) -> tuple[str, ...]:
     modes = (mode,) if isinstance(mode, str) else tuple(mode)
     if not modes or any(m not in ("min", "max") for m in modes):
@@ -199,13 +213,11 @@ class BayesianOptimizer:
 
     def pareto_front(self) -> list[Observation]:
         """The non-dominated successful observations (every objective in its own ``mode``), in telling order."""
-        from botorch.utils.multi_objective.pareto import is_non_dominated
-
         done = [o for o in self.observations if not o.failed]
         if not done:
             return []
-        mask = is_non_dominated(self._maximisation_values(done), deduplicate=True)
-        return [o for o, keep in zip(done, mask.tolist(), strict=True) if keep]
+        mask = pareto_mask([o.values for o in done], self.modes)  # type: ignore[misc]
+        return [o for o, keep in zip(done, mask, strict=True) if keep]
 
     def importance(self) -> dict[str, float]:
         """Importance of each searched parameter: how far the GP's mean moves when that parameter is swept over
@@ -246,8 +258,7 @@ class BayesianOptimizer:
         return (self.seed * 1_000_003 + len(self.observations) * 7919 + len(self._pending) * 104_729) % (2**63)
 
     def _maximisation_values(self, observations: Sequence[Observation]) -> torch.Tensor:
-        signs = torch.tensor([-1.0 if m == "min" else 1.0 for m in self.modes], dtype=torch.double)
-        return torch.tensor([o.values for o in observations], dtype=torch.double) * signs
+        return torch.tensor([o.values for o in observations], dtype=torch.double) * _signs(self.modes)
 
     def _training_data(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``n x d`` inputs and ``n x m`` outcomes to fit (maximisation form, failures imputed, warped)."""
@@ -271,7 +282,7 @@ class BayesianOptimizer:
 
     def _seen_keys(self) -> set[tuple[float, ...]]:
         rows = self.space.encode([o.config for o in self.observations] + list(self._pending.values()))
-        return {tuple(round(v, 9) for v in row) for row in rows.tolist()}
+        return {self.space.row_key(row) for row in rows.tolist()}
 
     def _propose(self, q: int) -> torch.Tensor:
         asked = len(self.observations) + len(self._pending)
@@ -294,7 +305,7 @@ class BayesianOptimizer:
         raw = torch.full((1, self.space.d), 0.5, dtype=torch.double)  # the centre
         for _ in range(200):
             for row in self._from_raw(raw):
-                key = tuple(round(v, 9) for v in row.tolist())
+                key = self.space.row_key(row.tolist())
                 if key in seen or not self.space.feasible(self.space.decode(row)[0]):
                     continue
                 seen.add(key)
@@ -312,7 +323,7 @@ class BayesianOptimizer:
                 X[:, i] = torch.floor(raw[:, i] * k).clamp(max=k - 1)
         return self.space.snap(X)
 
-    def _acquisition(self, model: Any, X: torch.Tensor, Y: torch.Tensor, pending: torch.Tensor) -> Any:
+    def _acquisition(self, model: Any, X: torch.Tensor, pending: torch.Tensor) -> Any:
         from botorch.sampling import SobolQMCNormalSampler
 
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=int(torch.randint(2**31, ()).item()))
@@ -334,8 +345,10 @@ class BayesianOptimizer:
             X_pending=X_pending,
         )
 
-    def _candidates(self, X: torch.Tensor, Y: torch.Tensor, centres: torch.Tensor, sigmas: Sequence[float],
-                    per_centre: int, num_global: int) -> torch.Tensor:
+    def _candidates(self, centres: torch.Tensor, sigmas: Sequence[float], per_centre: int, num_global: int,
+                    seen: set[tuple[float, ...]]) -> torch.Tensor:
+        """Global Sobol candidates and Gaussian perturbations of ``centres``, snapped to the grid, without the
+        configs in ``seen``, repeats and infeasible ones."""
         d = self.space.d
         parts = []
         if num_global:
@@ -352,11 +365,10 @@ class BayesianOptimizer:
                 local = torch.where(is_cat & flip, random_cat, torch.where(is_cat, centre.expand_as(local), local))
             parts.append(self.space.snap(local))
         C = torch.cat(parts)
-        seen = self._seen_keys()
         keep = []
         unique: set[tuple[float, ...]] = set()
         for i, row in enumerate(C.tolist()):
-            key = tuple(round(v, 9) for v in row)
+            key = self.space.row_key(row)
             if key in seen or key in unique:
                 continue
             unique.add(key)
@@ -380,19 +392,20 @@ class BayesianOptimizer:
         else:
             top = X[self._pareto_rows(Y)][:5]
         rows = [row for row in chosen]
+        seen = self._seen_keys()  # told and pending configs; fixed during this ask (rows chosen now: _exclude)
         pending_base = self.space.encode(list(self._pending.values())) if self._pending else chosen[:0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numerical warnings of the MC acquisition on tiny data
             for _ in range(q):
                 pending = torch.cat([pending_base, *(r.unsqueeze(0) for r in rows)]) if rows else pending_base
-                acq = self._acquisition(model, X, Y, pending)
-                C = self._candidates(X, Y, top, (0.02, 0.05, 0.15), 64, self.num_candidates)
+                acq = self._acquisition(model, X, pending)
+                C = self._candidates(top, (0.02, 0.05, 0.15), 64, self.num_candidates, seen)
                 C = self._exclude(C, rows)
                 if not len(C):
                     raise TuningError("no new feasible configs left to propose in the search space")
                 values = self._evaluate(acq, C)
                 best = C[torch.topk(values, min(3, len(C))).indices]
-                fine = self._exclude(self._candidates(X, Y, best, (0.005, 0.02), 128, 0), rows)
+                fine = self._exclude(self._candidates(best, (0.005, 0.02), 128, 0, seen), rows)
                 if len(fine):
                     C, values = torch.cat([C, fine]), torch.cat([values, self._evaluate(acq, fine)])
                 rows.append(C[int(torch.argmax(values))])

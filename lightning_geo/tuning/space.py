@@ -335,9 +335,14 @@ class SearchSpace(Mapping[str, Any]):
                 return False
         return True
 
-    def key(self, config: Mapping[str, Any]) -> str:
-        """A string that is equal for configs the space cannot tell apart (used to spot duplicates)."""
-        return repr([round(v, 12) for v in self.encode([config])[0].tolist()])
+    @staticmethod
+    def row_key(row: Sequence[float]) -> tuple[float, ...]:
+        """A hashable key of an encoded row, equal for rows the space cannot tell apart (spots duplicates)."""
+        return tuple(round(float(v), 9) for v in row)
+
+    def key(self, config: Mapping[str, Any]) -> tuple[float, ...]:
+        """:meth:`row_key` of a config's encoding."""
+        return self.row_key(self.encode([config])[0].tolist())
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> SearchSpace:

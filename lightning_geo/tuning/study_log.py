@@ -24,36 +24,35 @@ class StudyWriter:
     Args:
         study_dir: The study's folder.
         monitor: The monitored metric names (the HParams tab shows them as ``hparams/<name>``).
-        mode: ``"min"``/``"max"`` per metric: ``best_value`` follows the first one.
-        best: The best completed value so far (of the trials a resumed study replays).
     """
 
-    def __init__(
-        self, study_dir: Path, monitor: Sequence[str], mode: Sequence[str], *, best: float | None = None
-    ) -> None:
+    def __init__(self, study_dir: Path, monitor: Sequence[str]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.study_dir = study_dir
         self.monitor = tuple(monitor)
-        self.mode = tuple(mode)
         self._writer = SummaryWriter(log_dir=str(study_dir / "study"))
-        self._best = best  # the best value of the trials replayed from storage, when a study resumes
 
-    def trial_finished(self, record: TrialRecord, *, trial_dir: Path, ask_seconds: float | None, counts: dict) -> None:
-        """Log one finished trial (study curves and the trial's HParams entry)."""
+    def trial_finished(
+        self,
+        record: TrialRecord,
+        *,
+        best: float | None,
+        trial_dir: Path,
+        ask_seconds: float | None,
+        counts: dict,
+    ) -> None:
+        """Log one finished trial (study curves and the trial's HParams entry); ``best`` is the study's best
+        completed value so far, this trial and those replayed on a resume included."""
         step = record.number
         scalars: dict[str, float] = {"trial_seconds": record.seconds, **{f"num_{k}": v for k, v in counts.items()}}
         if ask_seconds is not None:
             scalars["ask_seconds"] = ask_seconds
         if record.values is not None:
-            value = record.values[0]
-            better = self._best is None or (value < self._best if self.mode[0] == "min" else value > self._best)
-            if record.state is TrialState.COMPLETE and better:
-                self._best = value
             for name, v in zip(self.monitor, record.values, strict=True):
                 scalars[f"value/{name}"] = v
-        if self._best is not None:
-            scalars["best_value"] = self._best
+        if best is not None:
+            scalars["best_value"] = best
         for name, v in scalars.items():
             self._writer.add_scalar(geo_tag("tuning", name), v, global_step=step)
         self._writer.flush()

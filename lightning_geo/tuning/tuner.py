@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lightning_geo.tuning.executors import DIVERGED, TrainFn, TrialExecutor, make_executor
-from lightning_geo.tuning.optimizer import BayesianOptimizer, Mode, TuningError, _modes
+from lightning_geo.tuning.optimizer import BayesianOptimizer, Mode, TuningError, _modes, pareto_mask
 from lightning_geo.tuning.pruners import Pruner, make_pruner
 from lightning_geo.tuning.reporter import MONITOR_MISSING
 from lightning_geo.tuning.space import Categorical, Config, SearchSpace
@@ -145,14 +145,11 @@ class GeoTuner:
 
     def pareto_front(self) -> list[TrialRecord]:
         """Completed trials that no other completed trial beats on every monitored metric."""
-        from botorch.utils.multi_objective.pareto import is_non_dominated
-
         done = [t for t in self.trials if t.state is TrialState.COMPLETE and t.values is not None]
         if not done:
             return []
-        signs = torch.tensor([-1.0 if m == "min" else 1.0 for m in self.mode], dtype=torch.double)
-        Y = torch.tensor([t.values for t in done], dtype=torch.double) * signs
-        return [t for t, keep in zip(done, is_non_dominated(Y).tolist(), strict=True) if keep]
+        mask = pareto_mask([t.values for t in done], self.mode)  # type: ignore[misc]
+        return [t for t, keep in zip(done, mask, strict=True) if keep]
 
     def results_table(self) -> str:
         """Every finished trial as a text table."""
@@ -175,9 +172,13 @@ class GeoTuner:
     def _header(self) -> dict[str, Any]:
         return {"space": self.space.describe(), "monitor": list(self.monitor), "mode": list(self.mode)}
 
+    def _trial_dir(self, number: int) -> Path:
+        """The trial's folder: its TensorBoard run and its reports."""
+        return self.study_dir / f"trial_{number:04d}"
+
     def _trial(self, number: int, params: Config) -> Trial:
         finished = tuple(t.curve() for t in self.trials if t.state is not TrialState.FAILED)
-        trial_dir = self.study_dir / f"trial_{number:04d}"
+        trial_dir = self._trial_dir(number)
         stale = trial_dir / "reports.jsonl"
         if stale.exists():  # reports of an interrupted earlier run of this trial
             stale.unlink()
@@ -210,7 +211,7 @@ class GeoTuner:
             self._record(record, x)
         requeue = [(n, self._stored_params(params, x)) for n, params, x in stored.unfinished]
         next_number = stored.next_number
-        writer = StudyWriter(self.study_dir, self.monitor, self.mode, best=self.best_value)
+        writer = StudyWriter(self.study_dir, self.monitor)
         if self.verbose and (stored.finished or requeue):
             print(f"GeoTuner: resuming {self.storage.path}: {len(stored.finished)} finished trials, "
                   f"{len(requeue)} interrupted ones run again")
@@ -236,7 +237,7 @@ class GeoTuner:
                     _, x, ask_seconds = running.pop(record.number)
                     self.storage.finish(record, x)
                     self._record(record, x)
-                    writer.trial_finished(record, trial_dir=self.study_dir / f"trial_{record.number:04d}",
+                    writer.trial_finished(record, best=self.best_value, trial_dir=self._trial_dir(record.number),
                                           ask_seconds=ask_seconds, counts=self._counts())
                     if self.verbose:
                         print(progress_line(record, total=self.max_trials, best=self.best_trial, monitor=self.monitor),
