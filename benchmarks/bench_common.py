@@ -7,7 +7,9 @@ import it as ``from bench_common import ...``.
 from __future__ import annotations
 
 import ctypes
+import logging
 import subprocess
+import warnings
 from pathlib import Path
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
@@ -52,3 +54,39 @@ def verdict(met: bool | None, claim: str, details: list[str]) -> list[str]:
     then the detail lines indented."""
     label = "NOT RUN" if met is None else ("MET" if met else "MISSED")
     return [f"[{label}] {claim}", *(f"  {line}" for line in details)]
+
+
+def quiet_lightning(*messages: str) -> None:
+    """Keep Lightning's and GEO's banners out of a benchmark's output: their loggers at ERROR, and the warnings
+    every benchmark's short runs trigger ignored, plus ``messages`` (regular expressions of more warnings)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_geo"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for message in (
+        ".*does not have many workers.*",
+        ".*smaller than the logging interval.*",
+        ".*LeafSpec.*",
+        *messages,
+    ):
+        warnings.filterwarnings("ignore", message)
+
+
+class Transcript:
+    """Prints a benchmark's lines as they come and keeps them, so the report part can go to its results file.
+
+    Call it like ``print`` (one line); ``mark()`` where the report starts, ``since(mark)`` for its text.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def mark(self) -> int:
+        """The number of lines so far: pass it to :meth:`since`."""
+        return len(self.lines)
+
+    def since(self, mark: int) -> str:
+        """The lines from ``mark`` on, joined by newlines."""
+        return "\n".join(self.lines[mark:])

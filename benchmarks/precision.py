@@ -87,13 +87,11 @@ are shorter); the thread CPU time ratio is printed beside it as a check on machi
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -102,7 +100,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from bench_common import code_version, keep_freed_memory, verdict
+from bench_common import Transcript, code_version, keep_freed_memory, quiet_lightning, verdict
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
@@ -647,21 +645,6 @@ final loss scale of seed 0 (GEO per-block: head | blocks min..max)."""
 
 
 # -------------------------------------------------------------------------------------------- main
-def _quiet() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_geo"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for message in (
-        ".*does not have many workers.*",
-        ".*smaller than the logging interval.*",
-        ".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`.*",
-        ".*PredictiveScalingPrecision: the float16 forward.*",
-        ".*You defined a `validation_step` but have no `val_dataloader`.*",
-        ".*GPU available but not used.*",
-        ".*LeafSpec.*",
-    ):
-        warnings.filterwarnings("ignore", message)
-
-
 def _device_text(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
@@ -696,16 +679,17 @@ def main() -> None:
         config = replace(config, steps=args.steps, warmup=min(config.warmup, args.steps // 10))
     out = Path(args.out) if args.out else (None if args.quick else RESULTS_DIR / f"precision_{args.device}.txt")
 
-    _quiet()
+    quiet_lightning(
+        ".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`.*",
+        ".*PredictiveScalingPrecision: the float16 forward.*",
+        ".*You defined a `validation_step` but have no `val_dataloader`.*",
+        ".*GPU available but not used.*",
+    )
     keep_freed_memory()
     torch.set_num_threads(THREADS)
     version = code_version()
     started = time.perf_counter()
-    output: list[str] = []
-
-    def log(line: str = "") -> None:
-        print(line, flush=True)
-        output.append(line)
+    log = Transcript()
 
     corpus = load_corpus(None)
     bench = Bench(corpus, config, args.device)
@@ -762,7 +746,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     results = Results(runs)
     command = " ".join(["python benchmarks/precision.py", *sys.argv[1:]])
-    report_start = len(output)
+    report_start = log.mark()
     log()
     log(f"$ {command}")
     log(
@@ -819,7 +803,7 @@ def main() -> None:
         log(line)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(output[report_start:]).lstrip("\n") + "\n")
+        out.write_text(log.since(report_start).lstrip("\n") + "\n")
         print(f"\nwritten to {out}")
 
 

@@ -67,7 +67,6 @@ import argparse
 import collections
 import functools
 import inspect
-import logging
 import math
 import os
 import re
@@ -76,7 +75,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -86,7 +84,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from bench_common import code_version, keep_freed_memory, verdict
+from bench_common import Transcript, code_version, keep_freed_memory, quiet_lightning, verdict
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
@@ -923,13 +921,6 @@ x AdamW = its ratio to AdamW's. * = best baseline (sets the target)."""
 
 
 # ------------------------------------------------------------------------------------------ main
-def _quiet() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning_geo"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for message in (".*does not have many workers.*", ".*smaller than the logging interval.*", ".*LeafSpec.*"):
-        warnings.filterwarnings("ignore", message)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("a", "b", "all"), default="all", help="which task to run")
@@ -938,16 +929,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
-    _quiet()
+    quiet_lightning()
     keep_freed_memory()
     torch.set_num_threads(THREADS)
     version = code_version()  # now: the code under test is what was imported at start
     started = time.perf_counter()
-    output: list[str] = []
-
-    def log(line: str = "") -> None:
-        print(line, flush=True)
-        output.append(line)
+    log = Transcript()
 
     tasks = [t for t in (TASK_A, TASK_B) if args.task in (t.key, "all")]
     if args.quick:
@@ -978,7 +965,7 @@ def main() -> None:
 
     elapsed = time.perf_counter() - started
     command = " ".join(["python benchmarks/sparsity.py", *sys.argv[1:]])
-    report_start = len(output)
+    report_start = log.mark()
     log(f"$ {command}")
     log(
         f"{version}; torch {torch.__version__}, lightning {pl.__version__}; {THREADS} threads on "
@@ -1000,7 +987,7 @@ def main() -> None:
         log(line)
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(output[report_start:]) + "\n")
+        RESULTS.write_text(log.since(report_start) + "\n")
         print(f"\nwritten to {RESULTS}")
 
 

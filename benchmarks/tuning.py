@@ -83,7 +83,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import math
 import os
 import statistics
@@ -99,7 +98,7 @@ import numpy as np
 import optuna
 import torch
 import torch.nn.functional as F
-from bench_common import code_version, keep_freed_memory, verdict
+from bench_common import code_version, keep_freed_memory, quiet_lightning, verdict
 
 from lightning_geo.tuning.optimizer import BayesianOptimizer
 from lightning_geo.tuning.space import Categorical, Config, Float, Int, SearchSpace
@@ -792,10 +791,8 @@ known opt = the known global optimum (synthetic functions), for reference only."
 # ------------------------------------------------------------------------------------------------- main
 def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_geo"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_lightning(".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`.*")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`.*")
 
 
 def _load_average() -> str:
