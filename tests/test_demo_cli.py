@@ -73,6 +73,9 @@ def test_geo_flag_trains_with_geo_adamw_and_logs_sparsity(tmp_path, text_folder,
     tags = set(acc.Tags()["scalars"])
     assert {"geo/sparsity/model.wte.weight/row_density", "geo/sparsity/model.wte.weight/lr_multiplier"} <= tags
     assert "geo/sparsity/model.wte.weight/row_hits" in acc.Tags()["histograms"]
+    assert "DynamicCurriculum(mode='seq_len'" in out
+    seq_len = [e.value for e in acc.Scalars("geo/curriculum/seq_len")]
+    assert seq_len[0] < seq_len[-1] == 32  # warmed up to the full --seq-len within the first 30% of the steps
     train_loss = [e.value for e in acc.Scalars("train/loss")]
     assert train_loss[-1] < train_loss[0]
 

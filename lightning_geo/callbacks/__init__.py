@@ -1,6 +1,8 @@
-"""GEO callbacks: ``SparsityAwareLR`` (and ``DynamicCurriculum`` when it lands)."""
+"""GEO callbacks: ``DynamicCurriculum`` (with its ``CurriculumSampler``) and ``SparsityAwareLR``."""
 
+from lightning_geo.callbacks.curriculum import DynamicCurriculum
+from lightning_geo.callbacks.curriculum_sampler import CurriculumSampler
 from lightning_geo.callbacks.sparsity_lr import SparsityAwareLR
 from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker
 
-__all__ = ["GradientSparsityTracker", "SparsityAwareLR"]
+__all__ = ["CurriculumSampler", "DynamicCurriculum", "GradientSparsityTracker", "SparsityAwareLR"]

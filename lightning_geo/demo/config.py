@@ -9,7 +9,10 @@ PRECISIONS: tuple[str, ...] = ("32-true", "16-mixed", "bf16-mixed", "16-true", "
 """Precision strings the demo accepts (Lightning's own names)."""
 
 
+CURRICULUM_IN_DEMO = "curriculum: DynamicCurriculum(mode='seq_len', deadline=0.3), mastery-paced sequence-length warmup"
+
 GEO_PARTS_IN_DEMO: tuple[str, ...] = (
+    CURRICULUM_IN_DEMO,
     "sparsity: GeoAdamW + SparsityAwareLR",
     "precision: PredictiveScalingPrecision (with --precision 16-mixed or bf16-mixed)",
 )
@@ -27,7 +30,7 @@ def geo_parts_used(config: DemoConfig) -> tuple[str, ...]:
         precision = f"precision: PredictiveScalingPrecision({config.precision!r})"
     else:
         precision = f"precision: not used at --precision {config.precision} (it needs 16-mixed or bf16-mixed)"
-    return ("sparsity: GeoAdamW + SparsityAwareLR", precision)
+    return (CURRICULUM_IN_DEMO, "sparsity: GeoAdamW + SparsityAwareLR", precision)
 
 
 @dataclass

@@ -106,9 +106,9 @@ def _geo_callbacks(config: DemoConfig) -> list[Callback]:
     """The callbacks ``--geo`` adds (the optimizer half of the sparsity part is set on the model)."""
     if not config.geo:
         return []
-    from lightning_geo.callbacks import SparsityAwareLR
+    from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
 
-    return [SparsityAwareLR()]
+    return [DynamicCurriculum(mode="seq_len", deadline=0.3), SparsityAwareLR()]
 
 
 def _geo_plugins(config: DemoConfig) -> list[Any]:
