@@ -22,13 +22,23 @@ def test_subpackages_import(part):
     importlib.import_module(f"lightning_geo.{part}")
 
 
-def test_import_leaves_botorch_and_matplotlib_unloaded():
+def _heavy_modules_after(statement: str) -> list[str]:
     code = (
-        "import sys; import lightning_geo; "
-        "heavy = sorted(m for m in ('botorch', 'gpytorch', 'matplotlib') if m in sys.modules); print(heavy)"
+        f"import sys; {statement}; "
+        "print(sorted(m for m in ('botorch', 'gpytorch', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    return eval(out.strip())  # a printed list of names
+
+
+def test_import_loads_nothing_heavy_beyond_lightning_and_registers_geo_hybrid():
+    # registering strategy="geo_hybrid" needs lightning.pytorch, which itself may pull matplotlib (via sympy)
+    assert set(_heavy_modules_after("import lightning_geo")) <= set(_heavy_modules_after("import lightning.pytorch"))
+    assert "botorch" not in _heavy_modules_after("import lightning_geo")
+    code = "import lightning_geo; from lightning.pytorch.strategies import StrategyRegistry; " \
+        "print('geo_hybrid' in StrategyRegistry)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
 
 
 def test_version_and_dependencies_come_from_pyproject():

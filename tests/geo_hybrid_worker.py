@@ -1,0 +1,110 @@
+"""One training run of the demo model for the geo_hybrid tests, started by ``torchrun`` (or plain python).
+
+Writes ``<out>/result.json`` on rank 0: the global mean training loss of every step, the plan, the mesh, the
+per-rank sample indices of the first step and what the strategy applied. The global batch is always 8
+samples in dataset order (no shuffling), so every layout sees the same samples at the same step and the
+losses of a 1-process run and a parallel one must agree to rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+import lightning_geo  # noqa: F401  (registers "geo_hybrid")
+from lightning_geo.demo.model import CharLanguageModel
+from lightning_geo.strategies import GeoHybridStrategy
+
+GLOBAL_BATCH = 8
+TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200))
+VOCAB = "".join(sorted(set(TEXT)))
+SEQ_LEN = 16
+
+
+class Windows(Dataset):
+    """``(input, target, index)`` windows of ``TEXT``, ``SEQ_LEN`` characters apart."""
+
+    def __init__(self, count: int) -> None:
+        ids = torch.tensor([VOCAB.index(c) for c in TEXT])
+        self.samples = [(ids[i * SEQ_LEN: i * SEQ_LEN + SEQ_LEN], ids[i * SEQ_LEN + 1: i * SEQ_LEN + SEQ_LEN + 1])
+                        for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.samples[i]
+
+
+class Model(CharLanguageModel):
+    """The demo model, recording each step's loss averaged over every data-parallel rank."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(VOCAB, seq_len=SEQ_LEN, n_layer=2, n_head=2, n_embd=32, warmup_steps=2, **kwargs)
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(float(self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")))
+        return loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--strategy", default="geo_hybrid", help="'geo_hybrid' or a Lightning strategy name")
+    parser.add_argument("--plan", default="auto")
+    parser.add_argument("--mesh", default=None, help="R,S,T")
+    parser.add_argument("--topology", default=None, help="a `nvidia-smi topo -m` file to plan on")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--resume", default=None, help="checkpoint path to resume from")
+    parser.add_argument("--tensor-parallel-plan", action="store_true", help="pass the recognised MLP pairs")
+    args = parser.parse_args()
+
+    devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if args.strategy == "geo_hybrid":
+        mesh = tuple(int(v) for v in args.mesh.split(",")) if args.mesh else None
+        strategy = GeoHybridStrategy(args.plan, mesh=mesh, topology=args.topology)
+    else:
+        strategy = args.strategy
+    torch.manual_seed(0)
+    model = Model(max_steps=args.steps)
+    out = Path(args.out)
+    trainer = pl.Trainer(
+        strategy=strategy, accelerator="cpu", devices=devices, max_steps=args.steps,
+        logger=TensorBoardLogger(out, name="", version="tb"), enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, limit_val_batches=0,
+        log_every_n_steps=1,
+        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=3, save_top_k=-1)],
+    )
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self):
+            # Lightning's own sampler would shuffle; this one keeps dataset order on the strategy's replicas
+            kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
+            dataset = Windows(3 * GLOBAL_BATCH)
+            sampler = DistributedSampler(dataset, shuffle=False, **kwargs)
+            return DataLoader(dataset, batch_size=GLOBAL_BATCH // kwargs["num_replicas"], sampler=sampler)
+
+    trainer.fit(model, datamodule=Data(), ckpt_path=args.resume)
+    if trainer.is_global_zero:
+        result = {"losses": model.losses, "world_size": trainer.world_size, "global_step": trainer.global_step}
+        if isinstance(trainer.strategy, GeoHybridStrategy):
+            plan = trainer.strategy.plan
+            result.update(plan=plan.name, mesh=list(plan.mesh_shape), applied={
+                k: v for k, v in trainer.strategy.applied.items() if isinstance(v, (int, str, bool, list))
+            }, device_order=list(plan.device_order), table=trainer.strategy.report.table(),
+                sampler=trainer.strategy.distributed_sampler_kwargs)
+        (out / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
