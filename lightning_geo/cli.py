@@ -3,6 +3,7 @@
 Sub-commands:
     demo   train a small character-level GPT on a real corpus and summarise the run
     tune   Bayesian hyperparameter search (GeoTuner) over the demo model, or over your own from a YAML file
+    topo   the GPU topology (detected, or a saved ``nvidia-smi topo -m``) and the ranked parallel plans
 
 Bad input (a missing or empty corpus, a binary file, a non-positive budget, an unknown precision)
 ends with a one-line ``lightning-geo demo: error: ...`` message and exit status 2, not a traceback.
@@ -115,6 +116,31 @@ def _add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--quiet", action="store_true", help="no line per trial")
 
 
+def _add_topo_parser(subparsers: argparse._SubParsersAction) -> None:
+    topo = subparsers.add_parser(
+        "topo",
+        help="show the GPU topology as NVLink islands and the ranked parallel plans for a model size",
+        description=(
+            "Detect this machine's GPU interconnect (NVML, else `nvidia-smi topo -m`) or read a saved "
+            "`nvidia-smi topo -m` output (--file), print it as a map of NVLink islands, and rank every "
+            "(replicate x shard x tensor) mesh for a model of --params parameters by estimated communication "
+            "per step, as strategy='geo_hybrid' would."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = topo.add_argument
+    add("--file", metavar="PATH", default=None, help="a saved `nvidia-smi topo -m` output instead of detection")
+    add("--params", type=_positive(float), default=1.3e9, help="model parameters (7e9 is fine)")
+    add("--nodes", type=_positive(int), default=1, help="number of nodes (alike), joined by InfiniBand")
+    add("--gpus-per-node", type=_positive(int), default=None, help="use the first N GPUs (default: all)")
+    add("--gpu-memory-gb", type=_positive(float), default=None,
+        help="GPU memory (default: detected; unknown for --file, then nothing is ruled out)")
+    add("--activation-gb", type=float, default=0.0, help="activation memory per GPU, GB")
+    add("--bytes-per-param", type=_positive(float), default=16.0,
+        help="weights + gradients + optimizer state per parameter (16: fp32 + Adam)")
+    add("--net-gbps", type=_positive(float), default=None, help="inter-node bandwidth per GPU, GB/s (default 25)")
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
     """Reports a bad argument in one line (with a pointer to ``--help``) instead of the whole usage block."""
 
@@ -131,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
     _add_tune_parser(subparsers)
+    _add_topo_parser(subparsers)
     return parser
 
 
@@ -208,6 +235,29 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topo(args: argparse.Namespace) -> int:
+    from lightning_geo.strategies.bandwidth import Bandwidths
+    from lightning_geo.strategies.topo_command import topo_report
+
+    try:
+        if args.file:
+            from lightning_geo.strategies.topology_smi import read_topology_file
+
+            node = read_topology_file(args.file)
+        else:
+            from lightning_geo.strategies.topology_detect import detect_node_topology
+
+            node = detect_node_topology()
+        bandwidths = Bandwidths() if args.net_gbps is None else Bandwidths(net=args.net_gbps)
+        text, _ = topo_report(node, params=args.params, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                              gpu_memory_gb=args.gpu_memory_gb, bandwidths=bandwidths,
+                              activation_gb=args.activation_gb, bytes_per_param=args.bytes_per_param)
+    except (ValueError, OSError) as err:
+        return _fail(err, "topo")
+    print(text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -215,4 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "tune":
         return _tune(args)
+    if args.command == "topo":
+        return _topo(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only accepts known commands

@@ -99,7 +99,7 @@ def main() -> None:
         result = {"losses": model.losses, "world_size": trainer.world_size, "global_step": trainer.global_step}
         if isinstance(trainer.strategy, GeoHybridStrategy):
             plan = trainer.strategy.plan
-            result.update(plan=plan.name, mesh=list(plan.mesh_shape), applied={
+            result.update(plan=plan.name, parameters=sum(p.numel() for p in model.parameters()), mesh=list(plan.mesh_shape), applied={
                 k: v for k, v in trainer.strategy.applied.items() if isinstance(v, (int, str, bool, list))
             }, device_order=list(plan.device_order), table=trainer.strategy.report.table(),
                 sampler=trainer.strategy.distributed_sampler_kwargs)

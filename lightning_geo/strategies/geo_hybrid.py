@@ -354,6 +354,14 @@ class GeoHybridStrategy(ModelParallelStrategy):
                 + (f"\n\nwarnings:{warnings}" if warnings else ""))
         log_geo_text(trainer, "strategy", "plan", text, step=trainer.global_step, throttle=False)
 
+    def teardown(self) -> None:
+        """As ``ModelParallelStrategy``; a one-process run also leaves its (world size 1) process group, so
+        that the Python process is left as a single-device run would leave it."""
+        super().teardown()
+        if self.world_size == 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self._device_mesh = None
+
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
         """Data-parallel replicas and this rank's index among them (ranks of one tensor-parallel group

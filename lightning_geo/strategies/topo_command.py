@@ -1,0 +1,96 @@
+"""``lightning-geo topo``: the detected (or a saved) topology as an island map, and the ranked plan table."""
+
+from __future__ import annotations
+
+from lightning_geo.strategies.bandwidth import GB, Bandwidths
+from lightning_geo.strategies.planner import ModelSize, PlanReport, plan_parallelism
+from lightning_geo.strategies.rings import device_order
+from lightning_geo.strategies.topology import ClusterTopology, LinkKind, NodeTopology, single_node
+from lightning_geo.utils.table import format_table
+
+
+def island_map(node: NodeTopology, bandwidths: Bandwidths | None = None) -> str:
+    """A compact text map of a node: its NVLink islands, the link between islands, and the rank order.
+
+    Islands are lettered A, B, ...; the matrix shows the fastest link between any GPU of one island and any
+    of the other (what a ring joining them would use).
+    """
+    bandwidths = bandwidths or Bandwidths()
+    islands = node.nvlink_islands()
+    lines = [f"{node.hostname}: {node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s), topology from {node.source}"]
+    for letter, island in zip(_letters(len(islands)), islands, strict=True):
+        members = " ".join(f"GPU{i}" for i in island)
+        if len(island) > 1:
+            links = {str(node.link(i, j)) for i in island for j in island if i < j}
+            detail = f"NVLink {'/'.join(sorted(links))}"
+            if any(node.link(i, j).nvswitch for i in island for j in island if i < j):
+                detail += " via NVSwitch"
+        else:
+            detail = "no NVLink"
+        numa = {node.gpus[i].numa_node for i in island} - {None}
+        numa_text = f", NUMA {'/'.join(str(n) for n in sorted(numa))}" if numa else ""
+        lines.append(f"  island {letter}: {members} ({detail}{numa_text})")
+    if len(islands) > 1:
+        rows = []
+        for a, island_a in zip(_letters(len(islands)), islands, strict=True):
+            row: list[object] = [a]
+            for island_b in islands:
+                if island_a is island_b:
+                    row.append("-")
+                    continue
+                best = max((node.link(i, j) for i in island_a for j in island_b), key=bandwidths.bandwidth)
+                row.append(str(best))
+            rows.append(row)
+        lines.append("  links between islands (fastest pair):")
+        lines.extend("    " + line for line in format_table(["", *_letters(len(islands))], rows).splitlines())
+    lines.append("  local rank order: " + " ".join(f"GPU{i}" for i in device_order(node, bandwidths)))
+    lines.extend(f"  warning: {w}" for w in node.warnings)
+    return "\n".join(lines)
+
+
+def _letters(n: int) -> list[str]:
+    return [chr(ord("A") + k) if k < 26 else f"I{k}" for k in range(n)]
+
+
+def topo_report(
+    node: NodeTopology,
+    *,
+    params: float,
+    nodes: int = 1,
+    gpus_per_node: int | None = None,
+    gpu_memory_gb: float | None = None,
+    bandwidths: Bandwidths | None = None,
+    activation_gb: float = 0.0,
+    bytes_per_param: float = 16.0,
+) -> tuple[str, PlanReport]:
+    """The island map and the plan table for a model of ``params`` parameters, as text.
+
+    Args:
+        node: one node's topology (every node is assumed alike).
+        params: model parameters.
+        nodes: number of nodes; 1.
+        gpus_per_node: use only the first this many GPUs of the node; default all.
+        gpu_memory_gb: GPU memory in GB; default what the topology reports (unknown for a text file).
+        bandwidths: link speeds; default :class:`.bandwidth.Bandwidths`.
+        activation_gb: activation memory per GPU in GB; 0 (unknown).
+        bytes_per_param: weights + gradients + optimizer state per parameter; 16 (fp32 weights and
+            gradients, Adam's two fp32 moments). Split as 4 + 4 + the rest.
+    """
+    bandwidths = bandwidths or Bandwidths()
+    if gpus_per_node is not None:
+        if not 1 <= gpus_per_node <= node.num_gpus:
+            raise ValueError(f"--gpus-per-node must be between 1 and {node.num_gpus} (the node's GPUs), "
+                             f"got {gpus_per_node}")
+        node = node.subset(list(range(gpus_per_node)))
+    if bytes_per_param < 8:
+        raise ValueError(f"--bytes-per-param must be >= 8 (4 for weights and 4 for gradients), got {bytes_per_param}")
+    cluster: ClusterTopology = single_node(node, nodes)
+    model = ModelSize(params, optimizer_bytes=bytes_per_param - 8, activation_bytes=activation_gb * GB)
+    report = plan_parallelism(cluster, model, bandwidths=bandwidths,
+                              gpu_memory_bytes=None if gpu_memory_gb is None else gpu_memory_gb * GB)
+    header = (f"plan for {params:.3g} parameters ({model.state_bytes / GB:.1f} GB of weights, gradients and "
+              f"optimizer state) on {nodes} node(s) x {node.num_gpus} GPU(s)"
+              + ("" if nodes == 1 else f", nodes joined by {LinkKind.NET.value} at {bandwidths.net:g} GB/s per GPU"))
+    text = "\n".join([island_map(node, bandwidths), "", header, report.table()]
+                     + [f"warning: {w}" for w in report.warnings if w not in node.warnings])
+    return text, report

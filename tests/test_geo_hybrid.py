@@ -1,0 +1,186 @@
+"""``strategy="geo_hybrid"``: registration, arguments, the single-device path, logging, and 2-/4-process gloo
+runs (started with ``torchrun``) whose losses must equal a one-process run's, including a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+import lightning_geo  # noqa: F401  (registers "geo_hybrid")
+from lightning_geo.demo.plot import read_scalars
+from lightning_geo.strategies import GeoHybridStrategy, ModelSize
+from tests.helpers import TinyModel
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "geo_hybrid_worker.py"
+TOPOLOGIES = ROOT / "tests" / "data" / "topologies"
+A30_BRIDGES = TOPOLOGIES / "21_8x_a30_nv4_pairs_mixed_node_pix_2socket.txt"  # bridges 0-3 and 1-2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_worker(out: Path, nproc: int, *args: str) -> dict:
+    """Run the worker under ``torchrun`` with ``nproc`` processes (plain python for 0) and read its result."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if nproc == 0:
+        command = [sys.executable, str(WORKER)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                   f"--master_port={_free_port()}", str(WORKER)]
+    done = subprocess.run([*command, "--out", str(out), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_losses(tmp_path_factory) -> list[float]:
+    """The demo model's losses in one process with Lightning's default strategy."""
+    return run_worker(tmp_path_factory.mktemp("reference"), 0, "--strategy", "auto")["losses"]
+
+
+def _trainer(tmp_path: Path, strategy, **kwargs) -> pl.Trainer:
+    options = {"accelerator": "cpu", "devices": 1, "max_steps": 3, "enable_progress_bar": False,
+               "enable_model_summary": False, "enable_checkpointing": False,
+               "logger": pl.loggers.TensorBoardLogger(tmp_path, name="", version="tb"), "log_every_n_steps": 1}
+    return pl.Trainer(strategy=strategy, **{**options, **kwargs})
+
+
+def test_geo_hybrid_is_registered_and_the_name_builds_the_strategy(tmp_path):
+    trainer = _trainer(tmp_path, "geo_hybrid")
+    assert isinstance(trainer.strategy, GeoHybridStrategy)
+    from lightning_geo.strategies import register_geo_hybrid
+
+    register_geo_hybrid()  # idempotent: a second import or call does not raise
+
+
+def test_single_device_run_trains_unwrapped_logs_the_plan_and_leaves_no_process_group(tmp_path):
+    model = TinyModel()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = _trainer(tmp_path, GeoHybridStrategy())
+    trainer.fit(model)
+    assert trainer.global_step == 3
+    assert trainer.strategy.plan.name == "single device"
+    assert not any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert not torch.distributed.is_initialized()
+    scalars = read_scalars(tmp_path / "tb")
+    assert scalars["geo/strategy/world_size"][-1][1] == 1
+    assert {"geo/strategy/replicate", "geo/strategy/shard", "geo/strategy/tensor", "geo/strategy/est_comm_ms",
+            "geo/strategy/est_memory_gb"} <= set(scalars)
+
+
+def test_a_module_with_configure_model_parallelizes_itself(tmp_path):
+    class SelfParallel(TinyModel):
+        def configure_model(self) -> None:
+            self.saw_mesh = self.device_mesh.mesh_dim_names
+
+    model = SelfParallel()
+    trainer = _trainer(tmp_path, GeoHybridStrategy())
+    trainer.fit(model)
+    assert trainer.strategy.applied == {"by": "configure_model"}
+    assert model.saw_mesh == ("data_parallel_replicate", "data_parallel_shard", "tensor_parallel")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"plan": "zero3"}, ValueError, "plan must be one of"),
+        ({"mesh": (2, 2)}, ValueError, "mesh must be three positive integers"),
+        ({"mesh": (2, 0, 1)}, ValueError, "mesh must be three positive integers"),
+        ({"topology": 42}, TypeError, "topology must be None"),
+        ({"topology": "/nonexistent/topo.txt"}, FileNotFoundError, "does not exist"),
+        ({"model_size": -5}, ValueError, "model_size must be"),
+        ({"gpu_memory_gb": 0}, ValueError, "gpu_memory_gb"),
+        ({"memory_fraction": 1.5}, ValueError, "memory_fraction"),
+        ({"activation_checkpointing": "sometimes"}, ValueError, "activation_checkpointing"),
+        ({"prefer_simpler_within": -1}, ValueError, "prefer_simpler_within"),
+        ({"bandwidths": {"infiniband": 50}}, ValueError, "unknown field"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GeoHybridStrategy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mesh": (2, 1, 1)}, r"mesh=\(2, 1, 1\) has 2 ranks but the run has 1"),
+        ({"plan": "hsdp"}, "HSDP needs a world size"),
+        ({"topology": str(A30_BRIDGES), "model_size": 1e12, "gpu_memory_gb": 24}, "no plan fits in 21.6 GB"),
+    ],
+)
+def test_impossible_plans_fail_at_setup_with_a_clear_error(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _trainer(tmp_path, GeoHybridStrategy(**kwargs)).fit(TinyModel())
+    if torch.distributed.is_initialized():  # the failed set-up's group; later tests expect none
+        torch.distributed.destroy_process_group()
+
+
+def test_a_simulated_topology_with_fewer_gpus_than_processes_is_refused(tmp_path):
+    from lightning_geo.strategies.topology import cpu_node_topology
+
+    strategy = GeoHybridStrategy(topology=cpu_node_topology(1))
+    strategy.parallel_devices = [torch.device("cpu")] * 2
+    with pytest.raises(ValueError, match="1 devices per node but the Trainer runs 2"):
+        strategy._local_topology()
+
+
+def test_model_size_is_counted_from_the_module(tmp_path):
+    strategy = GeoHybridStrategy()
+    model = TinyModel(num_blocks=3)
+    strategy._lightning_module = model
+    size = strategy._model_size()
+    assert size.parameters == sum(p.numel() for p in model.parameters())
+    assert size.num_blocks == 3 and size.weight_bytes == 4
+    assert GeoHybridStrategy(model_size=ModelSize(5e9))._model_size().parameters == 5e9
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("mesh", "name"), [("2,1,1", "DDP"), ("1,2,1", "FSDP")])
+def test_two_processes_replicate_or_shard_and_match_one_process(tmp_path, reference_losses, mesh, name):
+    result = run_worker(tmp_path, 2, "--mesh", mesh, "--topology", str(A30_BRIDGES))
+    assert result["plan"] == name and result["world_size"] == 2
+    assert result["applied"]["by"] == "geo_hybrid" and result["applied"]["blocks"] == 2
+    assert result["losses"] == pytest.approx(reference_losses, rel=1e-4)
+
+
+@pytest.mark.ddp
+def test_four_processes_hsdp_on_bridged_pairs_matches_one_process_and_resumes_exactly(tmp_path, reference_losses):
+    full = run_worker(tmp_path / "full", 4, "--mesh", "2,2,1", "--topology", str(A30_BRIDGES))
+    assert full["plan"] == "HSDP 2x2" and full["device_order"] == [0, 3, 1, 2]
+    assert full["sampler"] == {"num_replicas": 4, "rank": 0}
+    assert full["losses"] == pytest.approx(reference_losses, rel=1e-4)
+    checkpoint = tmp_path / "full" / "ckpt" / "epoch=0-step=3.ckpt"
+    assert checkpoint.is_dir() and len(list(checkpoint.glob("*.distcp"))) == 4  # one shard file per rank
+    resumed = run_worker(tmp_path / "resumed", 4, "--mesh", "2,2,1", "--topology", str(A30_BRIDGES),
+                         "--resume", str(checkpoint))
+    assert resumed["global_step"] == 6
+    assert resumed["losses"] == pytest.approx(full["losses"][3:], rel=1e-5)
+
+
+@pytest.mark.ddp
+def test_four_processes_auto_plan_on_the_bridged_topology_is_the_planners_choice(tmp_path, reference_losses):
+    result = run_worker(tmp_path, 4, "--topology", str(A30_BRIDGES))
+    from lightning_geo.strategies.topology_smi import read_topology_file
+
+    from lightning_geo.strategies.planner import plan_parallelism
+    from lightning_geo.strategies.topology import single_node
+
+    expected = plan_parallelism(single_node(read_topology_file(A30_BRIDGES).subset([0, 1, 2, 3])),
+                                ModelSize(result["parameters"], num_blocks=2))
+    assert result["plan"] == expected.chosen.name
+    assert result["losses"] == pytest.approx(reference_losses, rel=1e-4)
