@@ -66,13 +66,14 @@ def main() -> None:
     parser.add_argument("--topology", default=None, help="a `nvidia-smi topo -m` file to plan on")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--resume", default=None, help="checkpoint path to resume from")
-    parser.add_argument("--tensor-parallel-plan", action="store_true", help="pass the recognised MLP pairs")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="force activation checkpointing")
     args = parser.parse_args()
 
     devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if args.strategy == "geo_hybrid":
         mesh = tuple(int(v) for v in args.mesh.split(",")) if args.mesh else None
-        strategy = GeoHybridStrategy(args.plan, mesh=mesh, topology=args.topology)
+        strategy = GeoHybridStrategy(args.plan, mesh=mesh, topology=args.topology,
+                                     activation_checkpointing=True if args.activation_checkpointing else "auto")
     else:
         strategy = args.strategy
     torch.manual_seed(0)
@@ -96,10 +97,11 @@ def main() -> None:
 
     trainer.fit(model, datamodule=Data(), ckpt_path=args.resume)
     if trainer.is_global_zero:
-        result = {"losses": model.losses, "world_size": trainer.world_size, "global_step": trainer.global_step}
+        result = {"losses": model.losses, "parameters": sum(p.numel() for p in model.parameters()),
+                  "world_size": trainer.world_size, "global_step": trainer.global_step}
         if isinstance(trainer.strategy, GeoHybridStrategy):
             plan = trainer.strategy.plan
-            result.update(plan=plan.name, parameters=sum(p.numel() for p in model.parameters()), mesh=list(plan.mesh_shape), applied={
+            result.update(plan=plan.name, mesh=list(plan.mesh_shape), applied={
                 k: v for k, v in trainer.strategy.applied.items() if isinstance(v, (int, str, bool, list))
             }, device_order=list(plan.device_order), table=trainer.strategy.report.table(),
                 sampler=trainer.strategy.distributed_sampler_kwargs)

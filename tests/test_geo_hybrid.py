@@ -17,6 +17,9 @@ import torch
 import lightning_geo  # noqa: F401  (registers "geo_hybrid")
 from lightning_geo.demo.plot import read_scalars
 from lightning_geo.strategies import GeoHybridStrategy, ModelSize
+from lightning_geo.strategies.planner import plan_parallelism
+from lightning_geo.strategies.topology import single_node
+from lightning_geo.strategies.topology_smi import read_topology_file
 from tests.helpers import TinyModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,11 +153,20 @@ def test_model_size_is_counted_from_the_module(tmp_path):
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize(("mesh", "name"), [("2,1,1", "DDP"), ("1,2,1", "FSDP")])
-def test_two_processes_replicate_or_shard_and_match_one_process(tmp_path, reference_losses, mesh, name):
-    result = run_worker(tmp_path, 2, "--mesh", mesh, "--topology", str(A30_BRIDGES))
+@pytest.mark.parametrize(
+    ("mesh", "extra", "name", "applied"),
+    [
+        ("2,1,1", (), "DDP", {"units": ["model"], "tensor_parallel_modules": 0}),
+        ("1,2,1", ("--activation-checkpointing",), "FSDP", {"activation_checkpointing": True}),
+        ("1,1,2", (), "TP2", {"units": [], "tensor_parallel_modules": 4}),  # the two MLP Linear pairs
+    ],
+)
+def test_two_processes_replicate_shard_or_split_tensors_and_match_one_process(tmp_path, reference_losses, mesh,
+                                                                             extra, name, applied):
+    result = run_worker(tmp_path, 2, "--mesh", mesh, "--topology", str(A30_BRIDGES), *extra)
     assert result["plan"] == name and result["world_size"] == 2
     assert result["applied"]["by"] == "geo_hybrid" and result["applied"]["blocks"] == 2
+    assert applied.items() <= result["applied"].items()
     assert result["losses"] == pytest.approx(reference_losses, rel=1e-4)
 
 
@@ -175,11 +187,6 @@ def test_four_processes_hsdp_on_bridged_pairs_matches_one_process_and_resumes_ex
 @pytest.mark.ddp
 def test_four_processes_auto_plan_on_the_bridged_topology_is_the_planners_choice(tmp_path, reference_losses):
     result = run_worker(tmp_path, 4, "--topology", str(A30_BRIDGES))
-    from lightning_geo.strategies.topology_smi import read_topology_file
-
-    from lightning_geo.strategies.planner import plan_parallelism
-    from lightning_geo.strategies.topology import single_node
-
     expected = plan_parallelism(single_node(read_topology_file(A30_BRIDGES).subset([0, 1, 2, 3])),
                                 ModelSize(result["parameters"], num_blocks=2))
     assert result["plan"] == expected.chosen.name
