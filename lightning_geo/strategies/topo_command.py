@@ -17,7 +17,8 @@ def island_map(node: NodeTopology, bandwidths: Bandwidths | None = None) -> str:
     """
     bandwidths = bandwidths or Bandwidths()
     islands = node.nvlink_islands()
-    lines = [f"{node.hostname}: {node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s), topology from {node.source}"]
+    name = "node" if node.source.startswith("file:") else node.hostname  # a file's node is not this machine
+    lines = [f"{name}: {node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s), topology from {node.source}"]
     for letter, island in zip(_letters(len(islands)), islands, strict=True):
         members = " ".join(f"GPU{i}" for i in island)
         if len(island) > 1:

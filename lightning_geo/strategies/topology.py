@@ -1,8 +1,9 @@
 """The GPU interconnect of a machine or a cluster, as plain data: GPUs, the link between every pair, NUMA.
 
 Detection lives in :mod:`.topology_nvml` (NVML on a real GPU) and :mod:`.topology_smi` (the text of
-``nvidia-smi topo -m``); :func:`detect_node_topology` picks the first that works and falls back to a CPU
-topology. Everything here is plain frozen dataclasses, so a topology pickles across ranks and compares
+``nvidia-smi topo -m``); :func:`.topology_detect.detect_node_topology` picks the first that works, and
+falls back to "every pair PHB" with a warning (a CPU run gets :func:`cpu_node_topology`).
+Everything here is plain frozen dataclasses, so a topology pickles across ranks and compares
 with ``==`` in tests.
 """
 
@@ -92,7 +93,8 @@ class NodeTopology:
         links: ``links[i][j]`` is the :class:`Link` between ``gpus[i]`` and ``gpus[j]`` (``SELF`` on the
             diagonal), symmetric.
         hostname: the node's host name.
-        source: where it came from: ``"nvml"``, ``"nvidia-smi"``, ``"file:<path>"``, ``"cpu"`` or ``"manual"``.
+        source: where it came from: ``"nvml"``, ``"nvidia-smi"``, ``"file:<path>"``, ``"cpu"``, ``"fallback"``
+            (nothing could be read) or ``"manual"``.
         nics: names of the network devices ``nvidia-smi`` listed (``mlx5_0``), informational.
         warnings: what detection could not read (shown by ``lightning-geo topo`` and logged).
         device_type: ``"cuda"``, or ``"cpu"`` for a CPU-only node whose "devices" are gloo processes.
