@@ -167,7 +167,7 @@ def _fail(message: object, command: str = "demo") -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # Imported here so that `lightning-geo --help` answers without importing torch and Lightning.
+    # Imported here: only `demo` needs the demo modules (the package import already brings Lightning).
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from lightning_geo.demo.corpus import CorpusError, load_corpus

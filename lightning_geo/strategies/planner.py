@@ -346,10 +346,11 @@ def plan_parallelism(
     if activation_checkpointing not in (True, False, "auto"):
         raise ValueError(f"activation_checkpointing must be True, False or 'auto', got {activation_checkpointing!r}")
     warnings = list(dict.fromkeys(w for node in topology.nodes for w in node.warnings))
-    if not topology.is_cpu and all(
+    hidden = topology.gpus_per_node >= 3 and not topology.is_cpu and all(  # 2 GPUs may really both sit on PHB
         node.link(i, j).kind is LinkKind.PHB
         for node in topology.nodes for i in range(node.num_gpus) for j in range(node.num_gpus) if i != j
-    ) and topology.gpus_per_node > 1:
+    )
+    if hidden and not any("every GPU pair reports PHB" in w for w in warnings):
         warnings.append("every GPU pair reports PHB: the topology is hidden (a VM?); all links are assumed equal, "
                         "so the plan favours the least traffic")
     capacity = _usable_memory(topology, gpu_memory_bytes, memory_fraction)
