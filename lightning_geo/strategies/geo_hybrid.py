@@ -362,13 +362,6 @@ class GeoHybridStrategy(ModelParallelStrategy):
             torch.distributed.destroy_process_group()
             self._device_mesh = None
 
-    @property
-    def distributed_sampler_kwargs(self) -> dict[str, Any]:
-        """Data-parallel replicas and this rank's index among them (ranks of one tensor-parallel group
-        read the same batch)."""
-        dp = self.device_mesh["data_parallel"]
-        return {"num_replicas": dp.size(), "rank": dp.get_local_rank()}
-
 
 def register_geo_hybrid() -> None:
     """Register ``"geo_hybrid"`` in Lightning's strategy registry; calling it again does nothing."""
