@@ -144,6 +144,7 @@ class GeoHybridStrategy(ModelParallelStrategy):
         self.cluster: ClusterTopology | None = None
         self.applied: dict[str, object] = {}
         self._given_devices: list[torch.device] | None = None
+        self._data_parallel_mesh: Any = None
 
     @property
     def plan(self) -> Plan:
@@ -293,7 +294,8 @@ class GeoHybridStrategy(ModelParallelStrategy):
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(self.root_device.type, plan.mesh_shape, mesh_dim_names=MESH_DIM_NAMES)
-        mesh[MESH_DIM_NAMES[0], MESH_DIM_NAMES[1]]._flatten("data_parallel")
+        # kept here: torch deprecates reading a flattened dim back from the root mesh (mesh["data_parallel"])
+        self._data_parallel_mesh = mesh[MESH_DIM_NAMES[0], MESH_DIM_NAMES[1]]._flatten("data_parallel")
         return mesh
 
     def _describe(self) -> str:
@@ -361,6 +363,16 @@ class GeoHybridStrategy(ModelParallelStrategy):
         if self.world_size == 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self._device_mesh = None
+            self._data_parallel_mesh = None
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        """Data-parallel replicas and this rank's index among them: the ranks of one tensor-parallel group
+        read the same batch."""
+        if self._data_parallel_mesh is None:
+            raise RuntimeError("GeoHybridStrategy: the device mesh is built in setup_environment(); not yet")
+        dp = self._data_parallel_mesh
+        return {"num_replicas": dp.size(), "rank": dp.get_local_rank()}
 
 
 def register_geo_hybrid() -> None:

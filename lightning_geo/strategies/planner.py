@@ -412,7 +412,9 @@ def _verdict(plan: Plan, fits: bool, chosen: Plan, capacity: float | None, is_ch
     if is_chosen:
         return "chosen" if fits else "chosen, but does not fit"
     if not fits:
-        return f"does not fit: {plan.memory_bytes / GB:.1f} GB > {capacity / GB:.1f} GB"
+        need, have = plan.memory_bytes / GB, capacity / GB
+        digits = 1 if f"{need:.1f}" != f"{have:.1f}" else 3  # "15.5 GB > 15.5 GB" says nothing
+        return f"does not fit: {need:.{digits}f} GB > {have:.{digits}f} GB"
     if plan.activation_checkpointing and not chosen.activation_checkpointing:
         return "needs activation checkpointing (recompute)"
     if plan.comm_seconds < chosen.comm_seconds:
