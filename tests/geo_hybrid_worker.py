@@ -63,16 +63,19 @@ def main() -> None:
     parser.add_argument("--strategy", default="geo_hybrid", help="'geo_hybrid' or a Lightning strategy name")
     parser.add_argument("--plan", default="auto")
     parser.add_argument("--mesh", default=None, help="R,S,T")
-    parser.add_argument("--topology", default=None, help="a `nvidia-smi topo -m` file to plan on")
+    parser.add_argument("--topology", default=None,
+                        help="a `nvidia-smi topo -m` file to plan on; '{node}' in it becomes this node's rank")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--resume", default=None, help="checkpoint path to resume from")
     parser.add_argument("--activation-checkpointing", action="store_true", help="force activation checkpointing")
     args = parser.parse_args()
 
     devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    num_nodes = int(os.environ.get("WORLD_SIZE", "1")) // devices
+    topology = args.topology.format(node=os.environ.get("GROUP_RANK", "0")) if args.topology else None
     if args.strategy == "geo_hybrid":
         mesh = tuple(int(v) for v in args.mesh.split(",")) if args.mesh else None
-        strategy = GeoHybridStrategy(args.plan, mesh=mesh, topology=args.topology,
+        strategy = GeoHybridStrategy(args.plan, mesh=mesh, topology=topology,
                                      activation_checkpointing=True if args.activation_checkpointing else "auto")
     else:
         strategy = args.strategy
@@ -80,7 +83,7 @@ def main() -> None:
     model = Model(max_steps=args.steps)
     out = Path(args.out)
     trainer = pl.Trainer(
-        strategy=strategy, accelerator="cpu", devices=devices, max_steps=args.steps,
+        strategy=strategy, accelerator="cpu", devices=devices, num_nodes=num_nodes, max_steps=args.steps,
         logger=TensorBoardLogger(out, name="", version="tb"), enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, limit_val_batches=0,
         log_every_n_steps=1,
@@ -104,7 +107,8 @@ def main() -> None:
             result.update(plan=plan.name, mesh=list(plan.mesh_shape), applied={
                 k: v for k, v in trainer.strategy.applied.items() if isinstance(v, (int, str, bool, list))
             }, device_order=list(plan.device_order), table=trainer.strategy.report.table(),
-                sampler=trainer.strategy.distributed_sampler_kwargs)
+                sampler=trainer.strategy.distributed_sampler_kwargs,
+                nodes=[node.source for node in trainer.strategy.cluster.nodes])
         (out / "result.json").write_text(json.dumps(result))
 
 

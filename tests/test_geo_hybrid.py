@@ -191,3 +191,33 @@ def test_four_processes_auto_plan_on_the_bridged_topology_is_the_planners_choice
                                 ModelSize(result["parameters"], num_blocks=2))
     assert result["plan"] == expected.chosen.name
     assert result["losses"] == pytest.approx(reference_losses, rel=1e-4)
+
+
+@pytest.mark.ddp
+def test_two_nodes_each_read_their_own_topology_and_rank_zero_plans_on_both(tmp_path, reference_losses):
+    """Two 'nodes' of 2 processes on this machine (two torchrun launches sharing a rendezvous): each node reads
+    its own topology file, rank 0 gathers them in node order and plans on the whole cluster."""
+    files = [tmp_path / f"node{i}.txt" for i in range(2)]
+    for file in files:
+        file.write_text(A30_BRIDGES.read_text())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    port = _free_port()
+    launches = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+             "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}", str(WORKER),
+             "--out", str(tmp_path / "out"), "--topology", str(tmp_path / "node{node}.txt")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for node in range(2)
+    ]
+    for launch in launches:
+        _, stderr = launch.communicate(timeout=300)
+        assert launch.returncode == 0, stderr[-4000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["world_size"] == 4
+    assert result["nodes"] == [f"file:{file}" for file in files]
+    node = read_topology_file(A30_BRIDGES).subset([0, 1])
+    expected = plan_parallelism(single_node(node, num_nodes=2), ModelSize(result["parameters"], num_blocks=2))
+    assert result["plan"] == expected.chosen.name
+    assert result["losses"] == pytest.approx(reference_losses, rel=1e-4)
