@@ -14,25 +14,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
-from typing import NoReturn
+from dataclasses import fields, replace
+from typing import TYPE_CHECKING, NoReturn
 
 from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, PRECISIONS, DemoConfig
+
+if TYPE_CHECKING:
+    from lightning_geo.strategies.topology import NodeTopology
 
 _DEFAULTS = {f.name: f.default for f in fields(DemoConfig)}
 
 
-def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:
+def _positive(kind: Callable[[str], int | float], allow_zero: bool = False) -> Callable[[str], int | float]:
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0 or value != value:  # also rejects NaN
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (value >= 0 if allow_zero else value > 0) or value != value:  # also rejects NaN
+            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else 'positive'}, got {text}")
         return value
 
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = f"{'non-negative' if allow_zero else 'positive'} {kind.__name__}"
     return parse
 
 
@@ -135,7 +138,7 @@ def _add_topo_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--gpus-per-node", type=_positive(int), default=None, help="use the first N GPUs (default: all)")
     add("--gpu-memory-gb", type=_positive(float), default=None,
         help="GPU memory (default: detected; unknown for --file, then nothing is ruled out)")
-    add("--activation-gb", type=float, default=0.0, help="activation memory per GPU, GB")
+    add("--activation-gb", type=_positive(float, allow_zero=True), default=0.0, help="activation memory per GPU, GB")
     add("--bytes-per-param", type=_positive(float), default=16.0,
         help="weights + gradients + optimizer state per parameter (16: fp32 + Adam)")
     add("--net-gbps", type=_positive(float), default=None, help="inter-node bandwidth per GPU, GB/s (default 25)")
@@ -245,9 +248,7 @@ def _topo(args: argparse.Namespace) -> int:
 
             node = read_topology_file(args.file)
         else:
-            from lightning_geo.strategies.topology_detect import detect_node_topology
-
-            node = detect_node_topology()
+            node = _detected_or_cpu_topology(args.gpus_per_node)
         bandwidths = Bandwidths() if args.net_gbps is None else Bandwidths(net=args.net_gbps)
         text, _ = topo_report(node, params=args.params, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                               gpu_memory_gb=args.gpu_memory_gb, bandwidths=bandwidths,
@@ -256,6 +257,21 @@ def _topo(args: argparse.Namespace) -> int:
         return _fail(err, "topo")
     print(text)
     return 0
+
+
+def _detected_or_cpu_topology(gpus_per_node: int | None) -> NodeTopology:
+    """This machine's GPU topology; without a GPU, the gloo processes ``geo_hybrid`` would run on the CPU."""
+    from lightning_geo.strategies.topology import cpu_node_topology
+    from lightning_geo.strategies.topology_detect import detect_node_topology
+
+    try:
+        return detect_node_topology()
+    except RuntimeError as err:  # raised only when no source worked and no CUDA device is visible
+        reasons = str(err).partition("Reasons: ")[2] or str(err)
+        note = (f"no GPU found ({reasons}): showing {gpus_per_node or 1} gloo process(es) on this CPU, as "
+                "strategy='geo_hybrid' would run here; pass --file with a saved `nvidia-smi topo -m` output "
+                "to plan for a GPU machine")
+        return replace(cpu_node_topology(gpus_per_node or 1), warnings=(note,))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

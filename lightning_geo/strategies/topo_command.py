@@ -19,6 +19,11 @@ def island_map(node: NodeTopology, bandwidths: Bandwidths | None = None) -> str:
     islands = node.nvlink_islands()
     name = "node" if node.source.startswith("file:") else node.hostname  # a file's node is not this machine
     lines = [f"{name}: {node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s), topology from {node.source}"]
+    if node.is_cpu:  # no islands to show: every pair of gloo processes shares one link kind
+        lines.append(f"  processes 0-{node.num_gpus - 1} on this CPU, joined by gloo "
+                      f"(assumed {bandwidths.cpu:g} GB/s, {bandwidths.cpu_latency_us:g} us per hop)")
+        lines.extend(f"  warning: {w}" for w in node.warnings)
+        return "\n".join(lines)
     for letter, island in zip(_letters(len(islands)), islands, strict=True):
         members = " ".join(f"GPU{i}" for i in island)
         if len(island) > 1:
@@ -90,7 +95,7 @@ def topo_report(
     report = plan_parallelism(cluster, model, bandwidths=bandwidths,
                               gpu_memory_bytes=None if gpu_memory_gb is None else gpu_memory_gb * GB)
     header = (f"plan for {params:.3g} parameters ({model.state_bytes / GB:.1f} GB of weights, gradients and "
-              f"optimizer state) on {nodes} node(s) x {node.num_gpus} GPU(s)"
+              f"optimizer state) on {nodes} node(s) x {node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s)"
               + ("" if nodes == 1 else f", nodes joined by {LinkKind.NET.value} at {bandwidths.net:g} GB/s per GPU"))
     text = "\n".join([island_map(node, bandwidths), "", header, report.table()]
                      + [f"warning: {w}" for w in report.warnings if w not in node.warnings])
