@@ -261,16 +261,15 @@ def _topo(args: argparse.Namespace) -> int:
 
 def _detected_or_cpu_topology(gpus_per_node: int | None) -> NodeTopology:
     """This machine's GPU topology; without a GPU, the gloo processes ``geo_hybrid`` would run on the CPU."""
+    from lightning_geo.strategies import topology_detect
     from lightning_geo.strategies.topology import cpu_node_topology
-    from lightning_geo.strategies.topology_detect import detect_node_topology
 
     try:
-        return detect_node_topology()
-    except RuntimeError as err:  # raised only when no source worked and no CUDA device is visible
-        reasons = str(err).partition("Reasons: ")[2] or str(err)
-        note = (f"no GPU found ({reasons}): showing {gpus_per_node or 1} gloo process(es) on this CPU, as "
-                "strategy='geo_hybrid' would run here; pass --file with a saved `nvidia-smi topo -m` output "
-                "to plan for a GPU machine")
+        return topology_detect.detect_node_topology()
+    except topology_detect.NoGPUFoundError as err:
+        note = (f"no GPU found ({'; '.join(err.reasons)}): showing {gpus_per_node or 1} gloo process(es) on "
+                "this CPU, as strategy='geo_hybrid' would run here; pass --file with a saved `nvidia-smi topo -m` "
+                "output to plan for a GPU machine")
         return replace(cpu_node_topology(gpus_per_node or 1), warnings=(note,))
 
 

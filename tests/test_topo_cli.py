@@ -57,8 +57,7 @@ def test_detected_topology_is_shown(monkeypatch, capsys):
 
 def test_without_a_gpu_it_shows_the_cpu_processes_and_says_why(monkeypatch, capsys):
     def no_gpu():
-        raise RuntimeError("detect_node_topology: no topology source worked and no CUDA device is visible; "
-                           "pass num_devices or a topology file. Reasons: NVML: not found; nvidia-smi: not on PATH")
+        raise topology_detect.NoGPUFoundError(["NVML: not found", "nvidia-smi: not on PATH"])
 
     monkeypatch.setattr(topology_detect, "detect_node_topology", no_gpu)
     code, out, err = _run_main(["topo", "--params", "1e8", "--gpus-per-node", "2"], capsys)

@@ -645,5 +645,6 @@ def test_detect_flat_fallback_counts_torch_devices(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert detect_node_topology().num_gpus == 2
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    with pytest.raises(RuntimeError, match="no topology source worked and no CUDA device is visible"):
+    with pytest.raises(RuntimeError, match="no topology source worked and no CUDA device is visible") as err:
         detect_node_topology()
+    assert [reason.split(":")[0] for reason in err.value.reasons] == ["NVML", "nvidia-smi topo -m"]

@@ -13,17 +13,27 @@ def island_map(node: NodeTopology, bandwidths: Bandwidths | None = None) -> str:
     """A compact text map of a node: its NVLink islands, the link between islands, and the rank order.
 
     Islands are lettered A, B, ...; the matrix shows the fastest link between any GPU of one island and any
-    of the other (what a ring joining them would use).
+    of the other (what a ring joining them would use). A CPU node (gloo processes) has one line instead.
     """
     bandwidths = bandwidths or Bandwidths()
-    islands = node.nvlink_islands()
     name = "node" if node.source.startswith("file:") else node.hostname  # a file's node is not this machine
-    lines = [f"{name}: {node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s), topology from {node.source}"]
-    if node.is_cpu:  # no islands to show: every pair of gloo processes shares one link kind
+    lines = [f"{name}: {_device_count(node)}, topology from {node.source}"]
+    if node.is_cpu:  # no islands: every pair of gloo processes shares one link kind
         lines.append(f"  processes 0-{node.num_gpus - 1} on this CPU, joined by gloo "
-                      f"(assumed {bandwidths.cpu:g} GB/s, {bandwidths.cpu_latency_us:g} us per hop)")
-        lines.extend(f"  warning: {w}" for w in node.warnings)
-        return "\n".join(lines)
+                     f"(assumed {bandwidths.cpu:g} GB/s, {bandwidths.cpu_latency_us:g} us per hop)")
+    else:
+        lines.extend(_island_lines(node, bandwidths))
+    lines.extend(f"  warning: {w}" for w in node.warnings)
+    return "\n".join(lines)
+
+
+def _device_count(node: NodeTopology) -> str:
+    return f"{node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s)"
+
+
+def _island_lines(node: NodeTopology, bandwidths: Bandwidths) -> list[str]:
+    islands = node.nvlink_islands()
+    lines: list[str] = []
     for letter, island in zip(_letters(len(islands)), islands, strict=True):
         members = " ".join(f"GPU{i}" for i in island)
         if len(island) > 1:
@@ -50,8 +60,7 @@ def island_map(node: NodeTopology, bandwidths: Bandwidths | None = None) -> str:
         lines.append("  links between islands (fastest pair):")
         lines.extend("    " + line for line in format_table(["", *_letters(len(islands))], rows).splitlines())
     lines.append("  local rank order: " + " ".join(f"GPU{i}" for i in device_order(node, bandwidths)))
-    lines.extend(f"  warning: {w}" for w in node.warnings)
-    return "\n".join(lines)
+    return lines
 
 
 def _letters(n: int) -> list[str]:
@@ -95,7 +104,7 @@ def topo_report(
     report = plan_parallelism(cluster, model, bandwidths=bandwidths,
                               gpu_memory_bytes=None if gpu_memory_gb is None else gpu_memory_gb * GB)
     header = (f"plan for {params:.3g} parameters ({model.state_bytes / GB:.1f} GB of weights, gradients and "
-              f"optimizer state) on {nodes} node(s) x {node.num_gpus} {'process' if node.is_cpu else 'GPU'}(s)"
+              f"optimizer state) on {nodes} node(s) x {_device_count(node)}"
               + ("" if nodes == 1 else f", nodes joined by {LinkKind.NET.value} at {bandwidths.net:g} GB/s per GPU"))
     text = "\n".join([island_map(node, bandwidths), "", header, report.table()]
                      + [f"warning: {w}" for w in report.warnings if w not in node.warnings])

@@ -19,6 +19,19 @@ _NVIDIA_SMI_TIMEOUT_S = 10.0
 _DEVICE_TYPES = ("cuda", "cpu")
 
 
+class NoGPUFoundError(RuntimeError):
+    """No topology source worked and no CUDA device is visible.
+
+    Attributes:
+        reasons: why each source failed, e.g. ``("NVML: ...", "nvidia-smi topo -m: ...")``.
+    """
+
+    def __init__(self, reasons: list[str] | tuple[str, ...]) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__("detect_node_topology: no topology source worked and no CUDA device is visible; "
+                         f"pass num_devices or a topology file. Reasons: {'; '.join(self.reasons)}")
+
+
 def detect_node_topology(num_devices: int | None = None, device_type: str = "cuda") -> NodeTopology:
     """The topology of this node, from the best source that works.
 
@@ -35,7 +48,8 @@ def detect_node_topology(num_devices: int | None = None, device_type: str = "cud
 
     Raises:
         ValueError: for an unknown ``device_type``, ``num_devices < 1``, or more devices than the node has.
-        RuntimeError: when no source works and the number of GPUs is unknown (no ``num_devices``, no CUDA).
+        NoGPUFoundError: (a ``RuntimeError``) when no source works and the number of GPUs is unknown (no
+            ``num_devices``, no CUDA); its ``reasons`` say why each source failed.
 
     Example::
 
@@ -116,8 +130,7 @@ def _flat_guess(num_devices: int | None, failures: list[str]) -> NodeTopology:
 
         num_devices = torch.cuda.device_count()
     if num_devices < 1:
-        raise RuntimeError("detect_node_topology: no topology source worked and no CUDA device is visible; "
-                           f"pass num_devices or a topology file. Reasons: {'; '.join(failures)}")
+        raise NoGPUFoundError(failures)
     gpus = tuple(GPU(index=i) for i in range(num_devices))
     links = tuple(tuple(SELF_LINK if i == j else Link(LinkKind.PHB) for j in range(num_devices))
                   for i in range(num_devices))
