@@ -15,12 +15,14 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import lightning_geo  # noqa: F401  (registers "geo_hybrid")
+from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
 from lightning_geo.demo.model import CharLanguageModel
+from lightning_geo.precision import PredictiveScalingPrecision
 from lightning_geo.strategies import GeoHybridStrategy
 
 GLOBAL_BATCH = 8
@@ -57,6 +59,22 @@ class Model(CharLanguageModel):
         return loss
 
 
+class GeoRecorder(Callback):
+    """Per step, what the GEO parts decided: loss scale, skipped steps, sequence length, LR multiplier, density."""
+
+    def __init__(self) -> None:
+        self.record: dict[str, list] = {"scale": [], "skipped": [], "seq_len": [], "multiplier": [], "density": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        precision = trainer.precision_plugin
+        sparsity = next(c for c in trainer.callbacks if isinstance(c, SparsityAwareLR))
+        self.record["scale"].append(precision.scale)
+        self.record["skipped"].append(precision.skipped_steps)
+        self.record["seq_len"].append(int(batch[0].shape[1]))
+        self.record["multiplier"].append(sparsity.multipliers.get("model.wte.weight"))
+        self.record["density"].append(sparsity.tracker.row_density.get("model.wte.weight"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -68,6 +86,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--resume", default=None, help="checkpoint path to resume from")
     parser.add_argument("--activation-checkpointing", action="store_true", help="force activation checkpointing")
+    parser.add_argument("--geo", choices=("adamw", "geo_adamw"), default=None,
+                        help="add every GEO part: PredictiveScalingPrecision('16-mixed'), DynamicCurriculum "
+                             "(seq_len), SparsityAwareLR (decay_rows='touched'), with this optimizer")
     args = parser.parse_args()
 
     devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -80,14 +101,22 @@ def main() -> None:
     else:
         strategy = args.strategy
     torch.manual_seed(0)
-    model = Model(max_steps=args.steps)
+    model = Model(max_steps=args.steps, **({"optimizer": args.geo} if args.geo else {}))
     out = Path(args.out)
+    geo = GeoRecorder() if args.geo else None
+    geo_parts: dict = {} if geo is None else {
+        "plugins": [PredictiveScalingPrecision("16-mixed")],
+        "callbacks": [DynamicCurriculum(mode="seq_len", deadline=0.5, min_seq_len=4, seq_len_step=4),
+                      SparsityAwareLR(decay_rows="touched"), geo],
+    }
     trainer = pl.Trainer(
         strategy=strategy, accelerator="cpu", devices=devices, num_nodes=num_nodes, max_steps=args.steps,
         logger=TensorBoardLogger(out, name="", version="tb"), enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, limit_val_batches=0,
         log_every_n_steps=1,
-        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=3, save_top_k=-1)],
+        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=3, save_top_k=-1),
+                   *geo_parts.get("callbacks", [])],
+        plugins=geo_parts.get("plugins"),
     )
 
     class Data(pl.LightningDataModule):
@@ -109,6 +138,8 @@ def main() -> None:
             }, device_order=list(plan.device_order), table=trainer.strategy.report.table(),
                 sampler=trainer.strategy.distributed_sampler_kwargs,
                 nodes=[node.source for node in trainer.strategy.cluster.nodes])
+        if geo is not None:
+            result["geo"] = geo.record
         (out / "result.json").write_text(json.dumps(result))
 
 

@@ -101,3 +101,17 @@ def test_bad_values_are_rejected_even_without_a_logger(tmp_path):
         log_geo_scalars(trainer, "precision", {"scale": "big"})
     with pytest.raises(ValueError, match="not a GEO part"):
         log_geo_scalars(None, "nope", {"x": 1.0})
+
+
+def test_the_first_write_adds_the_geo_dashboard_once_with_sections_for_the_parts_logging_scalars(tmp_path):
+    """DecisionLogger logs precision scalars, a sparsity histogram and a strategy text on every step of a Trainer
+    without GEO parts: one Custom Scalars layout, with the precision section only (histograms and texts are not
+    drawn there)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    trainer = fit_tiny(tmp_path, callbacks=[DecisionLogger()])
+    acc = _event_tags(Path(trainer.logger.log_dir))
+    events = acc.Tensors("custom_scalars__config__")
+    assert len(events) == 1
+    layout = layout_pb2.Layout.FromString(events[0].tensor_proto.string_val[0])
+    assert [category.title for category in layout.category] == ["GEO precision"]

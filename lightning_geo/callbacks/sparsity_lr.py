@@ -65,7 +65,7 @@ from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker
 from lightning_geo.optim.geo_adamw import GeoAdamW
 from lightning_geo.optim.param_groups import isolate_parameters
 from lightning_geo.optim.rows import touched_rows
-from lightning_geo.utils import is_log_step, log_geo_histogram, log_geo_scalars, reduce_tensor
+from lightning_geo.utils import is_log_step, local_part, log_geo_histogram, log_geo_scalars, reduce_tensor
 
 DECAY_ROWS = ("all", "touched")
 PARAM_SELECTORS = ("embeddings", "all")
@@ -316,11 +316,14 @@ class SparsityAwareLR(pl.Callback):
                 group["weight_decay"] = 0.0
                 param = group["params"][0]  # a tracked group holds its one parameter
                 if param.grad is not None:
+                    # a sharded (FSDP2) parameter decays this rank's rows, read off this rank's gradient shard
+                    local = local_part(param)
                     mask = touched.get(name)
-                    rows = (touched_rows(param.grad) if mask is None else mask).to(param.dtype)
+                    if mask is None or mask.numel() != local.shape[0]:
+                        mask = touched_rows(local_part(param.grad))
                     shape = (-1,) + (1,) * max(param.dim() - 1, 0)
                     with torch.no_grad():
-                        param.mul_((1.0 - float(group["lr"]) * weight_decay * rows).view(shape))
+                        local.mul_((1.0 - float(group["lr"]) * weight_decay * mask.to(local.dtype)).view(shape))
 
     def _restore_after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         for group, key, original, _ in reversed(self._pending.pop(id(optimizer), [])):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lightning_geo.optim.rows import touched_rows
+from lightning_geo.utils.distributed import local_part
 
 
 def gradient_densities(
@@ -33,6 +34,8 @@ def gradient_densities(
     Cost: two row reductions over the gradient (none when the caller knows the ``touched`` row
     mask already, e.g. from an embedding's looked-up indices), plus (``count_elements``) a non-zero
     count over the touched rows only. Without ``count_elements`` the element density is NaN.
+    ``grad`` may be one rank's shard of a larger gradient while ``touched`` covers all rows (looked-up
+    indices under FSDP2): the row density is then the whole parameter's, the element density the shard's.
     """
     if grad.is_sparse:
         grad = grad.coalesce()
@@ -43,7 +46,7 @@ def gradient_densities(
         elements = float("nan")
     elif grad.is_sparse:
         elements = int(grad.values().count_nonzero())
-    elif grad.dim() >= 2 and num_touched < touched.numel():
+    elif grad.dim() >= 2 and num_touched < touched.numel() and touched.numel() == grad.shape[0]:
         elements = int(torch.count_nonzero(grad[touched]))
     elif grad.dim() >= 2:
         elements = int(torch.count_nonzero(grad))
@@ -115,7 +118,7 @@ class GradientSparsityTracker:
             if param is None or param.grad is None:
                 continue
             rows, elements, mask = gradient_densities(
-                param.grad, count_elements=count_elements, touched=(touched or {}).get(name)
+                local_part(param.grad), count_elements=count_elements, touched=(touched or {}).get(name)
             )
             current[name] = (rows, elements)
             if name in self.hit_count_names:

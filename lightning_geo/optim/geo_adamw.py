@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_geo.optim.rows import touched_rows
+from lightning_geo.utils.distributed import local_part
 
 DECAY_ROWS = ("touched", "all")
 
@@ -69,6 +70,33 @@ def _check_float(name: str, value: float, low: float, high: float, *, low_open: 
     return value
 
 
+_SHARE_KEY = "_touched_share_of_all_shards"  # set in a step's state view of a sharded parameter, never stored
+
+
+def _is_sharded(value: Any) -> bool:
+    return isinstance(value, Tensor) and hasattr(value, "placements")
+
+
+def _local_view(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with each sharded tensor replaced by this rank's shard (sharing storage: in-place updates land)."""
+    return {k: local_part(v) if _is_sharded(v) else v for k, v in state.items()}
+
+
+def _row_vector_like(param: Tensor) -> Tensor:
+    """Float32 zeros with one entry per row (dim 0) of ``param``, sharded like its rows when it is a DTensor.
+
+    Sharded, the hit counts are saved and re-sharded with the parameter by distributed checkpoints.
+    """
+    if not _is_sharded(param):
+        return torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    local = local_part(param)
+    placements = [Shard(0) if p.is_shard(0) else Replicate() for p in param.placements]
+    zeros = torch.zeros(local.shape[0], dtype=torch.float32, device=local.device)
+    return DTensor.from_local(zeros, param.device_mesh, placements, shape=param.shape[:1], stride=(1,))
+
+
 class GeoAdamW(Optimizer):
     """AdamW with lazy, row-wise moments and step sizes scaled by row hit frequency and parameter density.
 
@@ -93,6 +121,11 @@ class GeoAdamW(Optimizer):
             or ``"all"`` (every row, every step, like AdamW).
         foreach: update all tensors of a group with ``torch._foreach_*`` kernels (default: on
             CUDA tensors only). The result is the same either way.
+
+    Parameters sharded by FSDP2 or tensor parallel (``DTensor``, e.g. under ``strategy="geo_hybrid"``) are
+    updated shard by shard: rows are independent problems. One small all-reduce per step gives the parameter
+    factor the whole parameter's share of touched rows, so a sharded run takes the same steps as an unsharded
+    one.
 
     Gradients may be dense (``nn.Embedding`` default) or sparse (``nn.Embedding(sparse=True)``);
     a sparse gradient's listed rows count as touched. ``state_dict()`` holds, per parameter,
@@ -183,7 +216,8 @@ class GeoAdamW(Optimizer):
     def row_hit_counts(self, param: Tensor) -> Tensor | None:
         """How many steps each row of ``param`` was touched (float32, shape ``[rows]``), or None.
 
-        None when ``param`` is not row-wise or has not stepped yet.
+        None when ``param`` is not row-wise or has not stepped yet. For a parameter sharded by rows
+        (FSDP2) it is a ``DTensor`` sharded like the parameter's dim 0.
         """
         state = self.state.get(param, {})
         rows = state.get("row_step")
@@ -196,21 +230,54 @@ class GeoAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        shares = self._sharded_touched_shares()
         for group in self.param_groups:
             dense: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
+            views: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 state = self._init_state(param, group)
-                if param.grad.is_sparse:
-                    self._sparse_step(param, param.grad, state, group)
-                elif (index := self._few_touched_rows(param.grad, state)) is not None:
-                    self._rows_step(param, index, param.grad.index_select(0, index), state, group)
+                # A sharded parameter (FSDP2, tensor parallel) is updated through this rank's shard: the
+                # update is row-wise, so each rank's rows are a complete problem of their own.
+                local, grad, view = local_part(param), local_part(param.grad), _local_view(state)
+                if id(param) in shares:
+                    view[_SHARE_KEY] = shares[id(param)]
+                views.append((state, view))
+                if grad.is_sparse:
+                    self._sparse_step(local, grad, view, group)
+                elif (index := self._few_touched_rows(grad, view)) is not None:
+                    self._rows_step(local, index, grad.index_select(0, index), view, group)
                 else:
-                    dense.append((param, param.grad, state))
+                    dense.append((local, grad, view))
             if dense:
                 self._dense_step(dense, group)
+            for state, view in views:
+                view.pop(_SHARE_KEY, None)
+                state.update({k: v for k, v in view.items() if not _is_sharded(state.get(k))})
         return loss
+
+    def _sharded_touched_shares(self) -> dict[int, Tensor]:
+        """``{id(param): share of its rows touched this step}`` of every row-wise parameter sharded as a DTensor.
+
+        Each rank sees only its shard's rows; one all-reduce over all ranks (of every such parameter's touched
+        and total local rows together) gives the whole parameter's share, so the density factor is the same
+        as in an unsharded run. Ranks holding the same shard (HSDP replicas) count it equally in both sums.
+        """
+        items = [
+            p for group in self.param_groups if group["row_wise"] and group["density_power"]
+            for p in group["params"] if p.grad is not None and p.dim() >= 2 and _is_sharded(p) and not p.grad.is_sparse
+        ]
+        if not items:
+            return {}
+        grads = [local_part(p.grad) for p in items]
+        counts = torch.stack([
+            torch.stack([touched_rows(g).sum().to(torch.float64), torch.tensor(float(g.shape[0]), device=g.device,
+                                                                                dtype=torch.float64)])
+            for g in grads
+        ])  # (params, 2): touched rows, rows of this rank's shard
+        torch.distributed.all_reduce(counts)
+        return {id(p): (c[0] / c[1].clamp_min(1.0)).float() for p, c in zip(items, counts, strict=True)}
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]
@@ -219,7 +286,7 @@ class GeoAdamW(Optimizer):
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             if group["row_wise"] and param.dim() >= 2:
-                state["row_step"] = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
+                state["row_step"] = _row_vector_like(param)
         if param.grad is not None and param.grad.is_sparse and "row_step" not in state:
             raise RuntimeError("GeoAdamW: sparse gradients need `row_wise=True` for their parameter's group")
         return state
@@ -275,7 +342,8 @@ class GeoAdamW(Optimizer):
         row_step = row_step.to(torch.float64)
         bc1 = (1.0 - beta1**row_step).clamp_min(_TINY)
         bc2_sqrt = (1.0 - beta2**row_step).sqrt().clamp_min(_TINY)
-        step_size = touched_f * lr * self._row_scale(row_step, state, group, touched_f.mean()) / bc1
+        share = state.get(_SHARE_KEY, touched_f.mean())
+        step_size = touched_f * lr * self._row_scale(row_step, state, group, share) / bc1
         decayed = torch.ones_like(touched_f) if group["decay_rows"] == "all" else touched_f
         decay = 1.0 - lr * wd * decayed
         beta1_weight = (1.0 - beta1) * touched_f
@@ -358,7 +426,7 @@ class GeoAdamW(Optimizer):
         exp_avg_sq = state["exp_avg_sq"][index].mul_(beta2).addcmul_(values, values, value=1.0 - beta2)
         state["exp_avg"].index_copy_(0, index, exp_avg)
         state["exp_avg_sq"].index_copy_(0, index, exp_avg_sq)
-        share = torch.tensor(index.numel() / max(param.shape[0], 1))
+        share = state.get(_SHARE_KEY, torch.tensor(index.numel() / max(param.shape[0], 1)))
         step_size = lr * self._row_scale(rows_step, state, group, share) / (1.0 - beta1**rows_step)
         bc2_sqrt = (1.0 - beta2**rows_step).sqrt()
         denom = exp_avg_sq.sqrt().div_(bc2_sqrt.view(shape).to(param.dtype)).add_(group["eps"])

@@ -21,7 +21,7 @@ from lightning_geo.precision.fp32_modules import ForwardOverflowProbe, promote_t
 from lightning_geo.precision.scale_rule import FP16_MAX, AmaxPredictor, power_of_two_scale
 from lightning_geo.precision.scheduler_hold import hold_step_schedulers, release_schedulers
 from lightning_geo.precision.underflow import UnderflowProbe, summarize_underflow
-from lightning_geo.utils import log_geo_scalars, log_geo_text, reduce_tensor
+from lightning_geo.utils import local_part, log_geo_scalars, log_geo_text, reduce_tensor
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -126,7 +126,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         min_scale: float = 2.0**-10,
         max_scale: float = 2.0**24,
         probe_every_n_steps: int = 100,
-        fp32_modules: Iterable[str | type[nn.Module]] = (),
+        fp32_modules: Iterable[type[nn.Module] | str] = (),  # class first: in YAML "torch.nn.LayerNorm" is the class
         max_consecutive_skips: int | None = 50,
         growth_factor: float | None = None,
         backoff_factor: float = 0.5,
@@ -380,7 +380,8 @@ class PredictiveScalingPrecision(MixedPrecision):
         for group in optimizer.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
-                    grads[self._region_of(param)].append(param.grad)
+                    # a sharded (FSDP2) gradient: this rank's shard; the max over ranks below covers the rest
+                    grads[self._region_of(param)].append(local_part(param.grad))
         device = next((g.device for region in grads for g in region), trainer.strategy.root_device)
         values = [self._unscale_and_amax(region_grads, self._scales[r], device) for r, region_grads in enumerate(grads)]
         if self._activation_amax is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_geo.tuning.trial import TrialRecord, TrialState
+from lightning_geo.utils.dashboard import add_geo_dashboard
 from lightning_geo.utils.geo_logging import geo_tag
 from lightning_geo.utils.table import format_table
 
@@ -20,6 +21,7 @@ def _hparam_value(value: Any) -> Any:
 class StudyWriter:
     """Writes the study run ``<study dir>/study`` (``geo/tuning/*`` scalars against the trial number) and adds
     each finished trial's hyperparameters and result to its own run ``<study dir>/trial_NNNN`` (HParams tab).
+    The study run also gets the ``GEO tuning`` section of the GEO dashboard (Custom Scalars tab).
 
     Args:
         study_dir: The study's folder.
@@ -32,6 +34,7 @@ class StudyWriter:
         self.study_dir = study_dir
         self.monitor = tuple(monitor)
         self._writer = SummaryWriter(log_dir=str(study_dir / "study"))
+        add_geo_dashboard(self._writer, ["tuning"])  # the "GEO tuning" section of the Custom Scalars tab
 
     def trial_finished(
         self,

@@ -1,6 +1,13 @@
-"""Helpers shared by every GEO part: decision logging and rank-safe reductions."""
+"""Helpers shared by every GEO part: decision logging, the TensorBoard dashboard and rank-safe reductions."""
 
-from lightning_geo.utils.distributed import any_rank, reduce_tensor
+from lightning_geo.utils.dashboard import (
+    GEO_DASHBOARD_CHARTS,
+    add_geo_dashboard,
+    geo_dashboard_layout,
+    geo_parts_in,
+    write_geo_dashboard,
+)
+from lightning_geo.utils.distributed import any_rank, local_part, reduce_tensor
 from lightning_geo.utils.geo_logging import (
     GEO_PARTS,
     geo_tag,
@@ -12,13 +19,19 @@ from lightning_geo.utils.geo_logging import (
 )
 
 __all__ = [
+    "GEO_DASHBOARD_CHARTS",
     "GEO_PARTS",
+    "add_geo_dashboard",
     "any_rank",
+    "geo_dashboard_layout",
+    "geo_parts_in",
     "geo_tag",
     "is_log_step",
+    "local_part",
     "log_geo_histogram",
     "log_geo_scalars",
     "log_geo_text",
     "logging_step",
     "reduce_tensor",
+    "write_geo_dashboard",
 ]

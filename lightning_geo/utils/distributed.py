@@ -6,7 +6,8 @@ otherwise ranks diverge or, worse, take different code paths and hang. These hel
 writes its own collective.
 
 Every rank must call them at the same point, with a tensor of the same shape and dtype: they are
-collectives.
+collectives. :func:`local_part` is the one non-collective helper: it reads this rank's shard of a
+sharded (FSDP2 / tensor-parallel) tensor.
 """
 
 from __future__ import annotations
@@ -67,3 +68,14 @@ def any_rank(trainer_or_strategy: pl.Trainer | Strategy, flag: bool) -> bool:
     found on one rank makes every rank skip the step).
     """
     return bool(reduce_tensor(trainer_or_strategy, torch.tensor(float(flag)), op="max").item() > 0)
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``tensor``: the local shard of a ``DTensor`` (FSDP2, tensor parallel), else ``tensor``.
+
+    The result shares storage with the input, so in-place changes (unscaling a gradient) reach the
+    ``DTensor``. Statistics computed on it are per rank; reduce them across ranks (``reduce_tensor``)
+    where the whole tensor's value is needed.
+    """
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) and hasattr(tensor, "placements") else tensor

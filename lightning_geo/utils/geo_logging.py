@@ -10,7 +10,8 @@ three functions here, so that a user finds them in one place in TensorBoard:
 During training all three follow the Trainer's ``log_every_n_steps`` cadence, as ``self.log`` does
 (``throttle=False`` writes at once). All three act on global rank zero only and never communicate, so
 calling them from any rank and any hook is safe under DDP. A Trainer without loggers (``logger=False``)
-makes them silent no-ops.
+makes them silent no-ops. Their first write to a TensorBoard logger also writes the run's GEO dashboard, a
+Custom Scalars layout with a section per GEO part the Trainer uses (see :mod:`lightning_geo.utils.dashboard`).
 
 Example::
 
@@ -102,6 +103,13 @@ def _should_write(trainer: pl.Trainer | None, throttle: bool) -> bool:
     return is_log_step(trainer) if throttle else True
 
 
+def _dashboard_first(trainer: pl.Trainer, part: str | None) -> None:
+    """Before the first write to a TensorBoard logger: the run's GEO dashboard (see :mod:`.dashboard`)."""
+    from lightning_geo.utils.dashboard import _ensure_geo_dashboard  # dashboard imports this module
+
+    _ensure_geo_dashboard(trainer, part)
+
+
 def log_geo_scalars(
     trainer: pl.Trainer | None,
     part: str,
@@ -129,6 +137,7 @@ def log_geo_scalars(
     if not _should_write(trainer, throttle) or not tags:
         return
     metrics = {tag: _to_float(tag, value) for tag, value in tags.items()}
+    _dashboard_first(trainer, part)
     step = logging_step(trainer) if step is None else step
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=step)
@@ -138,6 +147,7 @@ def _tensorboard_writers(trainer: pl.Trainer | None, tag: str, what: str, thrott
     """The ``SummaryWriter`` of each TensorBoard logger that should get ``tag`` now (empty: write nothing)."""
     if not _should_write(trainer, throttle):
         return []
+    _dashboard_first(trainer, None)
     loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
     if not loggers and tag not in _warned_tags:
         _warned_tags.add(tag)
