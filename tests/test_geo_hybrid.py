@@ -85,6 +85,16 @@ def test_single_device_run_trains_unwrapped_logs_the_plan_and_leaves_no_process_
             "geo/strategy/est_memory_gb"} <= set(scalars)
 
 
+def test_one_device_works_in_a_notebook_where_lightning_refuses_launchers(tmp_path, monkeypatch):
+    """Lightning refuses, in an interactive session, any strategy with a launcher that cannot run there; one
+    process needs no launcher, so ``strategy="geo_hybrid"`` builds in Jupyter (the quick-start notebook)."""
+    import lightning.pytorch.trainer.connectors.accelerator_connector as connector
+
+    monkeypatch.setattr(connector, "_IS_INTERACTIVE", True)
+    trainer = pl.Trainer(strategy="geo_hybrid", accelerator="cpu", devices=1, logger=False)
+    assert isinstance(trainer.strategy, GeoHybridStrategy) and trainer.strategy.launcher is None
+
+
 def test_a_module_with_configure_model_parallelizes_itself(tmp_path):
     class SelfParallel(TinyModel):
         def configure_model(self) -> None:

@@ -146,6 +146,14 @@ class GeoHybridStrategy(ModelParallelStrategy):
         self._given_devices: list[torch.device] | None = None
         self._data_parallel_mesh: Any = None
 
+    def _configure_launcher(self) -> None:
+        # One process has nothing to launch; without a launcher Lightning also accepts the strategy in a notebook
+        # (it refuses any strategy whose launcher is not interactive-compatible, even for one device).
+        if self.num_processes * self.num_nodes == 1:
+            self._launcher = None
+            return
+        super()._configure_launcher()
+
     @property
     def plan(self) -> Plan:
         """The chosen plan (after set-up)."""
