@@ -4,6 +4,8 @@ Sub-commands:
     demo   train a small character-level GPT on a real corpus and summarise the run
     tune   Bayesian hyperparameter search (GeoTuner) over the demo model, or over your own from a YAML file
     topo   the GPU topology (detected, or a saved ``nvidia-smi topo -m``) and the ranked parallel plans
+    fit, validate, test
+           the demo model through LightningCLI, from YAML configs (``examples/``) and ``--key value`` flags
 
 Bad input (a missing or empty corpus, a binary file, a non-positive budget, an unknown precision)
 ends with a one-line ``lightning-geo demo: error: ...`` message and exit status 2, not a traceback.
@@ -15,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, PRECISIONS, DemoConfig
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
     from lightning_geo.strategies.topology import NodeTopology
 
 _DEFAULTS = {f.name: f.default for f in fields(DemoConfig)}
+LIGHTNING_CLI_COMMANDS: tuple[str, ...] = ("fit", "validate", "test")
+"""Sub-commands handed to the demo's LightningCLI (:mod:`lightning_geo.demo.lightning_cli`)."""
 
 
 def _positive(kind: Callable[[str], int | float], allow_zero: bool = False) -> Callable[[str], int | float]:
@@ -39,6 +44,15 @@ def _positive(kind: Callable[[str], int | float], allow_zero: bool = False) -> C
     return parse
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "(default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _precision(text: str) -> str:
     if text not in PRECISIONS:
         raise argparse.ArgumentTypeError(f"unknown precision {text!r}; choose one of {', '.join(PRECISIONS)}")
@@ -52,10 +66,11 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train a small GPT-style character language model with a plain Lightning loop (AdamW, warmup + "
             "cosine LR, gradient clipping). Logs train/val loss and bits per character to TensorBoard, prints "
-            "a summary table and writes loss_curves.png beside the event files. --geo adds the GEO parts. "
+            "a summary table and writes loss_curves.png beside the event files. --geo adds the GEO parts; "
+            "--compare trains the plain run and the GEO run on the same budget and prints one table. "
             "View with: tensorboard --logdir runs"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     pos_int, pos_float = _positive(int), _positive(float)
     add = demo.add_argument
@@ -73,10 +88,13 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--n-head", type=pos_int, default=_DEFAULTS["n_head"], help="attention heads")
     add("--n-embd", type=pos_int, default=_DEFAULTS["n_embd"], help="model width")
     add("--lr", type=pos_float, default=_DEFAULTS["lr"], help="peak AdamW learning rate")
-    add("--precision", type=_precision, default=_DEFAULTS["precision"], help=f"one of {', '.join(PRECISIONS)}")
+    add("--precision", type=_precision, default=None,
+        help=f"one of {', '.join(PRECISIONS)} (default: with --geo or --compare, 16-mixed on a GPU and "
+        "bf16-mixed on a CPU, where fp16 is emulated and slow; else 32-true)")
     add("--accelerator", default=_DEFAULTS["accelerator"], help="Lightning accelerator: cpu, gpu or auto")
     add("--devices", type=pos_int, default=_DEFAULTS["devices"], help="devices (processes); more than 1 runs DDP")
-    add("--val-every", type=pos_int, default=_DEFAULTS["val_every"], help="validate every N steps (and at the end)")
+    add("--val-every", type=pos_int, default=None,
+        help=f"validate every N steps and at the end (default: {_DEFAULTS['val_every']}; 25 with --compare)")
     add("--out", metavar="DIR", default=_DEFAULTS["out"], help="TensorBoard root folder")
     add("--name", default=_DEFAULTS["name"], help="run name: logs go to OUT/NAME/version_N")
     add("--seed", type=int, default=_DEFAULTS["seed"], help="random seed")
@@ -85,6 +103,14 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train with the GEO parts that have landed: " + "; ".join(GEO_PARTS_IN_DEMO),
     )
+    add(
+        "--compare",
+        action="store_true",
+        help="train plain Lightning and --geo one after the other on the same budget (steps, cap, seed, precision) "
+        "and print one table and one PNG of both loss curves (logs in OUT/NAME/lightning and OUT/NAME/geo; "
+        "NAME defaults to 'compare')",
+    )
+    add("--summary-json", metavar="FILE", default=None, help="also write the run's summary to FILE as JSON")
     add("--no-progress-bar", dest="progress_bar", action="store_false", help="hide Lightning's progress bar")
 
 
@@ -99,7 +125,7 @@ def _add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
             "they finish: run the same command again to continue an interrupted study. "
             "View with: tensorboard --logdir OUT/NAME"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     pos_int = _positive(int)
     add = tune.add_argument
@@ -129,7 +155,7 @@ def _add_topo_parser(subparsers: argparse._SubParsersAction) -> None:
             "(replicate x shard x tensor) mesh for a model of --params parameters by estimated communication "
             "per step, as strategy='geo_hybrid' would."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     add = topo.add_argument
     add("--file", metavar="PATH", default=None, help="a saved `nvidia-smi topo -m` output instead of detection")
@@ -156,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog="lightning-geo",
         description="lightning_geo (GEO): make Lightning training of generative models cheaper and steadier.",
+        epilog=f"{', '.join(LIGHTNING_CLI_COMMANDS)}: the demo through LightningCLI from YAML, e.g. "
+        "'lightning-geo fit --config examples/demo_geo.yaml' (see 'lightning-geo fit --help')",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
@@ -176,12 +204,17 @@ def _demo(args: argparse.Namespace) -> int:
     from lightning_geo.demo.corpus import CorpusError, load_corpus
     from lightning_geo.demo.run import describe_device, run_demo
 
-    options = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if hasattr(args, f.name)}
+    options = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None}
+    if args.compare:
+        options.setdefault("val_every", 25)
+        options["name"] = "compare" if args.name == _DEFAULTS["name"] else args.name
     try:
         config = DemoConfig(**options)
         corpus = load_corpus(config.corpus)
     except (ValueError, OSError) as err:  # CorpusError is a ValueError
         return _fail(err)
+    if args.compare:
+        return _compare(config)
     print(
         f"corpus: {corpus.source}: {len(corpus.train):,} training and {len(corpus.val):,} validation characters "
         f"({corpus.num_train_files} / {corpus.num_val_files} files), vocabulary {corpus.vocab_size}; "
@@ -196,10 +229,28 @@ def _demo(args: argparse.Namespace) -> int:
     ) as err:  # too little text for a batch; e.g. no GPU for --accelerator gpu
         return _fail(err)
     if result is not None:
+        if args.summary_json:
+            Path(args.summary_json).write_text(result.to_json())
         print("\n" + result.table())
         if result.sample:
             print("\nsample from the trained model:\n" + result.sample)
         print(f"\nsee the curves with: tensorboard --logdir {config.out}")
+    return 0
+
+
+def _compare(config: DemoConfig) -> int:
+    from lightning_geo.demo.compare import run_compare
+
+    try:
+        result = run_compare(config)
+    except RuntimeError as err:
+        return _fail(err)
+    print(f"\nplain Lightning vs GEO, same budget ({config.steps} steps, at most {config.max_minutes:g} min each, "
+          f"seed {config.seed}, precision {result.geo.precision}):\n")
+    print(result.table())
+    print(f"\nGEO parts: {'; '.join(result.geo.geo_parts)}")
+    print(f"loss curves (against training tokens): {result.plot_path}")
+    print(f"see both runs with: tensorboard --logdir {Path(config.out) / config.name}")
     return 0
 
 
@@ -275,6 +326,12 @@ def _detected_or_cpu_topology(gpus_per_node: int | None) -> NodeTopology:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_CLI_COMMANDS:
+        from lightning_geo.demo.lightning_cli import run_lightning_cli
+
+        run_lightning_cli(argv, prog="lightning-geo")
+        return 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)

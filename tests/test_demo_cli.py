@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_geo.cli import main
+from lightning_geo.demo.compare import tokens_to_reach
+from lightning_geo.demo.config import DemoConfig, default_mixed_precision
+from lightning_geo.demo.plot import read_scalars
+from lightning_geo.demo.run import DemoResult
 
 TINY = [
     "--steps",
@@ -96,9 +101,58 @@ def test_geo_flag_at_16_mixed_trains_in_fp16_with_the_predicted_scale(tmp_path, 
 
 
 def test_geo_flag_at_32_true_says_the_precision_part_is_not_used(tmp_path, text_folder, capsys):
-    code, out, err = _run_main(_demo_argv(text_folder, tmp_path / "runs", "--geo", "--steps", "2"), capsys)
+    argv = _demo_argv(text_folder, tmp_path / "runs", "--geo", "--steps", "2", "--precision", "32-true")
+    code, out, err = _run_main(argv, capsys)
     assert code == 0, err
     assert "precision: not used at --precision 32-true" in out
+
+
+def test_geo_flag_trains_every_part_together_in_bf16_mixed_by_default_on_a_cpu(tmp_path, text_folder, capsys):
+    """`--geo` alone: geo_hybrid (a single-device plan here), PredictiveScalingPrecision at --geo's default
+    precision (bf16-mixed on a CPU, where fp16 is emulated), the curriculum and the sparsity part, each logging
+    under geo/<part>/; the summary names them and the plan."""
+    summary = tmp_path / "summary.json"
+    argv = _demo_argv(text_folder, tmp_path / "runs", "--geo", "--accelerator", "cpu", "--summary-json", str(summary))
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert "strategy: geo_hybrid (single device on 1 device(s))" in out
+    assert "PredictiveScalingPrecision('bf16-mixed')" in out and "precision                  bf16-mixed" in out
+    (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
+    tags = set(read_scalars(log_dir))
+    for part in ("strategy", "precision", "curriculum", "sparsity"):
+        assert any(t.startswith(f"geo/{part}/") for t in tags), part
+    result = DemoResult.from_json(summary.read_text())
+    assert result.precision == "bf16-mixed" and result.skipped_steps == 0 and result.peak_memory_bytes > 0
+    assert [step for step, _, _ in result.val_curve] == [5, 10, 12]
+    tokens = [t for _, t, _ in result.val_curve]
+    assert tokens == sorted(tokens) and tokens[-1] == result.tokens < 12 * 4 * 32  # shorter rows early on
+
+
+@pytest.mark.parametrize(
+    ("precision", "geo", "accelerator", "expected"),
+    [
+        (None, True, "cpu", "bf16-mixed"),
+        (None, True, "gpu", "16-mixed"),
+        (None, True, "cuda", "16-mixed"),
+        (None, False, "gpu", "32-true"),
+        ("16-mixed", True, "cpu", "16-mixed"),
+        ("32-true", True, "gpu", "32-true"),
+    ],
+)
+def test_resolved_precision_defaults_to_fp16_on_a_gpu_and_bf16_on_a_cpu(precision, geo, accelerator, expected):
+    config = DemoConfig(precision=precision, geo=geo, accelerator=accelerator)
+    assert config.resolved_precision == expected
+
+
+def test_plain_16_mixed_on_a_cpu_is_real_fp16_with_lightnings_grad_scaler(tmp_path, text_folder, capsys):
+    """Lightning alone would turn 16-mixed into bf16-mixed on a CPU; the demo keeps fp16 so that the plain
+    and the GEO run compare like for like."""
+    argv = _demo_argv(text_folder, tmp_path / "runs", "--steps", "3", "--precision", "16-mixed",
+                      "--accelerator", "cpu", "--summary-json", str(tmp_path / "s.json"))
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert DemoResult.from_json((tmp_path / "s.json").read_text()).precision == "16-mixed"
+    assert "bf16" not in out + err
 
 
 def test_plain_demo_says_it_used_no_geo_part(tmp_path, text_folder, capsys):
@@ -162,8 +216,10 @@ def test_console_script_trains_on_the_default_stdlib_corpus(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder):
-    """`python -m lightning_geo demo --devices 2`: Lightning relaunches the module per rank; one summary."""
+@pytest.mark.parametrize("geo", [False, True], ids=["plain", "geo"])
+def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder, geo):
+    """`python -m lightning_geo demo --devices 2`: Lightning relaunches the module per rank; one summary.
+    With --geo, geo_hybrid plans for the 2 processes (DDP for a model this small) and every part runs."""
     cmd = [
         sys.executable,
         "-m",
@@ -178,12 +234,42 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder):
         "--out",
         str(tmp_path / "runs"),
         *TINY,
+        *(["--geo", "--seq-len", "32"] if geo else []),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("best val loss") == 1  # only rank 0 summarises
-    assert "tokens (characters) seen  3,072" in proc.stdout  # 12 steps x 2 ranks x 4 samples x 32 characters
+    if geo:
+        assert "strategy: geo_hybrid (DDP on 2 device(s))" in proc.stdout
+        assert "PredictiveScalingPrecision('bf16-mixed')" in proc.stdout
+    else:
+        assert re.search(r"tokens \(characters\) seen +3,072", proc.stdout)  # 12 steps x 2 ranks x 4 samples x 32
+
+
+@pytest.mark.slow
+def test_compare_trains_both_arms_on_the_same_budget_and_prints_one_table(tmp_path, text_folder, capsys):
+    argv = ["demo", "--compare", "--corpus", str(text_folder), "--out", str(tmp_path), *TINY]
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    table = out[out.index("plain Lightning vs GEO"):]
+    for row in ("Lightning ", "GEO ", "GEO / Lightning", "tokens to Lightning's final val loss", "skipped steps"):
+        assert row in table
+    assert f"precision {default_mixed_precision('auto')}" in table
+    assert (tmp_path / "compare" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for arm in ("lightning", "geo"):
+        (log_dir,) = (tmp_path / "compare" / arm).iterdir()
+        tags = set(read_scalars(log_dir))
+        assert ("geo/precision/skipped_steps" in tags) == (arm == "geo") and "train/tokens" in tags
+
+
+def test_tokens_to_reach_interpolates_between_validations():
+    curve = ((10, 1000, 3.0), (20, 2000, 2.0), (30, 3000, 1.5))
+    assert tokens_to_reach(curve, 2.5) == pytest.approx(1500.0)
+    assert tokens_to_reach(curve, 3.5) == 1000.0  # reached at the first validation already
+    assert tokens_to_reach(curve, 1.5) == 3000.0
+    assert tokens_to_reach(curve, 1.4) is None
+    assert tokens_to_reach((), 1.0) is None
 
 
 @pytest.mark.gpu

@@ -85,6 +85,22 @@ def test_single_device_run_trains_unwrapped_logs_the_plan_and_leaves_no_process_
             "geo/strategy/est_memory_gb"} <= set(scalars)
 
 
+@pytest.mark.parametrize("preset_port", [None, "29876"], ids=["unset", "set-by-the-user"])
+def test_single_device_run_leaves_the_rendezvous_environment_as_it_found_it(tmp_path, monkeypatch, preset_port):
+    """Lightning sets MASTER_ADDR/MASTER_PORT for the one-process group, whose store keeps its port until it is
+    garbage-collected: left in the environment, a DDP run started later from this process (or launched by it)
+    would bind the same port and fail with EADDRINUSE."""
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    if preset_port is None:
+        monkeypatch.delenv("MASTER_PORT", raising=False)
+    else:
+        monkeypatch.setenv("MASTER_PORT", preset_port)
+    trainer = _trainer(tmp_path, GeoHybridStrategy())
+    trainer.fit(TinyModel())
+    assert trainer.global_step == 3
+    assert os.environ.get("MASTER_PORT") == preset_port and "MASTER_ADDR" not in os.environ
+
+
 def test_one_device_works_in_a_notebook_where_lightning_refuses_launchers(tmp_path, monkeypatch):
     """Lightning refuses, in an interactive session, any strategy with a launcher that cannot run there; one
     process needs no launcher, so ``strategy="geo_hybrid"`` builds in Jupyter (the quick-start notebook)."""

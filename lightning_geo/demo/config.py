@@ -10,27 +10,61 @@ PRECISIONS: tuple[str, ...] = ("32-true", "16-mixed", "bf16-mixed", "16-true", "
 
 
 CURRICULUM_IN_DEMO = "curriculum: DynamicCurriculum(mode='seq_len', deadline=0.3), mastery-paced sequence-length warmup"
+SPARSITY_IN_DEMO = "sparsity: GeoAdamW + SparsityAwareLR"
 
 GEO_PARTS_IN_DEMO: tuple[str, ...] = (
+    "strategy: geo_hybrid (its plan for --devices; one device: a plain single-device run)",
+    "precision: PredictiveScalingPrecision (16-mixed on a GPU, bf16-mixed on a CPU, unless --precision says "
+    "otherwise)",
     CURRICULUM_IN_DEMO,
-    "sparsity: GeoAdamW + SparsityAwareLR",
-    "precision: PredictiveScalingPrecision (with --precision 16-mixed or bf16-mixed)",
+    SPARSITY_IN_DEMO,
 )
-"""What ``--geo`` adds to the plain Lightning run, one entry per landed GEO part."""
+"""What ``--geo`` adds to the plain Lightning run, one entry per GEO part (the tuner runs many Trainers: ``tune``)."""
 
 MIXED_PRECISIONS: tuple[str, ...] = ("16-mixed", "bf16-mixed")
 """Precisions under which ``--geo`` trains with ``PredictiveScalingPrecision``."""
 
+GEO_DEFAULT_PRECISION = "16-mixed"
+"""The precision of ``--geo`` and ``--compare`` runs on a GPU when ``--precision`` is not given."""
 
-def geo_parts_used(config: DemoConfig) -> tuple[str, ...]:
-    """The GEO parts a demo run with ``config`` uses, as shown in its summary (empty without ``--geo``)."""
+GEO_DEFAULT_CPU_PRECISION = "bf16-mixed"
+"""Their precision on a CPU: most CPUs emulate fp16 matrix products (65x slower than fp32 on the 2-core AMD EPYC
+we test on, the demo 16x slower), while bf16 runs at fp32's speed or better. ``--precision 16-mixed`` still
+trains in real fp16 there."""
+
+
+def default_mixed_precision(accelerator: str) -> str:
+    """The precision ``--geo`` trains in when none is given: 16-mixed on a GPU, bf16-mixed on a CPU.
+
+    Args:
+        accelerator: Lightning's accelerator name (``"cpu"``, ``"gpu"``, ``"cuda"`` or ``"auto"``: a GPU when
+            CUDA is available).
+    """
+    if accelerator == "auto":
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+    else:
+        on_gpu = accelerator in ("gpu", "cuda")
+    return GEO_DEFAULT_PRECISION if on_gpu else GEO_DEFAULT_CPU_PRECISION
+
+
+def geo_parts_used(config: DemoConfig, plan: str | None = None) -> tuple[str, ...]:
+    """The GEO parts a demo run with ``config`` uses, as shown in its summary (empty without ``--geo``).
+
+    Args:
+        config: The run's settings.
+        plan: The plan ``geo_hybrid`` chose (e.g. ``"DDP"``), when known.
+    """
     if not config.geo:
         return ()
-    if config.precision in MIXED_PRECISIONS:
-        precision = f"precision: PredictiveScalingPrecision({config.precision!r})"
+    if config.resolved_precision in MIXED_PRECISIONS:
+        precision = f"precision: PredictiveScalingPrecision({config.resolved_precision!r})"
     else:
-        precision = f"precision: not used at --precision {config.precision} (it needs 16-mixed or bf16-mixed)"
-    return (CURRICULUM_IN_DEMO, "sparsity: GeoAdamW + SparsityAwareLR", precision)
+        precision = (f"precision: not used at --precision {config.resolved_precision} "
+                     "(it needs 16-mixed or bf16-mixed)")
+    strategy = f"strategy: geo_hybrid ({plan or 'plan made at set-up'} on {config.devices} device(s))"
+    return (strategy, precision, CURRICULUM_IN_DEMO, SPARSITY_IN_DEMO)
 
 
 @dataclass
@@ -48,7 +82,7 @@ class DemoConfig:
     lr: float = 3e-3  # peak AdamW learning rate
     warmup_steps: int | None = None  # LR warmup; None: 10% of the steps, at most 100
     grad_clip: float = 1.0  # gradient-norm clipping threshold
-    precision: str = "32-true"  # one of PRECISIONS
+    precision: str | None = None  # one of PRECISIONS; None: see resolved_precision
     accelerator: str = "auto"  # Lightning accelerator ("cpu", "gpu", "auto")
     devices: int = 1  # devices (processes) to train on; >1 runs DDP
     val_every: int = 75  # validate every this many steps (and always at the end)
@@ -60,6 +94,14 @@ class DemoConfig:
     sample_chars: int = 160  # characters to sample from the trained model for the summary (0: none)
     geo: bool = False  # train with the GEO parts that have landed (see GEO_PARTS_IN_DEMO)
 
+    @property
+    def resolved_precision(self) -> str:
+        """The precision the run trains in: ``precision``; by default, with ``geo``,
+        :func:`default_mixed_precision` (16-mixed on a GPU, bf16-mixed on a CPU), else ``32-true``."""
+        if self.precision is not None:
+            return self.precision
+        return default_mixed_precision(self.accelerator) if self.geo else "32-true"
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "n_layer", "n_head", "n_embd", "devices", "val_every"):
             value = getattr(self, name)
@@ -67,7 +109,7 @@ class DemoConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.val_samples < 1:
             raise ValueError(f"val_samples must be a positive integer, got {self.val_samples!r}")
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
             raise ValueError(f"max_minutes must be a positive number, got {self.max_minutes!r}")

@@ -142,8 +142,8 @@ class CharLanguageModel(pl.LightningModule):
     """Next-character prediction with :class:`CharGPT`, AdamW and a warmup + cosine schedule.
 
     Logs ``train/loss`` and ``train/bpc`` every step, ``val/loss`` and ``val/bpc`` (averaged over the
-    validation set, across ranks) at each validation. Losses are in nats per character; bpc is bits
-    per character (loss / ln 2).
+    validation set, across ranks) at each validation, and ``test/loss``, ``test/bpc`` the same way in ``test``.
+    Losses are in nats per character; bpc is bits per character (loss / ln 2).
 
     Args:
         vocab: The characters by id (stored so a checkpoint can decode its own samples).
@@ -218,6 +218,17 @@ class CharLanguageModel(pl.LightningModule):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/bpc", loss / LN2)
+
+    @override
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self._loss(batch), weight=batch[0].numel())  # the held-out metric, logged as test/
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("test/loss", loss)
+        self.log("test/bpc", loss / LN2)
 
     @override
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:

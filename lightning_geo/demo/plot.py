@@ -6,6 +6,7 @@ TensorBoard shows, and it works for any finished run folder.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -39,38 +40,65 @@ def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def plot_loss_curves(runs: Mapping[str, str | os.PathLike[str]], path: str | os.PathLike[str]) -> Path:
+def _tokens_axis(series: dict[str, list[tuple[int, float]]]) -> dict[int, float] | None:
+    """``{step: training tokens so far}`` from the logged ``train/tokens`` series (None if it was not logged)."""
+    tokens = series.get("train/tokens")
+    return {step: value for step, value in tokens} if tokens else None
+
+
+def plot_loss_curves(
+    runs: Mapping[str, str | os.PathLike[str]], path: str | os.PathLike[str], *, x: str = "step"
+) -> Path:
     """Plot train (raw and smoothed) and validation bits per character of one or more runs into a PNG.
 
     Args:
         runs: ``{label: run folder}``; each folder's ``train/bpc`` and ``val/bpc`` series are drawn.
-        path: Where to write the PNG (its folder must exist).
+        path: Where to write the PNG (its folder is created if needed).
+        x: ``"step"`` (default: optimizer steps) or ``"tokens"`` (training characters so far, from the
+            ``train/tokens`` series the demo logs; use it when runs train on different tokens per step).
 
     Returns:
         The PNG's path.
+
+    Raises:
+        ValueError: for another ``x``, or ``x="tokens"`` with a run that did not log ``train/tokens``.
     """
     import matplotlib
     from matplotlib.figure import Figure
 
+    if x not in ("step", "tokens"):
+        raise ValueError(f"x={x!r}: expected 'step' or 'tokens'")
     # A bare Figure draws to a file without pyplot, so the caller's backend (a notebook's) is left alone.
     fig = Figure(figsize=(8, 4.5), dpi=110)
     ax = fig.subplots()
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for color, (label, log_dir) in zip(itertools.cycle(colors), runs.items()):
-        series = read_scalars(log_dir, ["train/bpc", "val/bpc"])
+        series = read_scalars(log_dir, ["train/bpc", "val/bpc", "train/tokens"])
+        axis = _tokens_axis(series) if x == "tokens" else None
+        if x == "tokens" and axis is None:
+            raise ValueError(f"x='tokens': the run {label!r} in {log_dir} has no train/tokens series")
+
+        def xs(steps: tuple[int, ...], axis: dict[int, float] | None = axis) -> list[float]:
+            if axis is None:
+                return list(steps)
+            known = sorted(axis)  # a step's tokens: those logged at the last step not after it
+            return [axis[known[max(bisect.bisect_right(known, s) - 1, 0)]] for s in steps]
+
         if train := series.get("train/bpc"):
             steps, values = zip(*train, strict=True)
-            ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, _smooth(list(values)), color=color, label=f"{label} train (smoothed)")
+            ax.plot(xs(steps), values, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(xs(steps), _smooth(list(values)), color=color, label=f"{label} train (smoothed)")
         if val := series.get("val/bpc"):
             steps, values = zip(*val, strict=True)
-            ax.plot(steps, values, color=color, linestyle="--", marker="o", markersize=4, label=f"{label} validation")
-    ax.set_xlabel("optimizer step")
+            ax.plot(xs(steps), values, color=color, linestyle="--", marker="o", markersize=4,
+                    label=f"{label} validation")
+    ax.set_xlabel("optimizer step" if x == "step" else "training tokens (characters)")
     ax.set_ylabel("bits per character")
     ax.set_title("Character language model: loss curves")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out

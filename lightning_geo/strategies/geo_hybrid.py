@@ -12,6 +12,7 @@ and the flattened ``data_parallel`` Lightning's own examples use) and paralleliz
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 PLAN_KINDS = ("auto", "ddp", "fsdp", "hsdp", "tensor_parallel")
 MESH_DIM_NAMES = ("data_parallel_replicate", "data_parallel_shard", "tensor_parallel")
+
+
+_RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT")
 
 
 class GeoHybridStrategy(ModelParallelStrategy):
@@ -144,6 +148,8 @@ class GeoHybridStrategy(ModelParallelStrategy):
         self.cluster: ClusterTopology | None = None
         self.applied: dict[str, object] = {}
         self._given_devices: list[torch.device] | None = None
+        # a one-process run's MASTER_ADDR/MASTER_PORT before Lightning set them (restored at teardown)
+        self._rendezvous_env: dict[str, str | None] | None = None
         self._data_parallel_mesh: Any = None
 
     def _configure_launcher(self) -> None:
@@ -173,6 +179,8 @@ class GeoHybridStrategy(ModelParallelStrategy):
             if self._given_devices is None:
                 self._given_devices = list(self.parallel_devices)
             self.parallel_devices = [self._given_devices[i] for i in order]
+        if self.num_processes * self.num_nodes == 1 and not torch.distributed.is_initialized():
+            self._rendezvous_env = {key: os.environ.get(key) for key in _RENDEZVOUS_ENV}
         self._setup_distributed()
         self.cluster = self._gather_cluster(node)
         self.report = self._make_plan(self.cluster, self._model_size())
@@ -365,13 +373,23 @@ class GeoHybridStrategy(ModelParallelStrategy):
         log_geo_text(trainer, "strategy", "plan", text, step=trainer.global_step, throttle=False)
 
     def teardown(self) -> None:
-        """As ``ModelParallelStrategy``; a one-process run also leaves its (world size 1) process group, so
-        that the Python process is left as a single-device run would leave it."""
+        """As ``ModelParallelStrategy``; a one-process run also leaves the (world size 1) process group it
+        created and restores ``MASTER_ADDR``/``MASTER_PORT``, so that the Python process is left as a
+        single-device run would leave it. (Lightning sets both for the rendezvous, and the group's store keeps
+        listening on that port until it is garbage-collected: a DDP run started later from this process, or a
+        ``python -m ... --devices 2`` it launches, would inherit the port and fail with EADDRINUSE.)"""
         super().teardown()
         if self.world_size == 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self._device_mesh = None
             self._data_parallel_mesh = None
+        if self._rendezvous_env is not None:
+            for key, value in self._rendezvous_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            self._rendezvous_env = None
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
