@@ -85,20 +85,43 @@ def test_single_device_run_trains_unwrapped_logs_the_plan_and_leaves_no_process_
             "geo/strategy/est_memory_gb"} <= set(scalars)
 
 
-@pytest.mark.parametrize("preset_port", [None, "29876"], ids=["unset", "set-by-the-user"])
-def test_single_device_run_leaves_the_rendezvous_environment_as_it_found_it(tmp_path, monkeypatch, preset_port):
-    """Lightning sets MASTER_ADDR/MASTER_PORT for the one-process group, whose store keeps its port until it is
-    garbage-collected: left in the environment, a DDP run started later from this process (or launched by it)
-    would bind the same port and fail with EADDRINUSE."""
+@pytest.mark.parametrize("stale_port", [False, True], ids=["no-port-set", "port-left-by-an-earlier-run"])
+def test_single_device_run_takes_no_port_and_leaves_the_environment_alone(tmp_path, monkeypatch, stale_port):
+    """A world of one needs no TCP rendezvous. With one, Lightning wrote MASTER_ADDR/MASTER_PORT into the
+    environment (or reused a port an earlier DDP run left there) and the store kept listening on it after the
+    run: a DDP run launched later from this process inherited the port and failed with EADDRINUSE."""
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    if preset_port is None:
-        monkeypatch.delenv("MASTER_PORT", raising=False)
+    port = _free_port()
+    if stale_port:
+        monkeypatch.setenv("MASTER_PORT", str(port))
     else:
-        monkeypatch.setenv("MASTER_PORT", preset_port)
+        monkeypatch.delenv("MASTER_PORT", raising=False)
     trainer = _trainer(tmp_path, GeoHybridStrategy())
     trainer.fit(TinyModel())
     assert trainer.global_step == 3
-    assert os.environ.get("MASTER_PORT") == preset_port and "MASTER_ADDR" not in os.environ
+    assert os.environ.get("MASTER_PORT") == (str(port) if stale_port else None) and "MASTER_ADDR" not in os.environ
+    with socket.socket() as probe:
+        probe.bind(("", port))  # nothing of the run still listens on it
+
+
+def test_single_device_checkpoint_loads_back_for_resume_and_test(tmp_path):
+    """The single-device plan leaves plain tensors, which Lightning's ModelParallelStrategy refuses to load a
+    checkpoint into; a one-device geo_hybrid run must resume (and test) from its own checkpoint."""
+    trained = TinyModel()
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    _trainer(tmp_path / "first", GeoHybridStrategy(), enable_checkpointing=True, callbacks=[checkpoints]).fit(trained)
+    ckpt = checkpoints.last_model_path or checkpoints.best_model_path
+    assert ckpt.endswith("step=3.ckpt")
+
+    resumed = TinyModel(lr=0.0)  # a fresh init: only the checkpoint can make it equal to `trained`
+    trainer = _trainer(tmp_path / "resumed", GeoHybridStrategy(), max_steps=3)
+    trainer.fit(resumed, ckpt_path=ckpt)  # restored at step 3 of 3: nothing left to train
+    assert trainer.global_step == 3
+    for a, b in zip(trained.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    further = _trainer(tmp_path / "further", GeoHybridStrategy(), max_steps=5)
+    further.fit(TinyModel(), ckpt_path=ckpt)
+    assert further.global_step == 5
 
 
 def test_one_device_works_in_a_notebook_where_lightning_refuses_launchers(tmp_path, monkeypatch):

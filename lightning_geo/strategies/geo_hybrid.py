@@ -12,7 +12,6 @@ and the flattened ``data_parallel`` Lightning's own examples use) and paralleliz
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -23,10 +22,12 @@ import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.fabric.utilities.init import _materialize_distributed_module
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
-from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import ModelParallelStrategy, ParallelStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.distributed.tensor import DTensor
 
 from lightning_geo.strategies.bandwidth import GB, Bandwidths
 from lightning_geo.strategies.parallelize import count_parameters, find_blocks, parallelize
@@ -39,9 +40,6 @@ log = logging.getLogger(__name__)
 
 PLAN_KINDS = ("auto", "ddp", "fsdp", "hsdp", "tensor_parallel")
 MESH_DIM_NAMES = ("data_parallel_replicate", "data_parallel_shard", "tensor_parallel")
-
-
-_RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT")
 
 
 class GeoHybridStrategy(ModelParallelStrategy):
@@ -148,8 +146,6 @@ class GeoHybridStrategy(ModelParallelStrategy):
         self.cluster: ClusterTopology | None = None
         self.applied: dict[str, object] = {}
         self._given_devices: list[torch.device] | None = None
-        # a one-process run's MASTER_ADDR/MASTER_PORT before Lightning set them (restored at teardown)
-        self._rendezvous_env: dict[str, str | None] | None = None
         self._data_parallel_mesh: Any = None
 
     def _configure_launcher(self) -> None:
@@ -179,8 +175,6 @@ class GeoHybridStrategy(ModelParallelStrategy):
             if self._given_devices is None:
                 self._given_devices = list(self.parallel_devices)
             self.parallel_devices = [self._given_devices[i] for i in order]
-        if self.num_processes * self.num_nodes == 1 and not torch.distributed.is_initialized():
-            self._rendezvous_env = {key: os.environ.get(key) for key in _RENDEZVOUS_ENV}
         self._setup_distributed()
         self.cluster = self._gather_cluster(node)
         self.report = self._make_plan(self.cluster, self._model_size())
@@ -188,6 +182,27 @@ class GeoHybridStrategy(ModelParallelStrategy):
         assert self.lightning_module is not None
         self.lightning_module._device_mesh = self._device_mesh
         rank_zero_info(f"GeoHybridStrategy: {self._describe()}")
+
+    def _setup_distributed(self) -> None:
+        """Lightning's TCP rendezvous for several processes; an in-memory store for one.
+
+        The DeviceMesh needs a process group even for one process. Lightning's rendezvous would write
+        ``MASTER_ADDR``/``MASTER_PORT`` into ``os.environ`` (or reuse a port an earlier run left there) and its
+        store would keep listening on that port until garbage-collected, so a DDP run started later from this
+        process, or a ``python -m ... --devices 2`` it launches, inheriting the port, failed with EADDRINUSE.
+        A world of one needs no network: it gets a ``HashStore`` and leaves the environment untouched.
+        """
+        if self.num_processes * self.num_nodes > 1 or torch.distributed.is_initialized():
+            super()._setup_distributed()
+            return
+        ParallelStrategy.setup_environment(self)  # what ModelParallelStrategy's own version does first
+        reset_seed()
+        self.set_world_ranks()
+        self._process_group_backend = self._get_process_group_backend()
+        torch.distributed.init_process_group(
+            self._process_group_backend, store=torch.distributed.HashStore(), rank=0, world_size=1,
+            timeout=self._timeout,
+        )
 
     def _local_topology(self) -> NodeTopology:
         assert self.parallel_devices is not None
@@ -373,23 +388,33 @@ class GeoHybridStrategy(ModelParallelStrategy):
         log_geo_text(trainer, "strategy", "plan", text, step=trainer.global_step, throttle=False)
 
     def teardown(self) -> None:
-        """As ``ModelParallelStrategy``; a one-process run also leaves the (world size 1) process group it
-        created and restores ``MASTER_ADDR``/``MASTER_PORT``, so that the Python process is left as a
-        single-device run would leave it. (Lightning sets both for the rendezvous, and the group's store keeps
-        listening on that port until it is garbage-collected: a DDP run started later from this process, or a
-        ``python -m ... --devices 2`` it launches, would inherit the port and fail with EADDRINUSE.)"""
+        """As ``ModelParallelStrategy``; a one-process run also leaves its (world size 1) process group, so
+        that the Python process is left as a single-device run would leave it."""
         super().teardown()
         if self.world_size == 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self._device_mesh = None
             self._data_parallel_mesh = None
-        if self._rendezvous_env is not None:
-            for key, value in self._rendezvous_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            self._rendezvous_env = None
+
+    def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
+        """As ``ModelParallelStrategy``; also for a one-process run on the single-device plan.
+
+        That plan leaves the module unsharded (plain tensors, no DTensor), and Lightning's loader looks for a
+        module with DTensor parameters to load into and refuses the checkpoint without one, although the
+        distributed checkpoint it saved reads back into plain tensors all the same. So a single-device
+        ``geo_hybrid`` checkpoint could be written but not resumed or tested from.
+        """
+        assert self.model is not None
+        if any(isinstance(p, DTensor) for p in self.model.parameters()):
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        import lightning.fabric.strategies.model_parallel as fabric_model_parallel
+
+        find_module = fabric_model_parallel._has_dtensor_modules
+        fabric_model_parallel._has_dtensor_modules = lambda module: module is self.model  # type: ignore[assignment]
+        try:
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        finally:
+            fabric_model_parallel._has_dtensor_modules = find_module
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
