@@ -326,11 +326,13 @@ def _detected_or_cpu_topology(gpus_per_node: int | None) -> NodeTopology:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_CLI_COMMANDS:
         from lightning_geo.demo.lightning_cli import run_lightning_cli
 
-        run_lightning_cli(argv, prog="lightning-geo")
+        # None: LightningCLI reads sys.argv itself (given them as args too, it warns that both were passed)
+        run_lightning_cli(None if from_command_line else argv, prog="lightning-geo")
         return 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":

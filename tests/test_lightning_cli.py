@@ -6,6 +6,7 @@ In-process runs of ``run_lightning_cli`` / ``DemoLightningCLI`` on the tiny ``te
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -289,3 +290,15 @@ def test_lightning_geo_fit_hands_over_to_the_lightning_cli(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     assert "lightning-geo" in capsys.readouterr().out
+
+
+def test_console_command_line_reaches_the_lightning_cli_without_a_warning(tmp_path):
+    """From a shell, `lightning-geo fit ...` reaches LightningCLI through sys.argv alone: passing the same
+    arguments as ``args`` too makes Lightning warn that both were given."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_geo", "fit", "--config", str(DEMO_GEO), "--print_config"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert yaml.safe_load(proc.stdout)["trainer"]["strategy"] == "geo_hybrid"
+    assert "args parameter is intended" not in proc.stderr
