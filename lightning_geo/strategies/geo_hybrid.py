@@ -11,6 +11,7 @@ and the flattened ``data_parallel`` Lightning's own examples use) and paralleliz
 
 from __future__ import annotations
 
+import atexit
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 
 PLAN_KINDS = ("auto", "ddp", "fsdp", "hsdp", "tensor_parallel")
 MESH_DIM_NAMES = ("data_parallel_replicate", "data_parallel_shard", "tensor_parallel")
+
+
+def _leave_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 class GeoHybridStrategy(ModelParallelStrategy):
@@ -191,9 +197,19 @@ class GeoHybridStrategy(ModelParallelStrategy):
         store would keep listening on that port until garbage-collected, so a DDP run started later from this
         process, or a ``python -m ... --devices 2`` it launches, inheriting the port, failed with EADDRINUSE.
         A world of one needs no network: it gets a ``HashStore`` and leaves the environment untouched.
+
+        A group of several processes this strategy creates is destroyed at interpreter exit, whatever the
+        backend (a one-process group is destroyed at teardown). Lightning does that for NCCL only, and a gloo
+        group left to interpreter finalization can abort the process after a successful run ("terminate called
+        without an active exception", pytorch/pytorch#190489).
         """
-        if self.num_processes * self.num_nodes > 1 or torch.distributed.is_initialized():
+        if torch.distributed.is_initialized():
             super()._setup_distributed()
+            return
+        if self.num_processes * self.num_nodes > 1:
+            super()._setup_distributed()
+            atexit.unregister(_leave_process_group)  # once, however many fits this process runs
+            atexit.register(_leave_process_group)
             return
         ParallelStrategy.setup_environment(self)  # what ModelParallelStrategy's own version does first
         reset_seed()
