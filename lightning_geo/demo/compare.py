@@ -129,9 +129,10 @@ def run_compare(config: DemoConfig, *, quiet: bool = False) -> CompareResult:
         for label, geo in ARMS:
             arm = replace(config, geo=geo, precision=precision, name=f"{config.name}/{label.lower()}")
             summary = Path(scratch) / f"{label}.json"
-            print(f"--- {label} arm: {' '.join(_arm_argv(arm, summary)[2:])}", flush=True)
+            argv = _arm_argv(arm, summary)
+            print(f"--- {label} arm: {' '.join(argv[2:])}", flush=True)
             pipe = subprocess.PIPE if quiet else None
-            done = subprocess.run(_arm_argv(arm, summary), text=True, stdout=pipe, stderr=pipe)
+            done = subprocess.run(argv, text=True, stdout=pipe, stderr=pipe)
             if done.returncode != 0 or not summary.is_file():
                 tail = (done.stderr or "")[-3000:] if quiet else "(see its output above)"
                 raise RuntimeError(f"the {label} arm failed with exit status {done.returncode}: {tail}")

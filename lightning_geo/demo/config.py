@@ -33,6 +33,16 @@ we test on, the demo 16x slower), while bf16 runs at fp32's speed or better. ``-
 trains in real fp16 there."""
 
 
+def accelerator_device_type(accelerator: str) -> str:
+    """The torch device type a Lightning accelerator name trains on: ``"cuda"`` for ``"gpu"``/``"cuda"``, and for
+    ``"auto"`` when CUDA is available (else ``"cpu"``); any other name as it is (``"cpu"``, ``"mps"``)."""
+    if accelerator == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator == "gpu" else accelerator
+
+
 def default_mixed_precision(accelerator: str) -> str:
     """The precision ``--geo`` trains in when none is given: 16-mixed on a GPU, bf16-mixed on a CPU.
 
@@ -40,12 +50,7 @@ def default_mixed_precision(accelerator: str) -> str:
         accelerator: Lightning's accelerator name (``"cpu"``, ``"gpu"``, ``"cuda"`` or ``"auto"``: a GPU when
             CUDA is available).
     """
-    if accelerator == "auto":
-        import torch
-
-        on_gpu = torch.cuda.is_available()
-    else:
-        on_gpu = accelerator in ("gpu", "cuda")
+    on_gpu = accelerator_device_type(accelerator) == "cuda"
     return GEO_DEFAULT_PRECISION if on_gpu else GEO_DEFAULT_CPU_PRECISION
 
 

@@ -214,21 +214,21 @@ class CharLanguageModel(pl.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()  # averaged over every rank's batches
-        self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/bpc", loss / LN2)
+        self._log_held_out_loss("val", prog_bar=True)
 
     @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.val_loss.update(self._loss(batch), weight=batch[0].numel())  # the held-out metric, logged as test/
+        self.validation_step(batch, batch_idx)  # the same held-out metric, logged under test/
 
     @override
     def on_test_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
+        self._log_held_out_loss("test")
+
+    def _log_held_out_loss(self, prefix: str, prog_bar: bool = False) -> None:
+        loss = self.val_loss.compute()  # averaged over every rank's batches
         self.val_loss.reset()
-        self.log("test/loss", loss)
-        self.log("test/bpc", loss / LN2)
+        self.log(f"{prefix}/loss", loss, prog_bar=prog_bar)
+        self.log(f"{prefix}/bpc", loss / LN2)
 
     @override
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:

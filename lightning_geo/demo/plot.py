@@ -78,10 +78,12 @@ def plot_loss_curves(
         if x == "tokens" and axis is None:
             raise ValueError(f"x='tokens': the run {label!r} in {log_dir} has no train/tokens series")
 
-        def xs(steps: tuple[int, ...], axis: dict[int, float] | None = axis) -> list[float]:
+        known = sorted(axis) if axis is not None else []
+
+        def xs(steps: tuple[int, ...], axis: dict[int, float] | None = axis, known: list[int] = known) -> list[float]:
             if axis is None:
                 return list(steps)
-            known = sorted(axis)  # a step's tokens: those logged at the last step not after it
+            # a step's tokens: those logged at the last step not after it
             return [axis[known[max(bisect.bisect_right(known, s) - 1, 0)]] for s in steps]
 
         if train := series.get("train/bpc"):

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
-from lightning_geo.demo.config import MIXED_PRECISIONS, DemoConfig, geo_parts_used
+from lightning_geo.demo.config import MIXED_PRECISIONS, DemoConfig, accelerator_device_type, geo_parts_used
 from lightning_geo.demo.corpus import Corpus, load_corpus
 from lightning_geo.demo.data import CharDataModule
 from lightning_geo.demo.model import LN2, CharLanguageModel
@@ -173,12 +173,6 @@ def _geo_callbacks(config: DemoConfig) -> list[Callback]:
     return [DynamicCurriculum(mode="seq_len", deadline=0.3), SparsityAwareLR()]
 
 
-def _accelerator_type(config: DemoConfig) -> str:
-    if config.accelerator == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if config.accelerator == "gpu" else config.accelerator
-
-
 def _precision_plugins(config: DemoConfig) -> list[Any]:
     """The mixed-precision plugin: GEO's with ``--geo``, else Lightning's own ``MixedPrecision``.
 
@@ -195,7 +189,7 @@ def _precision_plugins(config: DemoConfig) -> list[Any]:
         return [PredictiveScalingPrecision(precision)]  # type: ignore[arg-type]
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    return [MixedPrecision(precision, _accelerator_type(config))]  # type: ignore[arg-type]
+    return [MixedPrecision(precision, accelerator_device_type(config.accelerator))]  # type: ignore[arg-type]
 
 
 def _build_trainer(config: DemoConfig, logger: TensorBoardLogger, callbacks: list[Callback]) -> pl.Trainer:
@@ -223,7 +217,7 @@ def _build_trainer(config: DemoConfig, logger: TensorBoardLogger, callbacks: lis
 
 def _peak_memory(config: DemoConfig) -> tuple[int, str]:
     """Peak memory of this run: CUDA memory allocated on a GPU, else the process's peak resident set size."""
-    if _accelerator_type(config) == "cuda":
+    if accelerator_device_type(config.accelerator) == "cuda":
         return int(torch.cuda.max_memory_allocated()), "CUDA allocated"
     import resource
 
@@ -273,7 +267,7 @@ def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | N
     logger = TensorBoardLogger(config.out, name=config.name, default_hp_metric=False)
     timer, skips = ThroughputTimer(), SkippedStepCounter()
     trainer = _build_trainer(config, logger, [timer, skips])
-    if _accelerator_type(config) == "cuda":
+    if accelerator_device_type(config.accelerator) == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     with demo_warning_filters():
