@@ -59,17 +59,44 @@ class Model(CharLanguageModel):
         return loss
 
 
+class ForceBlockScales(Callback):
+    """Overrides the precision plugin's plan before every backward: region ``k`` (counted from the loss) runs at
+    the head's scale divided by ``2**k``, so every block unscales by a scale of its own (a plugin that unscaled a
+    block's gradients by another region's scale would be off by a power of two)."""
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        plugin = trainer.precision_plugin
+        blocks = plugin._block_scaling
+        assert blocks is not None and blocks.analysed and blocks.num_regions > 2, "the model must have block regions"
+        plugin._scales = [plugin._scales[0] / 2**k for k in range(blocks.num_regions)]
+        blocks.set_region_scales(plugin._scales)
+
+
 class GeoRecorder(Callback):
-    """Per step, what the GEO parts decided: loss scale, skipped steps, sequence length, LR multiplier, density."""
+    """Per step, what the GEO parts decided: loss scale, skipped steps, sequence length, LR multiplier, density;
+    and the norm of every parameter's unscaled gradient as the optimizer receives it (whole, not a shard)."""
 
     def __init__(self) -> None:
-        self.record: dict[str, list] = {"scale": [], "skipped": [], "seq_len": [], "multiplier": [], "density": []}
+        self.record: dict[str, list] = {"scale": [], "skipped": [], "seq_len": [], "multiplier": [], "density": [],
+                                        "grad_norm": [], "block_scales": []}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        norms = {}
+        for name, param in pl_module.named_parameters():
+            grad = param.grad
+            if grad is not None:
+                grad = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+                norms[name] = float(grad.float().norm())
+        self.record["grad_norm"].append(norms)
+
+    def on_after_backward(self, trainer, pl_module):
+        self.record["block_scales"].append(getattr(trainer.precision_plugin, "block_scales", {}))  # as used
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         precision = trainer.precision_plugin
         sparsity = next(c for c in trainer.callbacks if isinstance(c, SparsityAwareLR))
-        self.record["scale"].append(precision.scale)
-        self.record["skipped"].append(precision.skipped_steps)
+        self.record["scale"].append(getattr(precision, "scale", 1.0))
+        self.record["skipped"].append(getattr(precision, "skipped_steps", 0))
         self.record["seq_len"].append(int(batch[0].shape[1]))
         self.record["multiplier"].append(sparsity.multipliers.get("model.wte.weight"))
         self.record["density"].append(sparsity.tracker.row_density.get("model.wte.weight"))
@@ -89,6 +116,10 @@ def main() -> None:
     parser.add_argument("--geo", choices=("adamw", "geo_adamw"), default=None,
                         help="add every GEO part: PredictiveScalingPrecision('16-mixed'), DynamicCurriculum "
                              "(seq_len), SparsityAwareLR (decay_rows='touched'), with this optimizer")
+    parser.add_argument("--force-block-scales", action="store_true",
+                        help="with --geo: every block region at its own scale (ForceBlockScales)")
+    parser.add_argument("--precision", default="16-mixed",
+                        help="with --geo: the precision plugin's precision; '32': no plugin, float32")
     args = parser.parse_args()
 
     devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -105,9 +136,10 @@ def main() -> None:
     out = Path(args.out)
     geo = GeoRecorder() if args.geo else None
     geo_parts: dict = {} if geo is None else {
-        "plugins": [PredictiveScalingPrecision("16-mixed")],
+        "plugins": [] if args.precision == "32" else [PredictiveScalingPrecision(args.precision)],
         "callbacks": [DynamicCurriculum(mode="seq_len", deadline=0.5, min_seq_len=4, seq_len_step=4),
-                      SparsityAwareLR(decay_rows="touched"), geo],
+                      SparsityAwareLR(decay_rows="touched"), geo,
+                      *([ForceBlockScales()] if args.force_block_scales else [])],
     }
     trainer = pl.Trainer(
         strategy=strategy, accelerator="cpu", devices=devices, num_nodes=num_nodes, max_steps=args.steps,

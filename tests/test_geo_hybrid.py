@@ -34,14 +34,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(out: Path, nproc: int, *args: str) -> dict:
-    """Run the worker under ``torchrun`` with ``nproc`` processes (plain python for 0) and read its result."""
+def run_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> dict:
+    """Run ``worker`` under ``torchrun`` with ``nproc`` processes (plain python for 0) and read its result."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if nproc == 0:
-        command = [sys.executable, str(WORKER)]
+        command = [sys.executable, str(worker)]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={_free_port()}", str(WORKER)]
+                   f"--master_port={_free_port()}", str(worker)]
     done = subprocess.run([*command, "--out", str(out), *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -122,6 +122,37 @@ def test_single_device_checkpoint_loads_back_for_resume_and_test(tmp_path):
     further = _trainer(tmp_path / "further", GeoHybridStrategy(), max_steps=5)
     further.fit(TinyModel(), ckpt_path=ckpt)
     assert further.global_step == 5
+
+
+class InOrderModel(TinyModel):
+    """TinyModel on a loader in dataset order (``shuffle=False``), recording the rows of every batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[float]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch[0][:, 0].tolist())
+        return super().training_step(batch, batch_idx)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(super().train_dataloader().dataset, batch_size=8, shuffle=False)
+
+
+def test_one_device_keeps_the_users_sampler_and_order(tmp_path):
+    """Lightning gives every ModelParallelStrategy a shuffling DistributedSampler; on one device geo_hybrid must
+    train on the user's order, bit for bit like the same run without it."""
+    runs = {}
+    for name, strategy in (("plain", "auto"), ("geo_hybrid", GeoHybridStrategy())):
+        torch.manual_seed(0)
+        model = InOrderModel()
+        trainer = _trainer(tmp_path / name, strategy, max_steps=6)
+        trainer.fit(model)
+        assert isinstance(trainer.train_dataloader.sampler, torch.utils.data.SequentialSampler)
+        runs[name] = (model.seen, [p.detach().clone() for p in model.parameters()])
+    assert runs["geo_hybrid"][0] == runs["plain"][0]
+    for a, b in zip(runs["geo_hybrid"][1], runs["plain"][1], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_one_device_works_in_a_notebook_where_lightning_refuses_launchers(tmp_path, monkeypatch):

@@ -105,16 +105,16 @@ class ResidualNet(nn.Module):
 def _scaled_grads_match_fp32(net: ResidualNet, scales: list[float]) -> BlockScaling:
     torch.manual_seed(0)
     x, y = torch.randn(16, 12), torch.randn(16, 12)
-    params = list(net.parameters())
-    reference = torch.autograd.grad(nn.functional.mse_loss(net(x), y), params)
+    named = list(net.named_parameters())
+    reference = torch.autograd.grad(nn.functional.mse_loss(net(x), y), [p for _, p in named])
     blocks = BlockScaling(net, find_block_stacks(net))
     loss = nn.functional.mse_loss(net(x), y)
-    blocks.analyse(loss, params)
+    blocks.analyse(loss)
     blocks.set_region_scales(scales[: blocks.num_regions])
     (loss * scales[0]).backward()
-    for param, expected in zip(params, reference, strict=True):
-        unscaled = param.grad / scales[blocks.param_region[id(param)]]
-        assert torch.equal(unscaled, expected), f"gradient of a parameter in region {blocks.param_region[id(param)]}"
+    for (name, param), expected in zip(named, reference, strict=True):
+        region = blocks.region_by_name[name]
+        assert torch.equal(param.grad / scales[region], expected), f"gradient of {name} in region {region}"
     return blocks
 
 
@@ -126,7 +126,7 @@ def test_per_block_unscaling_is_exact_on_a_residual_chain():
     # Every block output is a cut, and so is the stem output: 4 cuts, 5 regions of distinct scales.
     assert blocks.valid_points == ["blocks.0:input", "blocks.0", "blocks.1", "blocks.2"]
     assert blocks.region_names() == ["head", "blocks.2", "blocks.1", "blocks.0", "stem"]
-    net_regions = {name: blocks.param_region[id(p)] for name, p in blocks.root.named_parameters()}
+    net_regions = blocks.region_by_name
     assert net_regions["head.weight"] == 0 and net_regions["blocks.2.fc.weight"] == 1
     assert net_regions["blocks.0.fc.weight"] == 3 and net_regions["stem.weight"] == 4
 
@@ -138,9 +138,17 @@ def test_points_that_a_backward_path_bypasses_are_not_used_and_stay_exact():
     # A long skip from the stem to the head bypasses every block output too.
     skip = _scaled_grads_match_fp32(ResidualNet(long_skip=True), SCALES)
     assert skip.valid_points == ["blocks.0:input"]
-    # A weight tied between stem and head is reached from the loss around every point: global scale only.
+    # A weight tied between stem and head (GPT-2's wte/lm_head) is reached from the loss around every point.
+    # The first block's input returns the blocks' gradient to the head's scale, so every block output stays a
+    # cut and the stem joins the head's region (exact: the tied weight's two contributions share one scale).
     tied = _scaled_grads_match_fp32(ResidualNet(tied=True), SCALES)
-    assert tied.valid_points == [] and set(tied.param_region.values()) == {0}
+    assert tied.valid_points == ["blocks.0", "blocks.1", "blocks.2"] and tied.return_point == "blocks.0:input"
+    assert tied.region_by_name["stem.weight"] == tied.region_by_name["head.weight"] == 0
+    assert tied.region_by_name["stem.bias"] == 0 and tied.region_by_name["blocks.0.fc.weight"] == 3
+    # ... unless a block also reaches the tied weight another way (a long skip): then one global scale, and why.
+    tied_skip = _scaled_grads_match_fp32(ResidualNet(tied=True, long_skip=True), SCALES)
+    assert tied_skip.valid_points == [] and set(tied_skip.region_by_name.values()) == {0}
+    assert "stem.weight" in tied_skip.fallback_reason
     # A non-parameter leaf shared by all blocks (its gradient is not unscaled) leaves every cut valid.
     shared = _scaled_grads_match_fp32(ResidualNet(shared_leaf=True), SCALES)
     assert shared.valid_points == ["blocks.0:input", "blocks.0", "blocks.1", "blocks.2"]
@@ -239,6 +247,49 @@ def test_fp16_training_with_per_block_scales_follows_fp32(tmp_path, accumulate):
         torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=1e-2)
 
 
+class ResidualBlocksModel(PrecisionModel):
+    """PrecisionModel with the residual inside each block (so every block output is a cut), its block stack
+    optionally ``torch.compile``d (its parameters' names then gain ``_orig_mod``)."""
+
+    class Block(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(width)
+            self.fc = nn.Linear(width, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.fc(self.norm(x))
+
+    def __init__(self, compile_blocks: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        blocks = nn.ModuleList(self.Block(self.hparams.width) for _ in range(self.hparams.num_blocks))
+        self.blocks = torch.compile(blocks, backend="eager") if compile_blocks else blocks
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in getattr(self.blocks, "_orig_mod", self.blocks):
+            h = block(h)
+        return self.out(h)
+
+
+def test_a_compiled_module_keeps_its_regions(tmp_path):
+    """Regions are keyed by parameter name without the wrappers' parts, so a compiled block stack is scaled and
+    unscaled like the plain one: the same regions, scales and weights."""
+    runs = {}
+    for compiled in (False, True):
+        plugin = PredictiveScalingPrecision("16-mixed", device="cpu", block_headroom=1.0)
+        pl.seed_everything(0, verbose=False)
+        _, trained = _fit(tmp_path / str(compiled), plugin, ResidualBlocksModel(compile_blocks=compiled), max_steps=4)
+        runs[compiled] = (plugin, [p.detach().clone() for p in trained.parameters()])
+    plain, compiled = runs[False][0], runs[True][0]
+    assert compiled._block_scaling.block_names == ["blocks._orig_mod.0", "blocks._orig_mod.1"]
+    assert compiled._block_scaling.region_by_name == plain._block_scaling.region_by_name
+    assert plain._block_scaling.region_by_name["blocks.0.fc.weight"] == 2
+    assert list(compiled.block_scales.values()) == list(plain.block_scales.values())
+    for a, b in zip(runs[True][1], runs[False][1], strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_gradscaler_skips_a_summed_loss_where_the_predicted_scale_does_not(tmp_path):
     """The behaviour users switch for: GradScaler starts at 2**16 and overflows its way down."""
     baseline = MixedPrecision("16-mixed", "cpu")
@@ -311,6 +362,28 @@ def test_a_forward_overflow_promotes_the_module_to_fp32_and_the_scale_does_not_c
     assert plugin.skipped_steps == 1  # the first step, where it was found
     assert plugin.scale >= 1.0 and all(s >= 1.0 for s in plugin.block_scales.values())
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+
+
+class PredictingModel(PrecisionModel):
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0]).float()
+
+    def predict_dataloader(self):
+        return self.train_dataloader()
+
+
+def test_predict_in_fp16_falls_back_to_fp32_for_a_module_that_overflows(tmp_path):
+    """A model trained in fp32 served in fp16: the first batch finds the overflowing module (its outputs are
+    lost, and the warning says so), every later batch runs it in float32 and is finite; then the probe rests."""
+    plugin = PredictiveScalingPrecision("16-mixed", device="cpu")
+    model = PredictingModel(hot_gain=3e5)
+    trainer = tiny_trainer(tmp_path, plugins=[plugin])
+    with pytest.warns(UserWarning, match=r"in a predict step.*Re-run the batch"):
+        outputs = trainer.predict(model)
+    assert plugin.promoted_modules == ["hot.0"] and is_promoted(model.hot[0])
+    assert not torch.isfinite(outputs[0]).all()
+    assert all(torch.isfinite(o).all() for o in outputs[1:])
+    assert not plugin._overflow_probe.armed and not plugin._underflow_probe.armed  # no per-batch probe cost
 
 
 def test_lightning_16_mixed_collapses_on_the_same_forward_overflow(tmp_path):

@@ -22,14 +22,63 @@ import torch
 from torch import Tensor, nn
 
 
+def is_tied(module: nn.Module, root: nn.Module) -> bool:
+    """Whether ``module.weight`` is also a parameter of another module of ``root`` (a tied output head)."""
+    uses = Counter(id(p) for _, p in root.named_parameters(remove_duplicate=False))
+    return uses[id(getattr(module, "weight", None))] > 1
+
+
+def is_position_lookup(indices: Tensor) -> bool:
+    """Whether embedding indices are positions rather than tokens: every row along the last dimension counts
+    up by one (``0..T-1``, or ``k..k+T-1`` with a cache offset). A one-token row says nothing: False."""
+    if indices.dim() == 0 or indices.shape[-1] < 2 or indices.is_floating_point():
+        return False
+    return bool((indices.diff(dim=-1) == 1).all())
+
+
+class PositionLookupCheck:
+    """Looks once, at each module's first training forward, whether an embedding is looked up by position.
+
+    Args:
+        modules: ``{name: module}`` of embeddings to check.
+
+    After that forward, :attr:`positional` holds the names found to be position embeddings (GPT-2's ``wpe``,
+    a learned absolute position table): their row "density" is the window length over the context, not
+    token rarity. The check costs one host read per module, once; its hooks then remove themselves.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.positional: set[str] = set()
+        self.checked: set[str] = set()
+        self._handles = {
+            name: module.register_forward_pre_hook(self._checker(name)) for name, module in modules.items()
+        }
+
+    def _checker(self, name: str) -> Any:
+        def check(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not (module.training and torch.is_grad_enabled() and args and isinstance(args[0], Tensor)):
+                return
+            if is_position_lookup(args[0]):
+                self.positional.add(name)
+            self.checked.add(name)
+            self._handles.pop(name).remove()
+
+        return check
+
+    def remove(self) -> None:
+        """Remove the hooks not yet fired."""
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
+
+
 def lookup_trackable(module: nn.Module, root: nn.Module) -> bool:
     """Whether ``module``'s touched rows can be read off its inputs (see the module docstring)."""
     if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return False
     if isinstance(module, nn.EmbeddingBag) and module.mode == "max":
         return False
-    uses = Counter(id(p) for _, p in root.named_parameters(remove_duplicate=False))
-    return uses[id(module.weight)] == 1
+    return not is_tied(module, root)
 
 
 class EmbeddingLookupRecorder:

@@ -43,6 +43,15 @@ Logged under ``geo/sparsity/`` (at Lightning's ``log_every_n_steps`` cadence): `
 and ``<param>/element_density`` for every parameter, ``<param>/lr_multiplier`` for tracked ones, and
 a histogram ``<param>/row_hits`` of per-row hit counts (TensorBoard only).
 
+Where the rule cannot act, the callback says so once and leaves the parameter's LR alone
+(:attr:`SparsityAwareLR.not_acting_on` names them with the reason):
+
+- an embedding tied to the output head (GPT-2's ``wte``/``lm_head``): the head gives every row a gradient
+  every step, so the parameter is dense however few tokens the batch looks up;
+- an embedding looked up by position (GPT-2's ``wpe``, any learned absolute position table), found from
+  its indices at the first training forward: its row "density" is the window length over the context,
+  not token rarity, and a boost would follow the sequence-length curriculum, not the data.
+
 With :class:`~lightning_geo.optim.GeoAdamW`, which applies the same density rule per parameter (and
 a row-frequency rule per row) itself, the callback measures and logs but sets no multipliers (it
 says so once).
@@ -60,7 +69,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_geo.callbacks.embedding_lookups import EmbeddingLookupRecorder, lookup_trackable
+from lightning_geo.callbacks.embedding_lookups import (
+    EmbeddingLookupRecorder,
+    PositionLookupCheck,
+    is_tied,
+    lookup_trackable,
+)
 from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker
 from lightning_geo.optim.geo_adamw import GeoAdamW
 from lightning_geo.optim.param_groups import isolate_parameters
@@ -160,6 +174,8 @@ class SparsityAwareLR(pl.Callback):
         self._hooks: list[Any] = []
         self._loaded_state: dict[str, Any] | None = None
         self._lookups: EmbeddingLookupRecorder | None = None
+        self._position_check: PositionLookupCheck | None = None
+        self.not_acting_on: dict[str, str] = {}  # tracked parameter -> why the rule cannot act on it
         self._warned_skipped_restore = False
 
     # ----------------------------------------------------------------- selection and set-up
@@ -195,6 +211,7 @@ class SparsityAwareLR(pl.Callback):
             self._loaded_state = None
         self._names = {id(p): n for n, p in pl_module.named_parameters()}
         self._watch_lookups(pl_module)
+        self._find_where_the_rule_cannot_act(pl_module)
         self._optimizer_names = {}
         by_name = dict(pl_module.named_parameters())
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
@@ -236,10 +253,53 @@ class SparsityAwareLR(pl.Callback):
                 modules[name] = module
         self._lookups = EmbeddingLookupRecorder(modules) if modules else None
 
+    def _find_where_the_rule_cannot_act(self, pl_module: pl.LightningModule) -> None:
+        self.not_acting_on = {}
+        embeddings = {}
+        shared_names: dict[int, list[str]] = {}
+        for name, param in pl_module.named_parameters(remove_duplicate=False):
+            shared_names.setdefault(id(param), []).append(name)
+        for name in self.tracked:
+            owner, _, leaf = name.rpartition(".")
+            module = pl_module.get_submodule(owner)
+            if leaf != "weight" or not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                continue
+            if is_tied(module, pl_module):
+                others = [n for n in shared_names[id(module.weight)] if n != name]
+                self._not_acting(name, f"tied with {others}: that output head gives every row a gradient each step, "
+                                       "so the parameter is dense whatever the batch looks up")
+            else:
+                embeddings[name] = module
+        if self._position_check is not None:
+            self._position_check.remove()
+        self._position_check = PositionLookupCheck(embeddings) if embeddings else None
+        acting = [n for n in self.tracked if n not in self.not_acting_on]
+        rank_zero_info(f"SparsityAwareLR: tracks {acting or 'no parameter'} (LR multipliers from row density).")
+
+    def _not_acting(self, name: str, reason: str) -> None:
+        if name not in self.not_acting_on:
+            self.not_acting_on[name] = reason
+            self.multipliers.pop(name, None)
+            rank_zero_warn(f"SparsityAwareLR: the density rule cannot act on {name!r}: {reason}. Its learning rate "
+                           "is left as the optimizer has it (multiplier 1).")
+
+    def _note_position_lookups(self) -> None:
+        check = self._position_check
+        if check is None:
+            return
+        for name in sorted(check.positional):
+            self._not_acting(name, "it is looked up by position (its indices count 0..T-1), not by token, so its "
+                                   "row density is the window length over the context, not token rarity")
+        if not check._handles:
+            self._position_check = None
+
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self._position_check is not None:
+            self._position_check.remove()
+            self._position_check = None
         if self._lookups is not None:
             self._lookups.remove()
             self._lookups = None
@@ -251,6 +311,7 @@ class SparsityAwareLR(pl.Callback):
         """Measure sparsity, set this step's LR multipliers and (optionally) decay touched rows only."""
         if self.tracker is None:
             return
+        self._note_position_lookups()
         names = self._optimizer_names.get(id(optimizer))
         if names is None:
             names = [self._names[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in self._names]
@@ -268,7 +329,7 @@ class SparsityAwareLR(pl.Callback):
             reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
             self.tracker.update(current, reduce=reduce)
             for name in self.tracked:
-                if name in self.tracker.row_density:
+                if name in self.tracker.row_density and name not in self.not_acting_on:
                     self.multipliers[name] = density_multiplier(
                         self.tracker.row_density[name], self.power, self.max_multiplier
                     )
@@ -359,7 +420,7 @@ class SparsityAwareLR(pl.Callback):
             if name in self.tracker.element_density:
                 values[f"{name}/element_density"] = self.tracker.element_density[name]
         for name in self.tracked:
-            if name in names and name in self.multipliers:
+            if name in names and name in self.multipliers and name not in self.not_acting_on:
                 scaled = self.scale_lr and name in self._scaled_names
                 values[f"{name}/lr_multiplier"] = self.multipliers[name] if scaled else 1.0
         log_geo_scalars(trainer, "sparsity", values)
@@ -377,7 +438,7 @@ class SparsityAwareLR(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; applied at fit start, once the model's parameters are known."""
-        self.multipliers = dict(state_dict.get("multipliers", {}))
+        self.multipliers = {k: v for k, v in state_dict.get("multipliers", {}).items() if k not in self.not_acting_on}
         if state_dict.get("tracker") is None:
             return
         if self.tracker is not None:  # strategies that restore after setup (FSDP, ModelParallel)

@@ -1,10 +1,12 @@
-"""The largest activation gradient inside each scaling region, measured at the outputs of the Linear/Conv layers.
+"""The largest activation gradient inside each scaling region, measured at the outputs of the linear-like layers.
 
 A region's parameter gradients and the gradients at its boundaries do not bound what flows inside it: in
 a pre-norm transformer block the residual-stream gradient between attention and MLP can be several
 times the one at the block's output, and it is cast to fp16 at the attention projection's output. So
-every step the amax of each Linear/Conv layer's output gradient is taken (one reduction per layer, no
-host sync) and counted in the region of the layer's weight: that gradient is at the region's scale.
+every step the amax of each linear-like layer's output gradient (``nn.Linear``, convolutions, Hugging
+Face's ``Conv1D``, LoRA wrappers: :func:`lightning_geo.utils.layers.is_linear_like`) is taken (one
+reduction per layer, no host sync) and counted in the region of the layer's weight: that gradient is at
+the region's scale.
 """
 
 from __future__ import annotations
@@ -16,25 +18,33 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from lightning_geo.utils.layers import linear_like_layers
 
 
 class ActivationGradAmax:
-    """Max-accumulates, per region, the amax of the output gradients of the Linear/Conv layers of ``root``.
+    """Max-accumulates, per region, the amax of the output gradients of the linear-like layers of ``root``.
 
     Args:
         root: The model.
-        region_of: Maps a layer's weight to its region index (0: the global region).
+        region_of: Maps the qualified name of a layer's weight to its region index (0: the global region).
     """
 
-    def __init__(self, root: nn.Module, region_of: Callable[[torch.Tensor], int]) -> None:
+    def __init__(self, root: nn.Module, region_of: Callable[[str], int]) -> None:
         self.region_of = region_of
         self._amax: list[tuple[int, torch.Tensor]] = []  # (region, scaled amax) per layer output gradient
-        self._handles: list[RemovableHandle] = [
-            module.register_forward_hook(self._on_forward) for module in root.modules() if isinstance(module, _LAYERS)
-        ]
+        self.layer_names: list[str] = []
+        self._handles: list[RemovableHandle] = []
+        for name, module, weight_name in linear_like_layers(root):
+            self.layer_names.append(name)
+            self._handles.append(module.register_forward_hook(self._make_hook(weight_name)))
 
-    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _make_hook(self, weight_name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            self._on_forward(module, weight_name, output)
+
+        return hook
+
+    def _on_forward(self, module: nn.Module, weight_name: str, output: Any) -> None:
         if not (
             module.training
             and torch.is_grad_enabled()
@@ -44,7 +54,7 @@ class ActivationGradAmax:
         ):
             return
         def on_grad(grad: torch.Tensor) -> None:
-            region = self.region_of(module.weight)  # looked up now: the first step finds the regions after its forward
+            region = self.region_of(weight_name)  # looked up now: the first step finds the regions after its forward
             self._amax.append((region, grad.detach().abs().amax()))
 
         output.register_hook(on_grad)

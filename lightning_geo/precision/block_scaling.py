@@ -12,12 +12,23 @@ only the candidate points that are real cuts; parameters outside every cut keep 
 
 Regions are numbered from the loss: region 0 is downstream of every cut (final norm, head, loss) and
 runs at the global scale; region ``k`` lies upstream of the ``k`` cuts nearest the loss.
+
+A weight shared between the stem and the head (a tied token embedding and LM head, as in GPT-2 and many
+Llama-family models) receives gradient both from the head, at the global scale, and through the blocks.
+Then the input of the first block becomes a *return point*: the gradient leaving the blocks is brought
+back to the global scale there, so the stem (embeddings) belongs to region 0 and every block keeps its
+own scale.
+
+Parameters are keyed by their qualified names, not by tensor identity: the tensors in the autograd graph
+of a wrapped model (FSDP2's unsharded parameters, ``replicate``'s, a compiled module's) are not the ones
+the optimizer steps. The names are recorded by forward pre-hooks while the graph is built (the first
+training forward) and looked up again for whatever tensors a wrapper registers later.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -48,6 +59,24 @@ def find_block_stacks(root: nn.Module) -> list[str]:
 
     visit("", root)
     return names
+
+
+_WRAPPER_PARTS = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's qualified name without the parts wrappers insert (``torch.compile``'s ``_orig_mod``,
+    activation checkpointing's ``_checkpoint_wrapped_module``), so names match before and after wrapping."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
+
+
+def named_parameter_tensors(root: nn.Module) -> dict[int, tuple[torch.Tensor, list[str]]]:
+    """``id(tensor) -> (tensor, canonical names)`` of every parameter of ``root`` as registered now; a tied
+    parameter has several names."""
+    found: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for name, param in root.named_parameters(remove_duplicate=False):
+        found.setdefault(id(param), (param, []))[1].append(canonical_name(name))
+    return found
 
 
 def _reachable_params(start: Any, stop: Any = None) -> set[int]:
@@ -101,14 +130,23 @@ class BlockScaling:
         self.block_names = list(block_names)
         self.points: list[str] = [f"{block_names[0]}:input", *block_names]
         self.valid_points: list[str] = []  # forward order
+        self.return_point: str | None = None  # the first block's input, where a tied stem returns to scale 0
         self.analysed = False
-        self.param_region: dict[int, int] = {}  # id(param) -> region
+        self.region_by_name: dict[str, int] = {}  # canonical parameter name -> region
+        self.fallback_reason: str | None = None  # why no cut is valid, if none is
         self._factors: dict[str, float] = {}
         self._pending: dict[str, torch.Tensor] = {}  # point -> its tensor, until analyse()
         self._boundary_amax: dict[str, list[torch.Tensor]] = {}  # one amax per backward (micro-batch)
         self._handles: list[RemovableHandle] = []
+        # Until analyse(): the names of the tensors each module's forward sees (a wrapper's unsharded ones).
+        self._seen: dict[int, tuple[torch.Tensor, list[str]]] = {}
+        self._naming_handles: list[RemovableHandle] = [
+            module.register_forward_pre_hook(self._make_naming_hook(prefix))
+            for prefix, module in root.named_modules()
+            if any(True for _ in module.parameters(recurse=False))
+        ]
         first = modules[block_names[0]]
-        self._handles.append(first.register_forward_pre_hook(self._on_first_input))
+        self._handles.append(first.register_forward_pre_hook(self._on_first_input, with_kwargs=True))
         for name in block_names:
             self._handles.append(modules[name].register_forward_hook(self._make_output_hook(name)))
 
@@ -122,9 +160,22 @@ class BlockScaling:
         # inside backward (their outputs are not part of the graph being differentiated).
         return module.training and torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1
 
-    def _on_first_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def _make_naming_hook(self, prefix: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            for name, param in module.named_parameters(prefix=prefix, recurse=False):
+                names = self._seen.setdefault(id(param), (param, []))[1]
+                qualified = canonical_name(name)
+                if qualified not in names:
+                    names.append(qualified)
+
+        return hook
+
+    def _on_first_input(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._active(module):
-            self._watch(self.points[0], _first_tensor(args))
+            tensor = _first_tensor(args)
+            if tensor is None:  # passed by keyword: the first tensor argument
+                tensor = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+            self._watch(self.points[0], tensor)
 
     def _make_output_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -142,43 +193,94 @@ class BlockScaling:
             self._register(point, tensor)
 
     def _register(self, point: str, tensor: torch.Tensor) -> None:
+        measure = point != self.return_point  # the return point's gradient is its block region's, measured inside
+
         def on_grad(grad: torch.Tensor) -> torch.Tensor | None:
-            self._boundary_amax.setdefault(point, []).append(grad.detach().abs().amax())
+            if measure:
+                self._boundary_amax.setdefault(point, []).append(grad.detach().abs().amax())
             factor = self._factors[point]
             return None if factor == 1.0 else grad * factor
 
         tensor.register_hook(on_grad)
 
-    def analyse(self, loss: torch.Tensor, params: Iterable[nn.Parameter]) -> None:
-        """Find the valid cuts in the graph of ``loss`` and assign each parameter its region.
+    def analyse(self, loss: torch.Tensor) -> None:
+        """Find the valid cuts in the graph of ``loss`` and assign each parameter (by name) its region.
 
         A candidate point is a valid cut if no parameter reachable from it is also reachable from the
-        loss along a path that avoids it, and the valid cuts' parameter sets must nest (a chain).
-        Parameters not upstream of any valid cut get region 0 (the global scale). Call it after the
-        forward and before the backward of a training step; that backward is already hooked.
+        loss along a path that avoids it, and the valid cuts' parameter sets must nest (a chain). A
+        parameter that breaks every block cut only by being shared with the head (a tied embedding) is
+        handled by a return point at the first block's input, when every path from the blocks to it
+        passes there. Parameters not upstream of any valid cut get region 0 (the global scale). Call it
+        after the forward and before the backward of a training step; that backward is already hooked.
         """
-        params = [p for p in params if p.requires_grad]
+        self.analysed = True
+        for handle in self._naming_handles:
+            handle.remove()
+        self._naming_handles.clear()
+        names = named_parameter_tensors(self.root)
+        for key, (tensor, seen_names) in self._seen.items():
+            entry = names.setdefault(key, (tensor, []))
+            entry[1].extend(n for n in seen_names if n not in entry[1])
+        self._seen.clear()
         # Only the parameters matter (their gradients are what gets unscaled); other leaves that require
         # grad, shared between blocks, must not invalidate a cut.
-        param_ids = {id(p) for p in params}
-        self.analysed = True
+        param_ids = {key for key, (tensor, _) in names.items() if tensor.requires_grad}
         root_node = loss.grad_fn
-        reach: dict[str, set[int]] = {}
+        nodes = {}
         for point in self.points:
             tensor = self._pending.get(point)
-            node = None if tensor is None else tensor.grad_fn
-            if node is None or root_node is None:
-                continue
-            upstream = _reachable_params(node) & param_ids
-            if upstream and not upstream & _reachable_params(root_node, stop=node):
-                reach[point] = upstream
+            if tensor is not None and tensor.grad_fn is not None and root_node is not None:
+                nodes[point] = tensor.grad_fn
+        upstream = {point: _reachable_params(node) & param_ids for point, node in nodes.items()}
+        upstream = {point: ids for point, ids in upstream.items() if ids}
+        shared = {point: ids & _reachable_params(root_node, stop=nodes[point]) for point, ids in upstream.items()}
+
+        def name_of(key: int) -> str:
+            return names[key][1][0]
+
+        first = self.points[0]
+        tied = shared.get(first, set())
+        reach: dict[str, set[int]] = {point: upstream[point] for point in upstream if not shared[point]}
+        if tied:
+            # Usable if every block cut is broken only by the stem's shared parameters and no path from inside the
+            # blocks reaches them except through the first block's input.
+            returnable = [
+                point
+                for point in self.points[1:]
+                if point in upstream
+                and shared[point] <= tied
+                and not _reachable_params(nodes[point], stop=nodes[first]) & tied
+            ]
+            if returnable:
+                self.return_point = first
+                reach = {point: upstream[point] for point in returnable}
         ordered = [point for point in self.points if point in reach]
         nested = all(reach[a] <= reach[b] for a, b in itertools.pairwise(ordered))
         self.valid_points = ordered if nested else []
-        self.param_region = {id(p): sum(id(p) in reach[point] for point in self.valid_points) for p in params}
+        if not self.valid_points:
+            self.return_point = None
+            broken = sorted({name_of(k) for ids in shared.values() for k in ids})
+            if not upstream:
+                self.fallback_reason = "no block output is on the loss's backward path"
+            elif not nested:
+                self.fallback_reason = "the blocks' parameter sets do not form a chain"
+            else:
+                self.fallback_reason = (
+                    f"parameters {broken[:4]} are reached from the loss by a path that skips the blocks "
+                    "(a tied weight or a long skip connection), and not only through the stem"
+                )
+        stem = upstream.get(first, set()) if self.return_point is not None else set()
+        for key in param_ids:
+            region = 0 if key in stem else sum(key in reach[point] for point in self.valid_points)
+            for name in names[key][1]:
+                # A wrapped parameter has two tensors of one name (FSDP2's sharded one, registered now, and the
+                # unsharded one in the graph); only the latter is reached from the cuts.
+                self.region_by_name[name] = max(region, self.region_by_name.get(name, 0))
         self._factors = dict.fromkeys(self.valid_points, 1.0)
+        if self.return_point is not None:
+            self._factors[self.return_point] = 1.0
         # This step's backward has not run yet: hook it too, so it is scaled like every later one.
-        for point in self.valid_points:
+        for point in self._factors:
             self._register(point, self._pending[point])
         self._pending.clear()
 
@@ -189,6 +291,8 @@ class BlockScaling:
         # The k-th valid cut from the loss turns region k-1's scale into region k's.
         for k, point in enumerate(reversed(self.valid_points), start=1):
             self._factors[point] = scales[k] / scales[k - 1]
+        if self.return_point is not None:  # back from the most upstream block region to the global scale
+            self._factors[self.return_point] = scales[0] / scales[-1]
 
     def take_boundary_amax(self) -> list[torch.Tensor | None]:
         """The raw (scaled) amax of the gradient that arrived at each valid cut since the last call,
@@ -202,7 +306,7 @@ class BlockScaling:
 
     def region_names(self) -> list[str]:
         """A readable name per region: ``"head"`` for region 0, else the first block that region holds."""
-        names = ["head"]
+        names = ["head"]  # with a return point the stem is in it too
         for point in reversed(self.valid_points):
             # The region upstream of a block's output cut starts at that block (or the stem, upstream of the input).
             names.append("stem" if point.endswith(":input") else point)
@@ -210,6 +314,7 @@ class BlockScaling:
 
     def remove(self) -> None:
         """Remove every hook."""
-        for handle in self._handles:
+        for handle in self._handles + self._naming_handles:
             handle.remove()
         self._handles.clear()
+        self._naming_handles.clear()

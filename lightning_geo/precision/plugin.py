@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning.fabric.utilities.types import Optimizable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim import LBFGS, Optimizer
 from typing_extensions import override
 
 from lightning_geo.precision.activation_amax import ActivationGradAmax
-from lightning_geo.precision.block_scaling import BlockScaling, find_block_stacks
+from lightning_geo.precision.block_scaling import (
+    BlockScaling,
+    canonical_name,
+    find_block_stacks,
+    named_parameter_tensors,
+)
 from lightning_geo.precision.fp32_modules import ForwardOverflowProbe, promote_to_fp32
 from lightning_geo.precision.scale_rule import FP16_MAX, AmaxPredictor, power_of_two_scale
 from lightning_geo.precision.scheduler_hold import hold_step_schedulers, release_schedulers
@@ -209,6 +215,9 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._underflow_probe: UnderflowProbe | None = None
         self._activation_amax: ActivationGradAmax | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._param_regions: dict[int, tuple[torch.Tensor, int]] = {}  # id(optimizer's tensor) -> (it, region)
+        self._unmapped_warned = False
+        self._inference_steps = 0  # predict/validate/test batches since the last training step
 
     # ------------------------------------------------------------------ public read-outs
 
@@ -251,7 +260,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._overflow_probe = ForwardOverflowProbe(module)
         dtype = torch.float16 if self.precision == "16-mixed" else torch.bfloat16
         self._underflow_probe = UnderflowProbe(module, dtype=dtype)
-        self._activation_amax = ActivationGradAmax(module, self._region_of)
+        self._activation_amax = ActivationGradAmax(module, self._region_of_name)
         self._arm_probes(self._probe_next)
         if self._pending_state is not None:
             for name in self._pending_state.get("promoted_modules", []):
@@ -308,7 +317,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         if self.scaling:
             blocks = self._block_scaling
             if blocks is not None and not blocks.analysed and module.training:
-                blocks.analyse(tensor, module.parameters())
+                blocks.analyse(tensor)
                 self._on_regions_known(blocks)
             tensor = tensor * self._scales[0]
         return Precision.pre_backward(self, tensor, module)
@@ -331,6 +340,23 @@ class PredictiveScalingPrecision(MixedPrecision):
             self._overflow_streak = [self._overflow_streak[0]] * len(names)
         self._region_names = names
         blocks.set_region_scales(self._scales)
+        self._report_regions(blocks)
+
+    def _report_regions(self, blocks: BlockScaling) -> None:
+        layers = len(self._activation_amax.layer_names) if self._activation_amax is not None else 0
+        if blocks.valid_points:
+            counts = [sum(r == k for r in blocks.region_by_name.values()) for k in range(blocks.num_regions)]
+            tied = " (the stem's tied weights return to the head's scale at the first block's input)"
+            rank_zero_info(
+                f"PredictiveScalingPrecision: per-block loss scales on {blocks.num_regions} regions "
+                f"{dict(zip(blocks.region_names(), counts, strict=True))} (parameter names per region)"
+                f"{tied if blocks.return_point else ''}; amax and underflow watched on {layers} linear-like layers."
+            )
+        else:
+            rank_zero_warn(
+                f"PredictiveScalingPrecision: per_block=True, but no block boundary of {blocks.block_names[:2]}... "
+                f"is a valid cut: {blocks.fallback_reason}. Every parameter uses the one global loss scale."
+            )
 
     @override
     def optimizer_step(  # type: ignore[override]
@@ -366,12 +392,97 @@ class PredictiveScalingPrecision(MixedPrecision):
         # Gradients are already unscaled here, also for fused optimizers (which GradScaler cannot clip).
         Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
 
+    # ------------------------------------------------------------------ inference: predict, validate, test
+
+    @override
+    @contextmanager
+    def train_step_context(self) -> Generator[None, None, None]:
+        if self._inference_steps:  # back from a validation loop: the probes as the training plan left them
+            self._inference_steps = 0
+            self._arm_probes(self._probe_next)
+        with self.forward_context():
+            yield
+
+    @override
+    @contextmanager
+    def predict_step_context(self) -> Generator[None, None, None]:
+        with self.forward_context():
+            yield
+        self._after_inference_step("predict")
+
+    @override
+    @contextmanager
+    def val_step_context(self) -> Generator[None, None, None]:
+        with self.forward_context():
+            yield
+        self._after_inference_step("validation")
+
+    @override
+    @contextmanager
+    def test_step_context(self) -> Generator[None, None, None]:
+        with self.forward_context():
+            yield
+        self._after_inference_step("test")
+
+    def _after_inference_step(self, loop: str) -> None:
+        """The fp32 fallback without an optimizer step: promote the modules whose fp16 forward overflowed."""
+        if self._underflow_probe is not None:
+            self._underflow_probe.armed = False  # it measures gradients: nothing to see without a backward
+        probe = self._overflow_probe
+        if probe is None or not probe.armed:
+            return
+        flags = probe.take_flags()
+        culprits: list[str] = []
+        if flags is not None:
+            trainer = getattr(self._module, "_trainer", None)
+            if trainer is not None and trainer.world_size > 1:
+                flags = reduce_tensor(trainer, flags, op="max")  # every rank promotes the same modules
+            culprits = probe.culprits(flags)
+        for name in culprits:
+            self._promote(name, warn=True)
+        if culprits:
+            rank_zero_warn(
+                f"PredictiveScalingPrecision: that overflow happened in a {loop} step, whose outputs for that batch "
+                "are already non-finite; the following batches run the module in float32. Re-run the batch, or "
+                f"pass fp32_modules={self.promoted_modules!r} to start in float32."
+            )
+        self._inference_steps += 1
+        every = max(self.probe_every_n_steps, 1)
+        # Keep probing while something overflows; otherwise once every probe_every_n_steps batches.
+        probe.armed = bool(culprits) or self._inference_steps % every == 0
+
     # ------------------------------------------------------------------ the step decision
 
-    def _region_of(self, param: torch.Tensor) -> int:
-        if self._block_scaling is None or not self._block_scaling.analysed:
+    def _region_of_name(self, name: str) -> int:
+        blocks = self._block_scaling
+        if blocks is None or not blocks.analysed:
             return 0
-        return self._block_scaling.param_region.get(id(param), 0)
+        return blocks.region_by_name.get(canonical_name(name), 0)
+
+    def _region_of(self, param: torch.Tensor) -> int:
+        """The region of a tensor the optimizer steps, found by its name in the model (whatever wraps it)."""
+        blocks = self._block_scaling
+        if blocks is None or not blocks.analysed or blocks.num_regions == 1:
+            return 0
+        entry = self._param_regions.get(id(param))
+        if entry is None or entry[0] is not param:
+            assert self._module is not None
+            # A wrapper may have registered other tensors since the last look (FSDP2 registers its sharded ones).
+            self._param_regions = {
+                key: (tensor, blocks.region_by_name.get(names[0], 0))
+                for key, (tensor, names) in named_parameter_tensors(self._module).items()
+            }
+            entry = self._param_regions.get(id(param))
+            if entry is None:
+                if not self._unmapped_warned:
+                    self._unmapped_warned = True
+                    rank_zero_warn(
+                        "PredictiveScalingPrecision: the optimizer steps a tensor that is not a parameter of the "
+                        f"model (shape {tuple(param.shape)}); its gradient is unscaled with the global scale, which "
+                        "is wrong if it sits inside a block. Give the optimizer the model's own parameters."
+                    )
+                return 0
+        return entry[1]
 
     def _measure_and_plan(self, trainer: pl.Trainer, optimizer: Optimizable) -> bool:
         """Unscale, measure, agree across ranks, decide skip, re-plan the scales. Returns whether to skip."""

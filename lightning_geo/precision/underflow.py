@@ -16,14 +16,15 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-_WATCHED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from lightning_geo.utils.layers import linear_like_layers
 
 
 class UnderflowProbe:
-    """Measures, on armed forwards, the zero share of each Linear/Conv layer's fp16 output gradient.
+    """Measures, on armed forwards, the zero share of each linear-like layer's fp16 output gradient.
 
     Args:
-        root: The model; every ``nn.Linear`` and ``nn.Conv*`` inside it is watched.
+        root: The model; every linear-like layer inside it is watched (``nn.Linear`` and subclasses,
+            ``nn.Conv*``, Hugging Face ``Conv1D``, LoRA wrappers: :func:`lightning_geo.utils.layers.is_linear_like`).
         dtype: Only output gradients of this dtype are counted. Default ``torch.float16``.
 
     Example::
@@ -36,7 +37,7 @@ class UnderflowProbe:
 
     def __init__(self, root: nn.Module, dtype: torch.dtype = torch.float16) -> None:
         self.dtype = dtype
-        self._layers = [(name, module) for name, module in root.named_modules() if isinstance(module, _WATCHED)]
+        self._layers = [(name, module) for name, module, _ in linear_like_layers(root)]
         self._counts: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (zero elements, elements)
         self._handles: list[RemovableHandle] = []
 
@@ -64,6 +65,11 @@ class UnderflowProbe:
                 output.register_hook(on_grad)
 
         return hook
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Qualified names of the watched layers."""
+        return [name for name, _ in self._layers]
 
     def take(self) -> dict[str, float]:
         """Zero share per layer measured since the last call (empty if nothing was measured), then reset."""

@@ -55,6 +55,12 @@ class GeoHybridStrategy(ModelParallelStrategy):
     arguments. The plan is printed on rank 0 and logged to TensorBoard (``geo/strategy/*``); ``report``
     holds it after set-up.
 
+    Data loading: with ``Trainer(use_distributed_sampler=True)`` (Lightning's default) and several
+    data-parallel replicas, each loader gets a ``DistributedSampler`` over the replicas (the ranks of one
+    tensor-parallel group read the same samples), shuffled for training as under DDP. With one replica (one
+    device, or tensor parallel only) no sampler is injected: the loaders keep your sampler and order, as in a
+    plain single-device run. ``use_distributed_sampler=False`` leaves the sharding to you in both cases.
+
     Args:
         plan: what to choose among: ``"auto"`` (default: the cheapest plan that fits), ``"ddp"``, ``"fsdp"``,
             ``"hsdp"`` (the best replicate x shard split with both > 1) or ``"tensor_parallel"``.
@@ -383,7 +389,17 @@ class GeoHybridStrategy(ModelParallelStrategy):
         self.setup_precision_plugin()
         if trainer.state.fn == TrainerFn.FITTING:
             _optimizers_to_device(self.optimizers, self.root_device)
+        self._keep_user_sampler_without_data_parallelism(trainer)
         self._log_plan(trainer)
+
+    def _keep_user_sampler_without_data_parallelism(self, trainer: pl.Trainer) -> None:
+        # Lightning counts every ModelParallelStrategy as distributed and replaces the loaders' samplers with a
+        # DistributedSampler, shuffle=True for training, even over one data-parallel replica: a one-device run
+        # would silently lose the user's order. With one replica there is nothing to split, so keep the user's.
+        assert self._data_parallel_mesh is not None
+        connector = trainer._accelerator_connector
+        if self._data_parallel_mesh.size() == 1 and connector.use_distributed_sampler:
+            connector.use_distributed_sampler = False
 
     def _log_plan(self, trainer: pl.Trainer) -> None:
         assert self.report is not None
