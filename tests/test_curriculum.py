@@ -369,6 +369,56 @@ def test_resumed_run_sees_exactly_the_batches_of_the_uninterrupted_run(tmp_path:
     assert resumed.thresholds == pytest.approx(full.thresholds[7:])
 
 
+class LossRecorder(Recorder):
+    """Also records each training batch's loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_seq_len_mode_resumes_mid_epoch_with_the_losses_of_the_uninterrupted_run(tmp_path: Path) -> None:
+    """A plain shuffled DataLoader in seq_len mode resumes mid-epoch (Lightning alone would restart the epoch's
+    data), and losses read between two host reads survive the checkpoint."""
+
+    def curriculum() -> DynamicCurriculum:
+        return DynamicCurriculum(
+            mode="seq_len", deadline="16 steps", min_seq_len=4, seq_len_step=4, mastery_window=3,
+            mastery_tolerance=0.5, read_every_n_batches=3,
+        )
+
+    full = _fit(tmp_path / "full", curriculum(), max_steps=20, recorder=LossRecorder())
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7, save_top_k=-1)
+    with pytest.raises(Crash):
+        _fit(tmp_path / "first", curriculum(), max_steps=20, callbacks=[checkpoint, CrashAt(8)],
+             enable_checkpointing=True)
+    ckpt = next((tmp_path / "ckpt").glob("*step=7*.ckpt"))
+    resumed = _fit(tmp_path / "resumed", curriculum(), max_steps=20, ckpt_path=str(ckpt), recorder=LossRecorder())
+    assert 7 % (NUM_SAMPLES // 8) != 0 and 7 % 3 != 0  # mid-epoch, and between two reads of the losses
+    assert resumed.batches == full.batches[7:]
+    assert resumed.lengths == full.lengths[7:] and full.lengths[0] == 4
+    assert resumed.losses == full.losses[7:]
+    assert resumed.thresholds == full.thresholds[7:]
+
+
+@pytest.mark.parametrize("mode", ["samples", "seq_len"])
+def test_reading_the_losses_every_n_batches_sees_every_loss_in_order(tmp_path: Path, mode: str) -> None:
+    """The host reads are batched, not sampled: after fit the mastery estimate and counts are those of reading
+    every batch."""
+    results = []
+    for every in (1, 5):
+        curriculum = DynamicCurriculum(mode=mode, pacing="linear", deadline="10 steps", mastery_window=3,
+                                       read_every_n_batches=every)
+        recorder = _fit(tmp_path / str(every), curriculum, max_steps=12)
+        results.append((curriculum._estimator.state_dict(), curriculum.tokens_seen, curriculum.samples_seen,
+                        recorder.thresholds))
+    assert results[0] == results[1]
+
+
 def test_user_passed_sampler_is_driven_and_custom_samplers_are_refused(tmp_path: Path) -> None:
     recorder = _fit(tmp_path / "a", DynamicCurriculum(deadline="12 steps"), Regressor(sampler="curriculum"))
     assert recorder.thresholds[11] == 1.0
@@ -426,6 +476,7 @@ def test_decisions_are_logged_to_tensorboard(tmp_path: Path) -> None:
         ({"seq_len_mode": "pad"}, "seq_len_mode='pad'"),
         ({"min_seq_len": 0}, "min_seq_len=0"),
         ({"mastery_window": 1}, "mastery_window=1"),
+        ({"read_every_n_batches": 0}, "read_every_n_batches=0 must be a positive integer"),
     ],
 )
 def test_bad_arguments_fail_in_init_naming_the_argument(kwargs: dict[str, Any], match: str) -> None:

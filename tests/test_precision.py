@@ -431,12 +431,18 @@ def test_decisions_are_logged_under_geo_precision(tmp_path):
     assert any("promoted_modules" in tag for tag in events.Tags()["tensors"])
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize(("at_step", "num_samples"), [(4, 32), (3, 24)],
+                         ids=["at-a-measuring-step", "between-measuring-steps"])
+def test_resume_continues_exactly(tmp_path, at_step, num_samples):
+    """Also from a step where the activation amaxes are not measured (amax_every_n_steps=4): the resumed run
+    must measure on the same steps as the uninterrupted one. (Checkpoints at epoch ends, batches of 8: a plain
+    DataLoader restarts an interrupted epoch.)"""
+
     def run(max_steps, ckpt_path=None, every=None):
         plugin = PredictiveScalingPrecision("16-mixed", device="cpu")
         checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1)
         callbacks = [checkpoint] if every else []
-        model = PrecisionModel(reduction="sum", hot_gain=3e5, num_samples=32, lr=0.005)
+        model = PrecisionModel(reduction="sum", hot_gain=3e5, num_samples=num_samples, lr=0.005)
         pl.seed_everything(0, verbose=False)
         trainer = tiny_trainer(
             tmp_path, plugins=[plugin], max_steps=max_steps, callbacks=callbacks, enable_checkpointing=bool(every)
@@ -444,8 +450,8 @@ def test_resume_continues_exactly(tmp_path):
         trainer.fit(model, ckpt_path=ckpt_path)
         return plugin, model
 
-    full_plugin, full_model = run(8, every=4)
-    ckpt = next((tmp_path / "ckpt").glob("*step=4.ckpt"))
+    full_plugin, full_model = run(8, every=at_step)
+    ckpt = next((tmp_path / "ckpt").glob(f"*step={at_step}.ckpt"))
     resumed_plugin, resumed_model = run(8, ckpt_path=ckpt)
     assert resumed_plugin.state_dict() == full_plugin.state_dict()
     assert resumed_plugin.promoted_modules == ["hot.0"] and is_promoted(resumed_model.hot[0])

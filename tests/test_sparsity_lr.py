@@ -119,8 +119,14 @@ def test_untouched_rows_escape_weight_decay_only_with_the_touched_policy(tmp_pat
         torch.testing.assert_close(after[never_seen], before[never_seen] * (1 - 0.1 * 0.5) ** 5)
 
 
+def test_logs_only_what_it_acts_on_unless_asked(tmp_path):
+    trainer, _ = _fit(tmp_path / "default", [SparsityAwareLR()])
+    tags = {tag for tag in read_scalars(trainer.logger.log_dir) if tag.startswith("geo/sparsity/")}
+    assert tags == {"geo/sparsity/emb.weight/row_density", "geo/sparsity/emb.weight/lr_multiplier"}
+
+
 def test_logs_densities_multipliers_and_hit_histogram(tmp_path):
-    trainer, _ = _fit(tmp_path, [SparsityAwareLR()])
+    trainer, _ = _fit(tmp_path, [SparsityAwareLR(log_untracked=True)])
     scalars = read_scalars(trainer.logger.log_dir)
     for tag in (
         "geo/sparsity/emb.weight/row_density",
@@ -178,14 +184,19 @@ def test_resume_continues_exactly(tmp_path, optimizer):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=0)
     assert resumed_cb.tracker.row_density == pytest.approx(straight.tracker.row_density)
     assert torch.equal(resumed_cb.tracker.hit_counts["emb.weight"], straight.tracker.hit_counts["emb.weight"])
-    assert resumed_cb.tracker.measurements == 16
+    assert resumed_cb.tracker.measurements == straight.tracker.measurements == 2  # reads at steps 0 and 10
+    assert resumed_cb.tracker.pending_steps == straight.tracker.pending_steps == 5  # steps 11-15, not read yet
 
 
-def test_no_matching_parameter_warns_and_still_measures(tmp_path):
+def test_no_matching_parameter_warns_and_measures_only_when_asked(tmp_path):
     sparsity = SparsityAwareLR(params=["decoder.*"])
     with pytest.warns(UserWarning, match=r"no parameter matches params=\('decoder.\*',\)"):
-        _fit(tmp_path, [sparsity])
-    assert "emb.weight" in sparsity.tracker.row_density and sparsity.tracked == ()
+        _fit(tmp_path / "quiet", [sparsity])
+    assert sparsity.tracker.row_density == {} and sparsity.tracked == ()
+    diagnostic = SparsityAwareLR(params=["decoder.*"], log_untracked=True)
+    with pytest.warns(UserWarning, match="no parameter matches"):
+        _fit(tmp_path / "diagnostic", [diagnostic])
+    assert "emb.weight" in diagnostic.tracker.row_density
 
 
 def test_parameter_selection():
@@ -254,7 +265,7 @@ def test_two_ranks_agree_on_statistics_and_multipliers(tmp_path):
 
 
 def test_untracked_parameters_are_measured_on_logging_steps_only(tmp_path):
-    sparsity = SparsityAwareLR()
+    sparsity = SparsityAwareLR(log_untracked=True)
     trainer, model = _fit(tmp_path, [sparsity], log_every_n_steps=3)
     scalars = read_scalars(trainer.logger.log_dir)
     assert len(scalars["geo/sparsity/out.weight/row_density"]) == 2  # steps 3 and 6
@@ -310,12 +321,20 @@ def test_lookups_of_a_skipped_step_do_not_leak_into_the_next(tmp_path):
     assert torch.equal(sparsity.tracker.hit_counts["emb.weight"], expected)
 
 
-def test_every_n_steps_counts_only_the_measured_steps(tmp_path):
+def test_every_step_counts_and_every_n_steps_reads_once(tmp_path):
+    """Rows are counted on the device every step; the host reads them (one sync) at the first step and then
+    every ``every_n_steps``, averaging the steps in between."""
+    every_step = SparsityAwareLR(every_n_steps=1)
+    _fit(tmp_path / "every", [every_step], logger=False)
     sparsity = SparsityAwareLR(every_n_steps=2)
-    _, model = _fit(tmp_path, [sparsity], logger=False)
+    _, model = _fit(tmp_path / "two", [sparsity], logger=False)
     tokens = model.train_dataloader().dataset.tensors[0]
     expected = torch.zeros(model.vocab, dtype=torch.int64)
-    for batch in tokens[:48].split(8)[::2]:  # steps 0, 2 and 4 are measured; lookups of 1, 3, 5 are dropped
+    for batch in tokens[:48].split(8):  # all six steps
         expected[batch.unique()] += 1
     assert torch.equal(sparsity.tracker.hit_counts["emb.weight"], expected)
-    assert sparsity.tracker.measurements == 3
+    assert sparsity.tracker.measurements == 3 and sparsity.tracker.pending_steps == 1  # reads at steps 0, 2, 4
+    assert every_step.tracker.measurements == 6
+    # The same time constant in steps: reading every 2 steps ends near reading every step.
+    assert sparsity.tracker.row_density["emb.weight"] == pytest.approx(
+        every_step.tracker.row_density["emb.weight"], rel=0.05)

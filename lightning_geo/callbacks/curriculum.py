@@ -6,7 +6,9 @@ Two modes, driven by the same threshold (the share of the data, by difficulty, t
   :class:`~lightning_geo.callbacks.CurriculumSampler` draws each batch from the samples under the
   threshold plus a share of harder ones, and the threshold grows with the model's mastery.
 - ``mode="seq_len"``: sequence-length warmup for language models (Li et al. 2022; Composer's
-  ``SeqLengthWarmup``): each training batch is cut to ``threshold * full length`` tokens.
+  ``SeqLengthWarmup``): each training batch is cut to ``threshold * full length`` tokens. A shuffled plain
+  DataLoader gets a :class:`~lightning_geo.callbacks.CurriculumSampler` that admits everything, so the
+  data resumes mid-epoch exactly as in ``samples`` mode (its order follows ``seed``).
 
 The threshold starts at ``start_threshold`` and must reach 1 by ``deadline``. With ``pacing="mastery"``
 (the default) it grows faster than the linear pace while the smoothed training loss has settled
@@ -43,15 +45,30 @@ _REPLACEABLE_SAMPLERS = (RandomSampler, SequentialSampler)
 def count_tokens(batch: Any) -> int:
     """Tokens in a batch: ``attention_mask.sum()`` or ``input_ids.numel()`` of a mapping, else the element
     count of the first tensor (the inputs of an ``(inputs, targets)`` batch)."""
+    return int(_token_count(batch))
+
+
+def _token_count(batch: Any) -> int | torch.Tensor:
+    """:func:`count_tokens` without reading the device: an ``attention_mask``'s sum stays a tensor."""
     if isinstance(batch, Mapping):
         for key in ("attention_mask", "input_ids"):
             if isinstance(batch.get(key), torch.Tensor):
                 value = batch[key]
-                return int(value.sum()) if key == "attention_mask" else value.numel()
+                return value.sum() if key == "attention_mask" else value.numel()
     if isinstance(batch, torch.Tensor):
         return batch.numel()
     items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
-    return next((count_tokens(item) for item in items if isinstance(item, (torch.Tensor, list, tuple, Mapping))), 0)
+    return next((_token_count(item) for item in items if isinstance(item, (torch.Tensor, list, tuple, Mapping))), 0)
+
+
+def _seq_len_resumable(loader: Any) -> bool:
+    """Whether ``seq_len`` mode can make ``loader`` resumable: a shuffled DataLoader with a batch size."""
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:
+        return False
+    sampler = loader.sampler
+    return isinstance(sampler, (CurriculumSampler, RandomSampler)) or (
+        type(sampler) is DistributedSampler and sampler.shuffle
+    )
 
 
 class DynamicCurriculum(Callback):
@@ -84,6 +101,10 @@ class DynamicCurriculum(Callback):
         seed: Seeds the draws of the sampler the callback puts into a plain DataLoader (a sampler you pass keeps
             its own seed). Default 0.
         histogram_every_n_steps: Steps between histograms of the admitted samples' scores. Default 100.
+        read_every_n_batches: Training batches between two host reads of the training losses (and, under
+            DDP or with an ``attention_mask``, of the token counts), all read and all-reduced at once: the
+            mastery estimate and a token deadline lag by at most this many batches; every other decision is
+            made on the host each batch. Default 8 (one host sync per 8 steps; 1 reads every batch).
 
     Raises:
         ValueError: for an unknown scorer, mode, pacing or ``seq_len_mode``, a threshold outside (0, 1],
@@ -116,6 +137,7 @@ class DynamicCurriculum(Callback):
         loss_key: str = "sample_loss",
         seed: int = 0,
         histogram_every_n_steps: int = 100,
+        read_every_n_batches: int = 8,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {list(MODES)}")
@@ -138,6 +160,7 @@ class DynamicCurriculum(Callback):
             ("min_seq_len", min_seq_len),
             ("seq_len_step", seq_len_step),
             ("histogram_every_n_steps", histogram_every_n_steps),
+            ("read_every_n_batches", read_every_n_batches),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -160,6 +183,7 @@ class DynamicCurriculum(Callback):
         self.loss_key = loss_key
         self.seed = seed
         self.histogram_every_n_steps = histogram_every_n_steps
+        self.read_every_n_batches = read_every_n_batches
 
         self._estimator = MasteryEstimator(mastery_window, mastery_tolerance)
         self.threshold = start_threshold if start_threshold is not None else (0.25 if mode == "samples" else 1.0)
@@ -172,7 +196,9 @@ class DynamicCurriculum(Callback):
         self._scores: torch.Tensor | None = None
         self._sampler: CurriculumSampler | None = None
         self._sampler_state: dict[str, Any] | None = None
-        self._batch_tokens = 0
+        self._batch_tokens: int | torch.Tensor = 0
+        # (mean loss, tokens) of the batches since the last host read: tensors until read, floats once saved
+        self._unread: list[tuple[torch.Tensor | float, torch.Tensor | float]] = []
         self._batch_samples = 0
         self._checked_tokens = False
 
@@ -184,7 +210,8 @@ class DynamicCurriculum(Callback):
 
     @property
     def sampler(self) -> CurriculumSampler | None:
-        """The sampler this callback drives (``None`` in ``seq_len`` mode or before ``fit``)."""
+        """The sampler this callback drives (``None`` before ``fit``, or in ``seq_len`` mode with a DataLoader
+        it cannot make resumable: one that does not shuffle or has its own sampler or batch sampler)."""
         return self._sampler
 
     @property
@@ -198,7 +225,7 @@ class DynamicCurriculum(Callback):
     # -- set-up ------------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.mode != "samples":
+        if stage != "fit":
             return
         source = trainer.fit_loop._data_source
         if getattr(source, "_geo_curriculum", None) is self:
@@ -212,7 +239,13 @@ class DynamicCurriculum(Callback):
         source._geo_curriculum = self  # type: ignore[attr-defined]
 
     def _bind(self, trainer: pl.Trainer, loader: Any) -> DataLoader:
-        """Find (or put) the CurriculumSampler into the training DataLoader and give it this run's state."""
+        """Find (or put) the CurriculumSampler into the training DataLoader and give it this run's state.
+
+        In ``seq_len`` mode the sampler only makes a shuffled DataLoader resumable mid-epoch (it admits
+        everything); a loader it cannot drive is left as it is, as Lightning would treat it.
+        """
+        if self.mode == "seq_len" and not _seq_len_resumable(loader):
+            return loader
         if not isinstance(loader, DataLoader):
             raise ValueError(
                 f"DynamicCurriculum drives one training DataLoader, got {type(loader).__name__}; "
@@ -236,18 +269,20 @@ class DynamicCurriculum(Callback):
             raise ValueError("DynamicCurriculum needs a DataLoader with batch_size (not a custom batch_sampler)")
         sampler.set_world(trainer.world_size, trainer.global_rank)
         sampler.set_batch_size(loader.batch_size)
-        if self._scores is None:
-            self._scores = self._compute_scores_on_rank_zero(trainer, loader.dataset)
-        if len(self._scores) != len(sampler.dataset):
-            raise ValueError(
-                f"the curriculum's {len(self._scores)} scores do not match the training set of "
-                f"{len(sampler.dataset)} samples (resumed with other data?)"
-            )
-        sampler.set_scores(self._scores)
+        if self.mode == "samples":
+            if self._scores is None:
+                self._scores = self._compute_scores_on_rank_zero(trainer, loader.dataset)
+            if len(self._scores) != len(sampler.dataset):
+                raise ValueError(
+                    f"the curriculum's {len(self._scores)} scores do not match the training set of "
+                    f"{len(sampler.dataset)} samples (resumed with other data?)"
+                )
+            sampler.set_scores(self._scores)
         if self._sampler_state is not None:
             sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None
-        sampler.threshold, sampler.hard_share = self.threshold, self.mix_ratio
+        if self.mode == "samples":
+            sampler.threshold, sampler.hard_share = self.threshold, self.mix_ratio
         # The loader is resumable through its sampler: saying so lets Lightning keep (and restore) the sampler's
         # position with its loop state, instead of warning that a mid-epoch resume cannot be exact.
         loader.state_dict = sampler.state_dict  # type: ignore[attr-defined]
@@ -324,7 +359,7 @@ class DynamicCurriculum(Callback):
                     self.threshold = self._start = min(1.0, self.min_seq_len / self.full_seq_len)
             self.seq_len = self._length_for(self.threshold)
             shorten_batch_(batch, self.seq_len, how=self.seq_len_mode, seq_dim=self.seq_dim)
-        self._batch_tokens = count_tokens(batch)
+        self._batch_tokens = _token_count(batch)
 
     def _length_for(self, threshold: float) -> int:
         assert self.full_seq_len is not None
@@ -360,21 +395,37 @@ class DynamicCurriculum(Callback):
                 "(return the loss tensor or {'loss': ...}), or use a fixed pacing"
             )
         num_samples = len(global_batch) if global_batch is not None else 0
-        local = torch.tensor(
-            [
-                float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else 0.0,
-                float(self._batch_tokens),
-            ],
-            dtype=torch.float64,
-        )
-        total = reduce_tensor(trainer, local, op="sum")
-        mean_loss = float(total[0]) / trainer.world_size
-        self.tokens_seen += int(total[1])
         self.samples_seen += num_samples or trainer.world_size * self._batch_samples
+        tokens = self._batch_tokens
+        if trainer.world_size == 1 and not isinstance(tokens, torch.Tensor):
+            self.tokens_seen += tokens  # known on the host: nothing to read or reduce
+            tokens = 0
+        mean_loss = loss.detach().float().mean() if isinstance(loss, torch.Tensor) else 0.0
+        self._unread.append((mean_loss, tokens))
         if self._self_paced and global_batch is not None:
             self._update_loss_scores(trainer, outputs, global_batch)
         self._log(trainer)  # what this batch trained with, before the update decides the next batch
-        self._advance(trainer, batch_idx, mean_loss)
+        losses = self._read(trainer) if len(self._unread) >= self.read_every_n_batches else []
+        self._advance(trainer, batch_idx, losses)
+
+    def _read(self, trainer: pl.Trainer) -> list[float]:
+        """Read (and sum over ranks) the unread losses and token counts at once; count the tokens and return
+        the mean loss over ranks of each batch, oldest first. One all-reduce and one host read."""
+        device = trainer.strategy.root_device
+        rows = [
+            torch.stack([torch.as_tensor(value, dtype=torch.float64, device=device) for value in row])
+            for row in self._unread
+        ]
+        self._unread = []
+        total = reduce_tensor(trainer, torch.stack(rows), op="sum").tolist()  # (batches, 2): loss, tokens
+        self.tokens_seen += sum(int(tokens) for _, tokens in total)
+        return [loss / trainer.world_size for loss, _ in total]
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._unread:  # the last batches' losses and tokens, so the counts are complete after fit
+            for loss in self._read(trainer):
+                self._estimator.update(loss)
 
     def _update_loss_scores(self, trainer: pl.Trainer, outputs: Any, global_batch: list[int]) -> None:
         per_sample = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
@@ -394,7 +445,7 @@ class DynamicCurriculum(Callback):
         self._scores[torch.tensor(global_batch)[finite]] = gathered[finite].double()
         self._sampler.set_scores(self._scores)
 
-    def _advance(self, trainer: pl.Trainer, batch_idx: int, mean_loss: float) -> None:
+    def _advance(self, trainer: pl.Trainer, batch_idx: int, losses: list[float]) -> None:
         unit, amount = self._deadline.unit, self._deadline.amount
         if unit == "fraction":
             done = trainer.global_step / (amount * float(trainer.estimated_stepping_batches))
@@ -405,7 +456,9 @@ class DynamicCurriculum(Callback):
         else:
             done = (self.samples_seen if unit == "samples" else self.tokens_seen) / amount
         done = min(1.0, done)
-        mastery = self._estimator.update(mean_loss)
+        for loss in losses:
+            self._estimator.update(loss)
+        mastery = self._estimator.mastery
         self.threshold = next_threshold(
             self.pacing,
             threshold=self.threshold,
@@ -416,7 +469,7 @@ class DynamicCurriculum(Callback):
             max_speedup=self.max_speedup,
         )
         self.progress = done
-        if self._sampler is not None:
+        if self._sampler is not None and self.mode == "samples":
             self._sampler.threshold, self._sampler.hard_share = self.threshold, self.mix_ratio
 
     def _log(self, trainer: pl.Trainer) -> None:
@@ -425,13 +478,14 @@ class DynamicCurriculum(Callback):
             "mastery": self._estimator.mastery,
             "progress": self.progress,
         }
-        if self._sampler is not None:
+        if self._sampler is not None and self.mode == "samples":
             values.update(mix_ratio=self.mix_ratio, admitted=self._sampler.admitted_count())
         if self.seq_len is not None:
             values["seq_len"] = self.seq_len
         log_geo_scalars(trainer, "curriculum", values)
         if (
             self._sampler is not None
+            and self.mode == "samples"
             and (trainer.global_step - 1) % self.histogram_every_n_steps == 0
             and trainer.is_global_zero
         ):
@@ -455,7 +509,13 @@ class DynamicCurriculum(Callback):
             "estimator": self._estimator.state_dict(),
             "scores": None if self._scores is None else self._scores.clone(),
             "sampler": sampler_state,
+            "unread": self._unread_values(),
         }
+
+    def _unread_values(self) -> list[list[float]]:
+        """The unread (loss, tokens) pairs as floats (a host read: only when a checkpoint is saved)."""
+        self._unread = [(float(loss), float(tokens)) for loss, tokens in self._unread]
+        return [list(row) for row in self._unread]
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -468,6 +528,7 @@ class DynamicCurriculum(Callback):
         self._estimator.load_state_dict(state_dict["estimator"])
         self._scores = state_dict["scores"]
         self._sampler_state = state_dict["sampler"]
+        self._unread = [(float(loss), float(tokens)) for loss, tokens in state_dict.get("unread", [])]
         if self._sampler is not None and self._sampler_state is not None:  # loaded into a running fit
             self._sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None

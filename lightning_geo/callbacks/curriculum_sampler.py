@@ -82,6 +82,7 @@ class CurriculumSampler(DistributedSampler):
         self._pending: list[list[int]] = []  # global batches drawn but not trained on yet
         self._cursors = [0] * _PERMUTATION_STREAMS
         self._permutations: tuple[int, list[torch.Tensor]] | None = None
+        self._order_list: tuple[int, list[int]] | None = None  # (epoch, first permutation as a list)
         self._iteration = 0
 
     # -- binding -----------------------------------------------------------------------------------------
@@ -177,6 +178,8 @@ class CurriculumSampler(DistributedSampler):
     def _draw(self, batch: int) -> list[int]:
         _, global_size = self._batch_sizes(batch)
         admitted = self.admitted_count(global_size)
+        if admitted >= self._size:
+            return self._draw_all_admitted(global_size)
         easy_mask = self._difficulty()[1] < admitted
         num_hard = min(round(self.hard_share * global_size), self._size - admitted)
         easy = self._walk(0, easy_mask, global_size - num_hard)
@@ -184,6 +187,20 @@ class CurriculumSampler(DistributedSampler):
         drawn = torch.cat([easy, hard])
         drawn = drawn[torch.randperm(len(drawn), generator=_generator(self.seed, self.epoch, batch, 7))]
         return drawn.tolist()
+
+    def _draw_all_admitted(self, count: int) -> list[int]:
+        """With every sample admitted, the next ``count`` samples along the first permutation: the same
+        samples as the masked walk, drawn on the host from a list made once per epoch (no tensor op per batch)."""
+        if self._order_list is None or self._order_list[0] != self.epoch:
+            self._order_list = (self.epoch, self._epoch_permutations()[0].tolist())
+        order, cursor = self._order_list[1], self._cursors[0]
+        drawn: list[int] = []
+        while len(drawn) < count:
+            take = order[cursor : cursor + count - len(drawn)]
+            drawn.extend(take)
+            cursor = (cursor + len(take)) % self._size
+        self._cursors[0] = cursor
+        return drawn
 
     def _rank_slice(self, global_batch: list[int], batch: int) -> list[int]:
         per_rank, _ = self._batch_sizes(batch)

@@ -12,13 +12,13 @@ What it does, step by step:
    too). LR schedulers are told about the new groups, so they schedule them exactly as before.
    The split depends only on the model's structure, so a resumed run rebuilds the same groups
    before Lightning loads the optimizer state.
-2. **Before every optimizer step** it measures, for each tracked parameter, the share of rows
-   (dim 0) whose gradient is non-zero, kept as a moving average (see
-   :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and its per-row hit
-   counts (for an embedding, read off the indices it looked up: see
-   :mod:`~lightning_geo.callbacks.embedding_lookups`). What feeds only the log (the share of
-   non-zero elements, and every statistic of the other parameters) is measured on logging steps
-   (``log_every_n_steps``) only, so its averages run over those steps. Each tracked group's LR is then multiplied by::
+2. **Before every optimizer step** it finds, for each tracked parameter, the rows (dim 0) whose
+   gradient is non-zero (for an embedding, read off the indices it looked up: see
+   :mod:`~lightning_geo.callbacks.embedding_lookups`) and adds their count and per-row hit counts up
+   on the device, with no host read. Every ``every_n_steps`` steps (and at the first) one host read
+   folds the mean share of rows touched per step into a moving average (see
+   :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and the multipliers are
+   set from it. Each tracked group's LR is then multiplied by::
 
        multiplier = min(max_multiplier, max(1, row_density ** -power))
 
@@ -39,9 +39,10 @@ Under DDP the per-step densities are averaged over ranks (one small all-reduce p
 every rank computes the same multipliers; gradients are already identical after DDP's all-reduce,
 so hit counts agree without communication.
 
-Logged under ``geo/sparsity/`` (at Lightning's ``log_every_n_steps`` cadence): ``<param>/row_density``
-and ``<param>/element_density`` for every parameter, ``<param>/lr_multiplier`` for tracked ones, and
-a histogram ``<param>/row_hits`` of per-row hit counts (TensorBoard only).
+Logged under ``geo/sparsity/`` (at Lightning's ``log_every_n_steps`` cadence), for the parameters the
+rule acts on: ``<param>/row_density``, ``<param>/lr_multiplier`` and a histogram ``<param>/row_hits`` of
+per-row hit counts (TensorBoard only). ``log_untracked=True`` also measures every other parameter on
+logging steps (row and element density: a diagnostic that costs a host read per parameter).
 
 Where the rule cannot act, the callback says so once and leaves the parameter's LR alone
 (:attr:`SparsityAwareLR.not_acting_on` names them with the reason):
@@ -60,6 +61,7 @@ says so once).
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,13 +118,17 @@ class SparsityAwareLR(pl.Callback):
         power: exponent of the density rule above (default 0.5; 0 gives multiplier 1).
         max_multiplier: upper bound of a multiplier (default 10.0, >= 1).
         ema: weight of the old value in the density moving averages, in [0, 1) (default 0.9).
-        every_n_steps: measure the tracked parameters every n optimizer steps (default 1);
-            multipliers keep the last measurement in between. A measurement costs two row
-            reductions over the gradient plus a non-zero count over its touched rows.
+        every_n_steps: read the tracked parameters' accumulated row counts (one host sync for all of
+            them) and update the multipliers every n optimizer steps (default 10); every step is
+            counted in between, on the device. The moving average then weighs the n steps' mean
+            density by ``1 - ema ** n``, the same time constant in steps as reading every step.
         decay_rows: ``"all"`` (default, the optimizer decays as usual) or ``"touched"`` (decoupled
             weight decay on tracked parameters only for rows with a gradient; see module docs).
         scale_lr: set LR multipliers (default True); False only measures and logs.
         log_histograms: log the per-row hit-count histogram of tracked parameters (default True).
+        log_untracked: on logging steps, also measure and log row and element density of every other
+            parameter, and the element density of tracked ones (default False: a diagnostic, one host
+            read per parameter).
     """
 
     def __init__(
@@ -131,10 +137,11 @@ class SparsityAwareLR(pl.Callback):
         power: float = 0.5,
         max_multiplier: float = 10.0,
         ema: float = 0.9,
-        every_n_steps: int = 1,
+        every_n_steps: int = 10,
         decay_rows: str = "all",
         scale_lr: bool = True,
         log_histograms: bool = True,
+        log_untracked: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(params, str):
@@ -161,6 +168,9 @@ class SparsityAwareLR(pl.Callback):
             raise TypeError(f"SparsityAwareLR: `scale_lr` must be a bool, got {scale_lr!r}")
         self.scale_lr = scale_lr
         self.log_histograms = bool(log_histograms)
+        if not isinstance(log_untracked, bool):
+            raise TypeError(f"SparsityAwareLR: `log_untracked` must be a bool, got {log_untracked!r}")
+        self.log_untracked = log_untracked
 
         self.tracker: GradientSparsityTracker | None = None
         self.tracked: tuple[str, ...] = ()
@@ -316,26 +326,36 @@ class SparsityAwareLR(pl.Callback):
         if names is None:
             names = [self._names[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in self._names]
             self._optimizer_names[id(optimizer)] = names
-        # Tracked parameters drive the multipliers: every `every_n_steps`. The others only feed the log, so
-        # they are measured on logging steps only (their averages run over those steps).
         logging = bool(trainer.loggers) and is_log_step(trainer)
-        tracked = [n for n in names if n in self.tracked]
-        measure = names if logging else tracked if trainer.global_step % self.every_n_steps == 0 else []
-        touched: dict[str, Tensor] = {}
-        if measure:
-            known = self._looked_up_rows(trainer, tracked)
-            current = self.tracker.measure(measure, count_elements=logging, touched=known)
-            touched = self.tracker.last_touched
+        active = [n for n in names if n in self.tracked and n not in self.not_acting_on]
+        touched = self._looked_up_rows(trainer, active)
+        for name in active:
+            grad = self.tracker.parameters[name].grad
+            if grad is None:  # no backward this step (training_step returned None): nothing was touched
+                touched.pop(name, None)
+            elif name not in touched:
+                touched[name] = touched_rows(local_part(grad))
+        if self._lookups is not None:
+            self._lookups.clear()  # the rest (parameters the rule cannot act on) is not needed
+        self.tracker.accumulate(touched)
+        if self.tracker.measurements == 0 or self.tracker.pending_steps >= self.every_n_steps:
             reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
-            self.tracker.update(current, reduce=reduce)
-            for name in self.tracked:
-                if name in self.tracker.row_density and name not in self.not_acting_on:
+            self.tracker.flush(reduce=reduce)
+            for name in active:
+                if name in self.tracker.row_density:
                     self.multipliers[name] = density_multiplier(
                         self.tracker.row_density[name], self.power, self.max_multiplier
                     )
-        elif self._lookups is not None:
-            self._lookups.clear(tracked)  # nothing measured this step: its lookups are not needed
-        if id(optimizer) in self._scaling_optimizers and not _step_will_be_skipped(trainer, optimizer):
+        if logging and self.log_untracked:
+            others = [n for n in names if n not in active]
+            current = self.tracker.measure(others, count_elements=True)
+            current.update({n: (math.nan, d[1]) for n, d in self.tracker.measure(active).items()})
+            reduce = (lambda t: reduce_tensor(trainer, t, "mean")) if trainer.world_size > 1 else None
+            self.tracker.update_diagnostics(current, reduce=reduce)
+        # Only the row decay acts on the weights before the step, so only it must know whether a GradScaler will
+        # skip the step (a host read); multipliers of a skipped step are undone at the end of the batch.
+        decays = self.decay_rows == "touched"
+        if id(optimizer) in self._scaling_optimizers and not (decays and _step_will_be_skipped(trainer, optimizer)):
             self._apply(optimizer, touched)
         if logging:
             self._log(trainer, names)
@@ -414,7 +434,10 @@ class SparsityAwareLR(pl.Callback):
 
     def _log(self, trainer: pl.Trainer, names: list[str]) -> None:
         values: dict[str, float] = {}
+        acting = set(self.tracked) - set(self.not_acting_on)
         for name in names:
+            if name not in acting and not self.log_untracked:
+                continue
             if name in self.tracker.row_density:
                 values[f"{name}/row_density"] = self.tracker.row_density[name]
             if name in self.tracker.element_density:
@@ -426,6 +449,8 @@ class SparsityAwareLR(pl.Callback):
         log_geo_scalars(trainer, "sparsity", values)
         if self.log_histograms:
             for name in self.tracked:
+                if name not in acting:
+                    continue
                 counts = self.tracker.hit_counts.get(name)
                 if name in names and counts is not None:
                     log_geo_histogram(trainer, "sparsity", f"{name}/row_hits", counts.float())

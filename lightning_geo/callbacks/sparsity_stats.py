@@ -11,6 +11,9 @@ plain training loop too::
     loss.backward()
     tracker.update(tracker.measure())
     tracker.row_density["emb.weight"]  # EMA of the share of rows touched per step
+
+Without a host read per step: :meth:`GradientSparsityTracker.accumulate` adds each step's touched rows on
+the device, and :meth:`GradientSparsityTracker.flush` reads the steps since the last flush in one host sync.
 """
 
 from __future__ import annotations
@@ -93,6 +96,44 @@ class GradientSparsityTracker:
         self.hit_counts: dict[str, Tensor] = {}
         self.measurements = 0
         self.last_touched: dict[str, Tensor] = {}
+        self._pending_rows: dict[str, Tensor] = {}  # name -> rows touched, summed over the pending steps (device)
+        self._pending_total: dict[str, int] = {}  # name -> rows per step
+        self.pending_steps = 0
+
+    def accumulate(self, touched: dict[str, Tensor]) -> None:
+        """Add one step's touched-row masks ``{name: bool [rows]}``: row counts and hit counts stay on the
+        device (two small kernels per parameter, no host read) until :meth:`flush`."""
+        for name, mask in touched.items():
+            count = mask.sum()
+            pending = self._pending_rows.get(name)
+            self._pending_rows[name] = count if pending is None else pending + count
+            self._pending_total[name] = mask.numel()
+        self.last_touched = dict(touched)
+        self._add_hits()
+        self.pending_steps += 1
+
+    def flush(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Fold the steps accumulated since the last flush into the row-density averages: their mean share of
+        rows touched per step enters the moving average with weight ``1 - ema ** steps`` (for one step, as
+        :meth:`update`). One host read for all parameters; ``reduce`` as in :meth:`update`."""
+        if not self.pending_steps or not self._pending_rows:
+            self.pending_steps = 0
+            return
+        names = sorted(self._pending_rows)
+        counts = torch.stack([self._pending_rows[n] for n in names]).to(torch.float64)
+        counts = counts / torch.tensor([float(self._pending_total[n]) for n in names], dtype=torch.float64,
+                                       device=counts.device)
+        if reduce is not None:
+            counts = reduce(counts).to(torch.float64)
+        shares = counts.tolist()  # the one host read
+        decay = self.ema**self.pending_steps
+        for name, share in zip(names, shares, strict=True):
+            rows = share / self.pending_steps
+            old = self.row_density.get(name)
+            self.row_density[name] = rows if old is None else decay * old + (1.0 - decay) * rows
+        self._pending_rows.clear()
+        self.pending_steps = 0
+        self.measurements += 1
 
     def measure(
         self,
@@ -138,6 +179,20 @@ class GradientSparsityTracker:
                 the same statistics even if its local gradients differed); called once per update
                 with all densities stacked. Every rank must call ``update`` with the same names.
         """
+        self._fold(current, reduce)
+        self._add_hits()
+        self.measurements += 1
+
+    def update_diagnostics(
+        self,
+        current: dict[str, tuple[float, float]],
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        """Fold a diagnostic measurement (:meth:`measure` on logging steps) into the averages; a NaN entry
+        keeps its average. Hit counts and :attr:`measurements` are left to :meth:`accumulate`/:meth:`flush`."""
+        self._fold(current, reduce)
+
+    def _fold(self, current: dict[str, tuple[float, float]], reduce: Callable[[Tensor], Tensor] | None) -> None:
         names = sorted(current)
         if reduce is not None and names:
             stacked = torch.tensor([v for n in names for v in current[n]], dtype=torch.float64)
@@ -145,20 +200,21 @@ class GradientSparsityTracker:
             current = {n: (stacked[2 * i], stacked[2 * i + 1]) for i, n in enumerate(names)}
         decay = self.ema
         for name in names:
-            rows, elements = current[name]
-            old = self.row_density.get(name)
-            self.row_density[name] = rows if old is None else decay * old + (1.0 - decay) * rows
-            if not math.isnan(elements):  # NaN: not counted this time
-                old = self.element_density.get(name)
-                self.element_density[name] = elements if old is None else decay * old + (1.0 - decay) * elements
+            for averages, value in zip((self.row_density, self.element_density), current[name], strict=True):
+                if not math.isnan(value):  # NaN: not measured this time
+                    old = averages.get(name)
+                    averages[name] = value if old is None else decay * old + (1.0 - decay) * value
+
+    def _add_hits(self) -> None:
         for name, touched in self.last_touched.items():
+            if name not in self.hit_count_names:
+                continue
             counts = self.hit_counts.get(name)
             if counts is None:
                 counts = torch.zeros(touched.numel(), dtype=torch.int64, device=touched.device)
             counts = counts.to(touched.device)
             counts += touched
             self.hit_counts[name] = counts
-        self.measurements += 1
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly after a resume (hit counts on CPU)."""
@@ -168,6 +224,9 @@ class GradientSparsityTracker:
             "element_density": dict(self.element_density),
             "hit_counts": {n: c.detach().cpu().clone() for n, c in self.hit_counts.items()},
             "measurements": self.measurements,
+            "pending_rows": {n: c.detach().cpu().clone() for n, c in self._pending_rows.items()},
+            "pending_total": dict(self._pending_total),
+            "pending_steps": self.pending_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -179,3 +238,9 @@ class GradientSparsityTracker:
             device = self.parameters[name].device if name in self.parameters else counts.device
             self.hit_counts[name] = counts.to(device)
         self.measurements = int(state["measurements"])
+        self._pending_total = dict(state.get("pending_total", {}))
+        self.pending_steps = int(state.get("pending_steps", 0))
+        self._pending_rows = {}
+        for name, count in state.get("pending_rows", {}).items():
+            device = self.parameters[name].device if name in self.parameters else count.device
+            self._pending_rows[name] = count.to(device)

@@ -26,9 +26,17 @@ more dimensions as its own Adam problem:
     lazy rows alone lost to tuned AdamW in a pilot (the benchmark's word-level LM: 4.72 vs 4.68
     nats); with it they won (4.55).
 
-Both factors are 1 on a parameter whose rows are all touched in every step, which is then updated
-exactly as by AdamW (the tests check it against ``torch.optim.AdamW`` to 1e-6). One-dimensional
-parameters (biases, norms) and groups with ``row_wise=False`` are updated exactly like AdamW.
+**What a step costs.** Only parameters that really have untouched rows take the row rule. Which ones do
+is checked from the gradients (:mod:`.row_modes`) at a parameter's first step and then every 100 of its
+steps, all parameters together with one host read. Every other parameter (linear weights, norms, biases,
+an output head under a full softmax, a token embedding tied to that head, an embedding looked up by
+position) is updated by torch's own AdamW implementation, over all of them at once, with its
+single-tensor, ``foreach`` or ``fused`` kernels: exactly ``torch.optim.AdamW``'s numbers and kernels. The
+row rule runs on whole tensors, the untouched rows masked by per-row factors, so it reads nothing back
+to the host; with ``foreach`` its kernels are batched across the row-wise parameters. (On a CPU, where a
+host read costs no stall, it updates only the touched rows instead: see ``rows_on_host``.) One-dimensional
+parameters and groups with ``row_wise=False`` always take torch's AdamW. When no row-wise parameter
+has untouched rows (a tied embedding and head, as in GPT-2), it says so once.
 """
 
 from __future__ import annotations
@@ -38,21 +46,24 @@ from itertools import chain
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.adam import adam
 
+from lightning_geo.optim.row_modes import RECHECK_EVERY, ROWS, UNTOUCHED, row_modes
 from lightning_geo.optim.rows import touched_rows
 from lightning_geo.utils.distributed import local_part
 
+_ROW_RULE_MODES = (ROWS, UNTOUCHED)  # the paths that apply the row rule
+
 DECAY_ROWS = ("touched", "all")
 
-# A dense gradient touching at most this share of a parameter's rows is applied row by row (gather,
-# update, scatter); denser ones take the masked whole-tensor path. Same result either way.
-_ROW_PATH_MAX_DENSITY = 0.5
-_DENSITY_RECHECK = 64  # steps between density checks of a parameter last seen dense
 _DENSITY_EMA = 0.9  # weight of the old value in a parameter's average share of touched rows
 # Per-parameter state kept in float32 whatever the parameter's dtype (torch would cast it on load).
 _FLOAT32_STATE = ("row_step", "density_ema")
+
+_UNSET = -1.0  # density_ema before the parameter's first step under the row rule
 
 # Bias corrections of rows never touched are 0; clamping them keeps 0 / 0 out of the arithmetic
 # (such rows get a step size of exactly 0 anyway).
@@ -97,6 +108,11 @@ def _row_vector_like(param: Tensor) -> Tensor:
     return DTensor.from_local(zeros, param.device_mesh, placements, shape=param.shape[:1], stride=(1,))
 
 
+def _rows_on_host(group: dict[str, Any], param: Tensor) -> bool:
+    on_host = group["rows_on_host"]
+    return param.device.type == "cpu" if on_host is None else on_host
+
+
 class GeoAdamW(Optimizer):
     """AdamW with lazy, row-wise moments and step sizes scaled by row hit frequency and parameter density.
 
@@ -119,19 +135,28 @@ class GeoAdamW(Optimizer):
         decay_rows: which rows of a row-wise parameter weight decay shrinks each step:
             ``"touched"`` (default: only rows with a gradient, so untouched rows stay exactly put)
             or ``"all"`` (every row, every step, like AdamW).
-        foreach: update all tensors of a group with ``torch._foreach_*`` kernels (default: on
-            CUDA tensors only). The result is the same either way.
+        foreach: update all tensors of a group with ``torch._foreach_*`` kernels (default: torch's
+            AdamW default, on CUDA tensors). The result is the same either way.
+        fused: update the parameters updated as by AdamW with torch's fused AdamW kernel (default
+            None: off, as in ``torch.optim.AdamW``). Cannot be combined with ``foreach=True``.
+        rows_on_host: how a parameter taking the row rule finds its touched rows each step. True: read
+            their indices (one host read per such parameter and step) and update only those rows, the
+            least arithmetic; False: update whole tensors with untouched rows masked, no host read, the
+            fewest stalls on an accelerator. Default None: True for parameters on the CPU (where a host
+            read waits for nothing), False elsewhere. The result is the same either way.
 
     Parameters sharded by FSDP2 or tensor parallel (``DTensor``, e.g. under ``strategy="geo_hybrid"``) are
-    updated shard by shard: rows are independent problems. One small all-reduce per step gives the parameter
-    factor the whole parameter's share of touched rows, so a sharded run takes the same steps as an unsharded
-    one.
+    updated shard by shard: rows are independent problems. For those that take the row rule, one small
+    all-reduce per step gives the parameter factor the whole parameter's share of touched rows, so a sharded
+    run takes the same steps as an unsharded one; the check of which parameters take it is all-reduced too,
+    so every rank picks the same path.
 
     Gradients may be dense (``nn.Embedding`` default) or sparse (``nn.Embedding(sparse=True)``);
     a sparse gradient's listed rows count as touched. ``state_dict()`` holds, per parameter,
-    ``step``, ``exp_avg``, ``exp_avg_sq`` and, for row-wise parameters, ``row_step`` (count of
-    touched steps per row) and ``density_ema``, both kept in float32 even for low-precision
-    parameters.
+    ``step``, ``exp_avg``, ``exp_avg_sq`` (as torch's AdamW) and, for parameters of ``row_wise`` groups with
+    two or more dimensions, ``row_mode`` (the path last chosen, an int: see ``row_modes.MODE_NAMES``),
+    ``row_mode_age`` (steps since that check), ``row_step`` (count of touched steps per row under the row
+    rule) and ``density_ema``, both kept in float32 even for low-precision parameters.
     """
 
     def __init__(
@@ -148,6 +173,8 @@ class GeoAdamW(Optimizer):
         density_power: float = 0.5,
         decay_rows: str = "touched",
         foreach: bool | None = None,
+        fused: bool | None = None,
+        rows_on_host: bool | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -160,9 +187,12 @@ class GeoAdamW(Optimizer):
             "density_power": density_power,
             "decay_rows": decay_rows,
             "foreach": foreach,
+            "fused": fused,
+            "rows_on_host": rows_on_host,
         }
         self._validate_group(defaults)
         super().__init__(params, defaults)
+        self._warned_no_rows = False
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as ``torch.optim.Optimizer.add_param_group``), validating its settings."""
@@ -195,6 +225,19 @@ class GeoAdamW(Optimizer):
             raise ValueError(f"GeoAdamW: `decay_rows` must be one of {DECAY_ROWS}, got {group['decay_rows']!r}")
         if not (group["foreach"] is None or isinstance(group["foreach"], bool)):
             raise TypeError(f"GeoAdamW: `foreach` must be None or a bool, got {group['foreach']!r}")
+        if not (group["fused"] is None or isinstance(group["fused"], bool)):
+            raise TypeError(f"GeoAdamW: `fused` must be None or a bool, got {group['fused']!r}")
+        if not (group["rows_on_host"] is None or isinstance(group["rows_on_host"], bool)):
+            raise TypeError(f"GeoAdamW: `rows_on_host` must be None or a bool, got {group['rows_on_host']!r}")
+        if group["fused"] and group["foreach"]:
+            raise ValueError("GeoAdamW: `fused=True` and `foreach=True` cannot be combined; set one of them")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)  # state dicts saved before GeoAdamW had these
+            group.setdefault("rows_on_host", None)
+        self.__dict__.setdefault("_warned_no_rows", False)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; ``row_step`` and ``density_ema`` stay float32 whatever the parameter dtype."""
@@ -216,12 +259,15 @@ class GeoAdamW(Optimizer):
     def row_hit_counts(self, param: Tensor) -> Tensor | None:
         """How many steps each row of ``param`` was touched (float32, shape ``[rows]``), or None.
 
-        None when ``param`` is not row-wise or has not stepped yet. For a parameter sharded by rows
+        None when ``param`` has not taken the row rule (it is not row-wise, every row was touched at
+        every check so far, or it has not stepped yet). For a parameter sharded by rows
         (FSDP2) it is a ``DTensor`` sharded like the parameter's dim 0.
         """
         state = self.state.get(param, {})
         rows = state.get("row_step")
-        return None if rows is None else rows.clone()
+        if rows is None or state.get("row_mode") not in (None, *_ROW_RULE_MODES):
+            return None
+        return rows.clone()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -230,9 +276,11 @@ class GeoAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_row_modes()
         shares = self._sharded_touched_shares()
         for group in self.param_groups:
-            dense: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
+            adamw: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
+            rows: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
             views: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for param in group["params"]:
                 if param.grad is None:
@@ -246,16 +294,62 @@ class GeoAdamW(Optimizer):
                 views.append((state, view))
                 if grad.is_sparse:
                     self._sparse_step(local, grad, view, group)
-                elif (index := self._few_touched_rows(grad, view)) is not None:
+                elif state.get("row_mode") in _ROW_RULE_MODES and _rows_on_host(group, local):
+                    index = touched_rows(grad).nonzero().squeeze(1)
                     self._rows_step(local, index, grad.index_select(0, index), view, group)
+                elif state.get("row_mode") in _ROW_RULE_MODES:
+                    rows.append((local, grad, view))
                 else:
-                    dense.append((local, grad, view))
-            if dense:
-                self._dense_step(dense, group)
+                    adamw.append((local, grad, view))
+            if adamw:
+                self._adamw_step(adamw, group)
+            if rows:
+                self._masked_rows_step(rows, group)
             for state, view in views:
                 view.pop(_SHARE_KEY, None)
                 state.update({k: v for k, v in view.items() if not _is_sharded(state.get(k))})
         return loss
+
+    def _check_row_modes(self) -> None:
+        """Pick the path of every row-wise parameter due for a check, all with one host read (see ``row_modes``).
+
+        A parameter is due at its first step and then every ``RECHECK_EVERY`` of its steps. The first time no
+        row-wise parameter has untouched rows, this says once that the row rule has nothing to act on.
+        """
+        due: list[tuple[Tensor, dict[str, Any]]] = []
+        for group in self.param_groups:
+            if not group["row_wise"]:
+                continue
+            for param in group["params"]:
+                if param.grad is None or param.dim() < 2 or param.grad.is_sparse:
+                    continue
+                state = self.state[param]
+                since = state.get("row_mode_age", RECHECK_EVERY)
+                if since >= RECHECK_EVERY:
+                    due.append((param, state))
+                else:
+                    state["row_mode_age"] = since + 1
+        if not due:
+            return
+        sharded = any(_is_sharded(p) for p, _ in due)
+        modes = row_modes([local_part(p.grad) for p, _ in due], all_reduce=sharded)
+        for (param, state), mode in zip(due, modes, strict=True):
+            if mode in _ROW_RULE_MODES and state.get("row_mode") not in (None, *_ROW_RULE_MODES):
+                # Updated as AdamW since the last check, every row was (as far as the checks saw) touched.
+                local_part(state["row_step"]).fill_(0).add_(state["step"].to(param.device))
+            # An all-zero gradient tells nothing: check again at the next step.
+            state["row_mode"], state["row_mode_age"] = mode, RECHECK_EVERY if mode == UNTOUCHED else 1
+        if not self._warned_no_rows and all(
+            s.get("row_mode") not in _ROW_RULE_MODES
+            for g in self.param_groups if g["row_wise"] for p in g["params"] if (s := self.state.get(p))
+        ):
+            self._warned_no_rows = True
+            rank_zero_warn(
+                "GeoAdamW: no parameter in a `row_wise` group has untouched rows, so its row rule has nothing to act "
+                "on and every parameter is updated exactly as by torch's AdamW. (A token embedding tied to the "
+                "output head, as in GPT-2, gets a gradient in every row; an embedding looked up by position is "
+                f"not a sparse one.) It checks again every {RECHECK_EVERY} steps."
+            )
 
     def _sharded_touched_shares(self) -> dict[int, Tensor]:
         """``{id(param): share of its rows touched this step}`` of every row-wise parameter sharded as a DTensor.
@@ -266,7 +360,9 @@ class GeoAdamW(Optimizer):
         """
         items = [
             p for group in self.param_groups if group["row_wise"] and group["density_power"]
-            for p in group["params"] if p.grad is not None and p.dim() >= 2 and _is_sharded(p) and not p.grad.is_sparse
+            for p in group["params"]
+            if p.grad is not None and _is_sharded(p) and not p.grad.is_sparse
+            and self.state.get(p, {}).get("row_mode") in _ROW_RULE_MODES
         ]
         if not items:
             return {}
@@ -281,15 +377,43 @@ class GeoAdamW(Optimizer):
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+        if "step" not in state:
+            # As torch's Adam: the step count lives on the host unless the fused kernels need it on the device.
+            on_device = group["fused"]
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device if on_device else "cpu")
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             if group["row_wise"] and param.dim() >= 2:
+                # Made for every row-wise parameter, whichever path it takes, so that the state's keys do not
+                # depend on the path: a distributed checkpoint loads into a state made by a step on zero gradients.
                 state["row_step"] = _row_vector_like(param)
+                state["density_ema"] = torch.full((), _UNSET, dtype=torch.float32, device=param.device)
         if param.grad is not None and param.grad.is_sparse and "row_step" not in state:
             raise RuntimeError("GeoAdamW: sparse gradients need `row_wise=True` for their parameter's group")
         return state
+
+    @staticmethod
+    def _adamw_step(items: list[tuple[Tensor, Tensor, dict[str, Any]]], group: dict[str, Any]) -> None:
+        """torch's own AdamW update (its single-tensor, ``foreach`` or ``fused`` kernels) over all ``items``."""
+        beta1, beta2 = group["betas"]
+        adam(
+            [p for p, _, _ in items],
+            [g for _, g, _ in items],
+            [s["exp_avg"] for _, _, s in items],
+            [s["exp_avg_sq"] for _, _, s in items],
+            [],
+            [s["step"] for _, _, s in items],
+            foreach=group["foreach"],
+            fused=group["fused"],
+            decoupled_weight_decay=True,
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
+        )
 
     @staticmethod
     def _row_scale(row_step: Tensor, state: dict[str, Any], group: dict[str, Any], touched_share: Tensor) -> Tensor:
@@ -306,13 +430,14 @@ class GeoAdamW(Optimizer):
         if density_power:
             share = touched_share.to(device=row_step.device, dtype=torch.float32)
             ema = state.get("density_ema")
-            ema = share.clone() if ema is None else ema.mul_(_DENSITY_EMA).add_(share, alpha=1.0 - _DENSITY_EMA)
-            state["density_ema"] = ema
+            if ema is None:  # a state dict saved before density_ema was made with the state
+                ema = state["density_ema"] = torch.full_like(share, _UNSET)
+            ema.copy_(torch.where(ema < 0, share, ema.mul(_DENSITY_EMA).add_(share, alpha=1.0 - _DENSITY_EMA)))
             scale = scale * ema.to(row_step.dtype).clamp_min(_TINY).pow(-density_power)
         return scale.clamp_max(group["max_row_scale"])
 
     def _row_factors(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> tuple:
-        """Per-row (or scalar) factors: decay, lerp weight of exp_avg, beta2, step size, sqrt(bias corr. 2).
+        """Per-row factors: decay, lerp weight of exp_avg, beta2, step size, sqrt(bias correction 2).
 
         Untouched rows get decay 1 (or AdamW's with ``decay_rows="all"``), lerp weight 0, beta2 1 and
         step size 0, so neither their moments nor their values change.
@@ -321,18 +446,6 @@ class GeoAdamW(Optimizer):
         beta1, beta2 = group["betas"]
         wd = group["weight_decay"]
         state["step"] += 1
-        if "row_step" not in state:
-            step = float(state["step"])
-            bc1 = 1.0 - beta1**step
-            bc2_sqrt = (1.0 - beta2**step) ** 0.5
-            one = torch.ones((), dtype=param.dtype, device=param.device)
-            return (
-                one * (1.0 - lr * wd),
-                one * (1.0 - beta1),
-                one * beta2,
-                one * (lr / bc1),
-                one * bc2_sqrt,
-            )
         shape = (-1,) + (1,) * (param.dim() - 1)
         touched = touched_rows(grad)
         row_step = state["row_step"]
@@ -354,7 +467,12 @@ class GeoAdamW(Optimizer):
 
         return rows(decay), rows(beta1_weight), rows(beta2_rows), rows(step_size), rows(bc2_sqrt)
 
-    def _dense_step(self, items: list[tuple[Tensor, Tensor, dict[str, Any]]], group: dict[str, Any]) -> None:
+    def _masked_rows_step(self, items: list[tuple[Tensor, Tensor, dict[str, Any]]], group: dict[str, Any]) -> None:
+        """The row rule on whole tensors, untouched rows masked by their factors: no host read, batched.
+
+        Batched with ``torch._foreach_*`` kernels across the parameters where the group's ``foreach`` is on
+        (default: CUDA tensors).
+        """
         beta2 = group["betas"][1]
         params = [p for p, _, _ in items]
         grads = [g for _, g, _ in items]
@@ -383,23 +501,6 @@ class GeoAdamW(Optimizer):
             exp_avg_sqs[i].mul_(beta2s[i]).addcmul_(grads[i], grads[i], value=1.0 - beta2)
             denom = exp_avg_sqs[i].sqrt().div_(bc2_sqrts[i]).add_(group["eps"])
             param.sub_(exp_avgs[i].mul(step_sizes[i]).div_(denom))
-
-    @staticmethod
-    def _few_touched_rows(grad: Tensor, state: dict[str, Any]) -> Tensor | None:
-        """Indices of the touched rows of a dense gradient when they are few enough to update alone.
-
-        Updating only the touched rows (gather, update, scatter) costs in proportion to them, not to
-        the whole parameter. Finding how many there are needs a device sync, so a parameter last seen
-        dense (a linear layer's weight) is re-checked only every ``_DENSITY_RECHECK`` steps.
-        """
-        if "row_step" not in state:
-            return None
-        last = state.get("row_density")
-        if last is not None and last > _ROW_PATH_MAX_DENSITY and int(state["step"]) % _DENSITY_RECHECK:
-            return None
-        index = touched_rows(grad).nonzero().squeeze(1)
-        state["row_density"] = index.numel() / max(grad.shape[0], 1)
-        return index if state["row_density"] <= _ROW_PATH_MAX_DENSITY else None
 
     def _sparse_step(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Update only the rows a sparse gradient lists (``nn.Embedding(sparse=True)``)."""

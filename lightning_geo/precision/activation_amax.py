@@ -2,15 +2,17 @@
 
 A region's parameter gradients and the gradients at its boundaries do not bound what flows inside it: in
 a pre-norm transformer block the residual-stream gradient between attention and MLP can be several
-times the one at the block's output, and it is cast to fp16 at the attention projection's output. So
-every step the amax of each linear-like layer's output gradient (``nn.Linear``, convolutions, Hugging
-Face's ``Conv1D``, LoRA wrappers: :func:`lightning_geo.utils.layers.is_linear_like`) is taken (one
-reduction per layer, no host sync) and counted in the region of the layer's weight: that gradient is at
-the region's scale.
+times the one at the block's output, and it is cast to fp16 at the attention projection's output. So on
+measuring steps (:attr:`ActivationGradAmax.armed`) the amax of each linear-like layer's output gradient
+(``nn.Linear``, convolutions, Hugging Face's ``Conv1D``, LoRA wrappers:
+:func:`lightning_geo.utils.layers.is_linear_like`) is taken, one reduction per layer and no host sync,
+and counted in the region of the layer's weight: that gradient is at the region's scale. Disarmed, the
+hooks register nothing and the step costs no kernel.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,7 @@ class ActivationGradAmax:
 
     def __init__(self, root: nn.Module, region_of: Callable[[str], int]) -> None:
         self.region_of = region_of
+        self.armed = True  # measure the next forwards' layer output gradients
         self._amax: list[tuple[int, torch.Tensor]] = []  # (region, scaled amax) per layer output gradient
         self.layer_names: list[str] = []
         self._handles: list[RemovableHandle] = []
@@ -46,7 +49,8 @@ class ActivationGradAmax:
 
     def _on_forward(self, module: nn.Module, weight_name: str, output: Any) -> None:
         if not (
-            module.training
+            self.armed
+            and module.training
             and torch.is_grad_enabled()
             and isinstance(output, torch.Tensor)
             and output.requires_grad
@@ -55,19 +59,19 @@ class ActivationGradAmax:
             return
         def on_grad(grad: torch.Tensor) -> None:
             region = self.region_of(weight_name)  # looked up now: the first step finds the regions after its forward
-            self._amax.append((region, grad.detach().abs().amax()))
+            self._amax.append((region, torch.linalg.vector_norm(grad.detach(), math.inf, dtype=torch.float32)))
 
         output.register_hook(on_grad)
 
-    def take(self, num_regions: int, device: torch.device) -> torch.Tensor:
-        """The scaled amax per region since the last call (0 where nothing was measured), then reset."""
-        result = torch.zeros(num_regions, device=device)
-        if self._amax:
-            regions = torch.tensor([r for r, _ in self._amax], device=device)
-            values = torch.stack([a.float() for _, a in self._amax]).to(device)
-            result.scatter_reduce_(0, regions, values, reduce="amax")
+    def take(self) -> tuple[list[int], torch.Tensor | None]:
+        """The region of each measured layer output gradient since the last call and their scaled amaxes
+        (float32, one per gradient; ``None`` if nothing was measured), then reset."""
+        if not self._amax:
+            return [], None
+        regions = [r for r, _ in self._amax]
+        values = torch.stack([a for _, a in self._amax])
         self._amax.clear()
-        return result
+        return regions, values
 
     def remove(self) -> None:
         """Remove every hook."""

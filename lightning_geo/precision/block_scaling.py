@@ -28,6 +28,7 @@ training forward) and looked up again for whatever tensors a wrapper registers l
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,6 +135,7 @@ class BlockScaling:
         self.analysed = False
         self.region_by_name: dict[str, int] = {}  # canonical parameter name -> region
         self.fallback_reason: str | None = None  # why no cut is valid, if none is
+        self.measuring = True  # record the amax of the gradient arriving at each cut (False: only rescale)
         self._factors: dict[str, float] = {}
         self._pending: dict[str, torch.Tensor] = {}  # point -> its tensor, until analyse()
         self._boundary_amax: dict[str, list[torch.Tensor]] = {}  # one amax per backward (micro-batch)
@@ -196,8 +198,9 @@ class BlockScaling:
         measure = point != self.return_point  # the return point's gradient is its block region's, measured inside
 
         def on_grad(grad: torch.Tensor) -> torch.Tensor | None:
-            if measure:
-                self._boundary_amax.setdefault(point, []).append(grad.detach().abs().amax())
+            if measure and self.measuring:
+                amax = torch.linalg.vector_norm(grad.detach(), math.inf, dtype=torch.float32)
+                self._boundary_amax.setdefault(point, []).append(amax)
             factor = self._factors[point]
             return None if factor == 1.0 else grad * factor
 
@@ -300,7 +303,7 @@ class BlockScaling:
         values = []
         for point in reversed(self.valid_points):
             amaxes = self._boundary_amax.get(point)
-            values.append(None if amaxes is None else torch.stack(amaxes).float().amax())
+            values.append(None if amaxes is None else amaxes[0] if len(amaxes) == 1 else torch.stack(amaxes).amax())
         self._boundary_amax.clear()
         return values
 

@@ -106,6 +106,11 @@ class PredictiveScalingPrecision(MixedPrecision):
         probe_every_n_steps: Interval (optimizer steps) of the forward-overflow probe and the underflow
             sample; each probe costs a few reductions per module. ``0`` probes only on the first step
             and after a skip. Default 100.
+        amax_every_n_steps: Interval (optimizer steps) at which the activation gradients inside each region
+            (the outputs of its linear-like layers) and at the block boundaries are measured as well, and after
+            every skip or probe step. The parameters' gradients are measured every step. The prediction takes
+            the maximum over ``window`` steps, so with the default 4 every window holds 4 such measurements;
+            each costs one reduction per layer (on a GPU, a kernel launch each). ``1``: every step. Default 4.
         fp32_modules: Modules that always run in float32: qualified names, ``fnmatch`` patterns
             (``"*.mlp.*"``) or module classes. Default none.
         max_consecutive_skips: Raise :class:`LossScaleCollapseError` after this many skipped steps in a
@@ -132,6 +137,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         min_scale: float = 2.0**-10,
         max_scale: float = 2.0**24,
         probe_every_n_steps: int = 100,
+        amax_every_n_steps: int = 4,
         fp32_modules: Iterable[type[nn.Module] | str] = (),  # class first: in YAML "torch.nn.LayerNorm" is the class
         max_consecutive_skips: int | None = 50,
         growth_factor: float | None = None,
@@ -162,6 +168,7 @@ class PredictiveScalingPrecision(MixedPrecision):
                 f"need min_scale <= init_scale <= max_scale, got {min_scale!r}, {init_scale!r}, {max_scale!r}"
             )
         _check_int("probe_every_n_steps", probe_every_n_steps, 0)
+        _check_int("amax_every_n_steps", amax_every_n_steps, 1)
         if max_consecutive_skips is not None:
             _check_int("max_consecutive_skips", max_consecutive_skips, 1)
         _check_positive("backoff_factor", backoff_factor)
@@ -190,6 +197,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
         self.probe_every_n_steps = probe_every_n_steps
+        self.amax_every_n_steps = amax_every_n_steps
         self.fp32_modules = fp32_modules
         self.max_consecutive_skips = max_consecutive_skips
         self.backoff_factor = float(backoff_factor)
@@ -208,7 +216,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._predictors = [AmaxPredictor(window)]
         self._region_names = ["global"]
         self._probe_next = True
-        self._loss_nonfinite: list[torch.Tensor] = []
+        self._loss_values: list[torch.Tensor] = []  # this step's losses, one per micro-batch
         self._module: nn.Module | None = None
         self._block_scaling: BlockScaling | None = None
         self._overflow_probe: ForwardOverflowProbe | None = None
@@ -262,6 +270,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._underflow_probe = UnderflowProbe(module, dtype=dtype)
         self._activation_amax = ActivationGradAmax(module, self._region_of_name)
         self._arm_probes(self._probe_next)
+        self._arm_measurements()
         if self._pending_state is not None:
             for name in self._pending_state.get("promoted_modules", []):
                 self._promote(name, warn=False)
@@ -313,7 +322,8 @@ class PredictiveScalingPrecision(MixedPrecision):
 
     @override
     def pre_backward(self, tensor: torch.Tensor, module: pl.LightningModule) -> torch.Tensor:  # type: ignore[override]
-        self._loss_nonfinite.append(~torch.isfinite(tensor.detach()).all())
+        # Read with the step's one host read; a view, no kernel. (Lightning's closure loss is a scalar.)
+        self._loss_values.append(tensor.detach().reshape(-1))
         if self.scaling:
             blocks = self._block_scaling
             if blocks is not None and not blocks.analysed and module.training:
@@ -373,7 +383,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         closure_result = closure()
         if closure_result is None and model.automatic_optimization:
             # training_step returned None: Lightning skipped backward, there is nothing to step.
-            self._loss_nonfinite.clear()
+            self._loss_values.clear()
             return closure_result
         skip = self._measure_and_plan(trainer, optimizer)
         if skip:
@@ -485,47 +495,84 @@ class PredictiveScalingPrecision(MixedPrecision):
         return entry[1]
 
     def _measure_and_plan(self, trainer: pl.Trainer, optimizer: Optimizable) -> bool:
-        """Unscale, measure, agree across ranks, decide skip, re-plan the scales. Returns whether to skip."""
-        regions = len(self._scales)
-        grads: list[list[torch.Tensor]] = [[] for _ in range(regions)]
+        """Unscale, measure, agree across ranks, decide skip, re-plan the scales. Returns whether to skip.
+
+        On the device: one multi-tensor unscale and one multi-tensor amax over every gradient, a stack of the
+        layer and boundary amaxes on measuring steps, one concatenation; then the step's one host read.
+        """
+        dense: list[tuple[int, torch.Tensor]] = []
+        sparse: list[tuple[int, torch.Tensor]] = []
         for group in optimizer.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
                     # a sharded (FSDP2) gradient: this rank's shard; the max over ranks below covers the rest
-                    grads[self._region_of(param)].append(local_part(param.grad))
-        device = next((g.device for region in grads for g in region), trainer.strategy.root_device)
-        values = [self._unscale_and_amax(region_grads, self._scales[r], device) for r, region_grads in enumerate(grads)]
-        if self._activation_amax is not None:
-            # The layers' output gradients are at their region's scale: unscale, then take the larger.
-            inner = self._activation_amax.take(regions, device)
+                    grad = local_part(param.grad)
+                    (sparse if grad.is_sparse else dense).append((self._region_of(param), grad))
+        device = next((g.device for _, g in dense + sparse), trainer.strategy.root_device)
+        pieces: list[torch.Tensor] = []
+        layout: list[tuple[str, list[int]]] = []  # what each piece holds: ("param"|"layer"|"cut"|..., regions)
+        if dense:
+            tensors = [g for _, g in dense]
             if self.scaling:
-                inner = inner / torch.tensor(self._scales, device=device)
-            values = [torch.maximum(v, a) for v, a in zip(values, inner.unbind(), strict=True)]
-        boundary: list[torch.Tensor] = []
+                torch._foreach_mul_(tensors, [1.0 / self._scales[r] for r, _ in dense])
+            norms = torch._foreach_norm(tensors, math.inf)
+            if len({n.device for n in norms}) > 1:  # parameters spread over devices
+                norms = [n.to(device) for n in norms]
+            pieces.append(torch.stack(norms))
+            layout.append(("param", [r for r, _ in dense]))
+        for region, grad in sparse:
+            if self.scaling:
+                grad.mul_(1.0 / self._scales[region])
+            values = grad.coalesce().values()
+            pieces.append((values.abs().amax() if values.numel() else torch.zeros((), device=grad.device)).reshape(1))
+            layout.append(("param", [region]))
+        if self._activation_amax is not None:
+            layer_regions, layer_amax = self._activation_amax.take()
+            if layer_amax is not None:
+                pieces.append(layer_amax.to(device))
+                layout.append(("layer", layer_regions))
         if self._block_scaling is not None and self._block_scaling.analysed:
-            # Cut k (from the loss) sees region k-1's scale; unscaled it bounds regions k-1 and k.
-            raw = self._block_scaling.take_boundary_amax()
-            zero = torch.zeros((), device=device)
-            boundary = [(zero if v is None else v.to(device)) / self._scales[k] for k, v in enumerate(raw)]
-        loss_flags = self._loss_nonfinite or [torch.zeros((), dtype=torch.bool, device=device)]
-        loss_bad = torch.stack([f.to(device) for f in loss_flags]).any().float()
-        self._loss_nonfinite = []
+            cuts = [(k, v) for k, v in enumerate(self._block_scaling.take_boundary_amax()) if v is not None]
+            if cuts:
+                pieces.append(torch.stack([v.to(device) for _, v in cuts]))
+                layout.append(("cut", [k for k, _ in cuts]))
+        if self._loss_values:
+            pieces.append(torch.cat(self._loss_values) if len(self._loss_values) > 1 else self._loss_values[0])
+            layout.append(("loss", [0] * len(self._loss_values)))
+            self._loss_values = []
         probed = self._overflow_probe is not None and self._overflow_probe.armed
         flags = self._overflow_probe.take_flags() if self._overflow_probe is not None else None
-        pieces = [torch.stack(values), torch.stack(boundary) if boundary else torch.zeros(0, device=device)]
-        pieces.append(loss_bad.reshape(1))
         if flags is not None:
             pieces.append(flags.to(device))
-        vector = torch.cat(pieces).nan_to_num(nan=math.inf, posinf=math.inf)
+            layout.append(("flags", [0] * flags.numel()))
+        vector = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        vector = vector.nan_to_num(nan=math.inf, posinf=math.inf, neginf=math.inf)
         if trainer.world_size > 1:
             vector = reduce_tensor(trainer, vector, op="max")
         numbers = vector.tolist()  # the one host sync of the step
-        region_amax = numbers[:regions]
-        boundary_amax = numbers[regions : regions + len(boundary)]
-        forward_bad = numbers[regions + len(boundary)] > 0
+
+        regions = len(self._scales)
+        region_amax = [0.0] * regions
+        boundary_amax = [0.0] * (regions - 1)
+        forward_bad, flag_values, offset = False, [], 0
+        for kind, owners in layout:
+            values = numbers[offset : offset + len(owners)]
+            offset += len(owners)
+            for owner, value in zip(owners, values, strict=True):
+                if kind == "param":  # unscaled already
+                    region_amax[owner] = max(region_amax[owner], value)
+                elif kind == "layer":  # at its region's scale
+                    unscaled = value / self._scales[owner] if self.scaling else value
+                    region_amax[owner] = max(region_amax[owner], unscaled)
+                elif kind == "cut":  # cut k (from the loss) sees region k's scale; it bounds regions k and k+1
+                    boundary_amax[owner] = value / self._scales[owner] if self.scaling else value
+                elif kind == "loss":
+                    forward_bad = forward_bad or not math.isfinite(value)
+                else:
+                    flag_values.append(value)
         culprits = []
         if flags is not None and self._overflow_probe is not None:
-            culprits = self._overflow_probe.culprits(torch.tensor(numbers[regions + len(boundary) + 1 :]))
+            culprits = self._overflow_probe.culprits(torch.tensor(flag_values))
         underflow = self._underflow_probe.take() if self._underflow_probe is not None and probed else {}
 
         for name in culprits:
@@ -558,27 +605,18 @@ class PredictiveScalingPrecision(MixedPrecision):
             self.last_underflow = underflow
         self._probe_next = skip or grads_bad or forward_bad or self._is_probe_step(self.steps)
         self._arm_probes(self._probe_next)
+        self._arm_measurements()
         self._log(trainer, underflow, culprits)
         return skip
 
-    def _unscale_and_amax(self, grads: list[torch.Tensor], scale: float, device: torch.device) -> torch.Tensor:
-        if not grads:
-            return torch.zeros((), device=device)
-        dense = [g for g in grads if not g.is_sparse]
-        amaxes: list[torch.Tensor] = []
-        if dense:
-            if self.scaling:
-                torch._foreach_mul_(dense, 1.0 / scale)
-            amaxes.extend(torch._foreach_norm(dense, math.inf))
-        for g in grads:
-            if g.is_sparse:
-                if self.scaling:
-                    g.mul_(1.0 / scale)
-                values = g.coalesce().values()
-                amaxes.append(values.abs().amax() if values.numel() else torch.zeros((), device=g.device))
-        if len({a.device for a in amaxes}) > 1:  # parameters spread over devices
-            amaxes = [a.to(device) for a in amaxes]
-        return torch.stack(amaxes).float().amax().to(device)
+    def _arm_measurements(self) -> None:
+        """Whether the next step measures the activation and boundary amaxes: a function of the saved state, so a
+        resumed run measures on the same steps as an uninterrupted one."""
+        measure = self._probe_next or self.steps % self.amax_every_n_steps == 0
+        if self._activation_amax is not None:
+            self._activation_amax.armed = measure
+        if self._block_scaling is not None:
+            self._block_scaling.measuring = measure
 
     def _is_probe_step(self, step: int) -> bool:
         return self.probe_every_n_steps > 0 and step % self.probe_every_n_steps == 0
@@ -698,6 +736,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self.last_actual_amax = state_dict["last_actual_amax"]
         self._probe_next = state_dict["probe_next"]
         self._arm_probes(self._probe_next)
+        self._arm_measurements()
         self._pending_state = state_dict
         if state_dict["regions"]["names"] == self._region_names:
             self._load_regions(state_dict["regions"])  # otherwise when the first step has found the regions
