@@ -4,6 +4,8 @@ Sub-commands:
     demo   train a small character-level GPT on a real corpus and summarise the run
     tune   Bayesian hyperparameter search (GeoTuner) over the demo model, or over your own from a YAML file
     topo   the GPU topology (detected, or a saved ``nvidia-smi topo -m``) and the ranked parallel plans
+    predict
+           score a folder of text files with a trained demo model checkpoint (length-bucketed ``trainer.predict``)
     fit, validate, test
            the demo model through LightningCLI, from YAML configs (``examples/``) and ``--key value`` flags
 
@@ -20,7 +22,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, PRECISIONS, DemoConfig
+from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, MIXED_PRECISIONS, PRECISIONS, DemoConfig
 
 if TYPE_CHECKING:
     from lightning_geo.strategies.topology import NodeTopology
@@ -170,6 +172,28 @@ def _add_topo_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--net-gbps", type=_positive(float), default=None, help="inter-node bandwidth per GPU, GB/s (default 25)")
 
 
+def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    predict = subparsers.add_parser(
+        "predict",
+        help="score a folder of text files with a trained demo model (bits per character), length-bucketed",
+        description=(
+            "Score every text file under FOLDER with the demo character model in --checkpoint (from 'lightning-geo "
+            "fit'): bits per character of each file. The files are cut into pieces of the model's context and run "
+            "through trainer.predict with LengthBucketing: pieces of similar length batched under a token budget."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    add = predict.add_argument
+    add("folder", metavar="FOLDER", help="a folder of UTF-8 text files (binary and empty files are skipped)")
+    add("--checkpoint", metavar="CKPT", required=True, help="a demo model checkpoint (.ckpt), required (default: none)")
+    add("--max-tokens", type=_positive(int), default=8192, help="padded characters per batch (the token budget)")
+    add("--batch-size", type=_positive(int), default=32, help="the DataLoader's batch size before bucketing")
+    add("--precision", choices=("32-true", *MIXED_PRECISIONS), default="32-true",
+        help="mixed precisions run under GEO's PredictiveScalingPrecision")
+    add("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu or auto")
+    add("--output", metavar="FILE", default=None, help="also write the scores as tab-separated values")
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
     """Reports a bad argument in one line (with a pointer to ``--help``) instead of the whole usage block."""
 
@@ -189,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(subparsers)
     _add_tune_parser(subparsers)
     _add_topo_parser(subparsers)
+    _add_predict_parser(subparsers)
     return parser
 
 
@@ -310,6 +335,25 @@ def _topo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from lightning_geo.demo.predict import score_folder
+
+    if not Path(args.checkpoint).is_file():
+        return _fail(f"checkpoint {args.checkpoint!r} does not exist", "predict")
+    try:
+        result = score_folder(args.checkpoint, args.folder, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                              precision=args.precision, accelerator=args.accelerator)
+    except (ValueError, OSError, KeyError, RuntimeError) as err:  # not text; not a demo checkpoint
+        return _fail(err, "predict")
+    print(result.table())
+    print(f"\n{result.summary()}")
+    if args.output:
+        lines = ["file\tcharacters\tbits_per_char"]
+        lines += [f"{s.path}\t{s.characters}\t{s.bits_per_char:.6f}" for s in result.scores]
+        Path(args.output).write_text("\n".join(lines) + "\n")
+    return 0
+
+
 def _detected_or_cpu_topology(gpus_per_node: int | None) -> NodeTopology:
     """This machine's GPU topology; without a GPU, the gloo processes ``geo_hybrid`` would run on the CPU."""
     from lightning_geo.strategies import topology_detect
@@ -341,4 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _tune(args)
     if args.command == "topo":
         return _topo(args)
+    if args.command == "predict":
+        return _predict(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only accepts known commands
