@@ -8,6 +8,9 @@
 #                newest CUDA build pip picks). Set it empty to install without constraints.
 #   DEMO_ARGS    extra flags for `lightning-geo demo`, e.g. DEMO_ARGS="--steps 100"
 #   PYTEST_ARGS  extra flags for pytest, e.g. PYTEST_ARGS="-m 'not slow'"
+#
+# `make docs` builds the documentation site strictly into build/site (as tests/test_docs.py does in
+# `make test`); `make docs-serve` serves it with live reload on http://127.0.0.1:8000.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +22,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lightning_geo-installed
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint docs docs-serve clean
 
 demo: $(STAMP)
 	$(BIN)/lightning-geo demo $(DEMO_ARGS)
@@ -31,6 +34,12 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -22,6 +22,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from lightning_geo import __version__
 from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, MIXED_PRECISIONS, PRECISIONS, DemoConfig
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{', '.join(LIGHTNING_CLI_COMMANDS)}: the demo through LightningCLI from YAML, e.g. "
         "'lightning-geo fit --config examples/demo_geo.yaml' (see 'lightning-geo fit --help')",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
     _add_tune_parser(subparsers)

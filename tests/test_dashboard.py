@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
 import re
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.tensorboard import SummaryWriter
 
+from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
 from lightning_geo.demo.config import DemoConfig
 from lightning_geo.demo.plot import read_scalars
 from lightning_geo.demo.run import run_demo
@@ -35,7 +37,9 @@ from lightning_geo.tuning import Categorical, Float, GeoTuner, SearchSpace
 from lightning_geo.utils import (
     GEO_DASHBOARD_CHARTS,
     GEO_PARTS,
+    DashboardSection,
     add_geo_dashboard,
+    dashboard_sections_in,
     geo_dashboard_layout,
     geo_parts_in,
     log_geo_scalars,
@@ -151,6 +155,56 @@ def test_bad_parts_are_rejected_naming_the_value(tmp_path):
         write_geo_dashboard(None, parts=["loss"])
     with pytest.raises(ValueError, match=r"categories \['GEO strategy'\] have the titles of GEO sections"):
         write_geo_dashboard(None, extra={"GEO strategy": {}, "mine": {}})
+
+
+# ------------------------------------------------------------------------------- sections declared by the parts
+
+
+@pytest.mark.parametrize(
+    ("part", "owner"),
+    [("curriculum", DynamicCurriculum), ("sparsity", SparsityAwareLR), ("precision", PredictiveScalingPrecision),
+     ("strategy", GeoHybridStrategy)],
+)
+def test_each_trainer_part_declares_its_own_section(part, owner):
+    section = owner.geo_dashboard_section
+    assert section.title == f"GEO {part}"
+    assert section.charts == GEO_DASHBOARD_CHARTS[part]
+    assert geo_dashboard_layout([part]) == {section.title: section.layout()}
+
+
+class LossCharts(pl.Callback):
+    """A user's callback adding a section of its own to the GEO dashboard."""
+
+    geo_dashboard_section = DashboardSection("my losses", {"train and val": (r"^train/loss$", r"^val/loss$")})
+
+
+def test_a_callback_of_yours_adds_its_section_after_the_geo_ones(tmp_path):
+    trainer = fit_tiny(tmp_path, strategy=GeoHybridStrategy(), callbacks=[LossCharts(), LossCharts()])
+    assert geo_parts_in(trainer) == ("strategy",)
+    assert [s.title for s in dashboard_sections_in(trainer)] == ["GEO strategy", "my losses"]
+    layouts = _layouts(Path(trainer.logger.log_dir))
+    assert [list(layout) for layout in layouts] == [["GEO strategy", "my losses"]]
+    assert layouts[0]["my losses"] == {"train and val": ["^train/loss$", "^val/loss$"]}
+
+
+def test_a_section_is_checked_when_it_is_declared_and_travels_with_pickle():
+    section = LossCharts.geo_dashboard_section
+    assert pickle.loads(pickle.dumps(section)) == section  # set on an instance, it goes to ddp_spawn's processes
+    with pytest.raises(TypeError, match=r"chart 'loss' takes a sequence of tag regexes, not the string '\^loss\$'"):
+        DashboardSection("mine", {"loss": "^loss$"})
+    with pytest.raises(ValueError, match=r"chart 'loss' has the invalid tag regex '\(loss'"):
+        DashboardSection("mine", {"loss": ("(loss",)})
+    with pytest.raises(ValueError, match="charts is empty"):
+        DashboardSection("mine", {})
+    with pytest.raises(ValueError, match=r"part='loss' is not a GEO part"):
+        DashboardSection.for_part("loss", {"loss": ("^geo/loss/x$",)})
+
+    class Clash(pl.Callback):
+        geo_dashboard_section = DashboardSection("my losses", {"other": ("^other$",)})
+
+    trainer = pl.Trainer(callbacks=[LossCharts(), Clash()], logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="LossCharts and Clash declare different dashboard sections titled 'my lo"):
+        dashboard_sections_in(trainer)
 
 
 # ------------------------------------------------------------------------------------------- written once per run

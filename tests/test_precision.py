@@ -251,18 +251,9 @@ class ResidualBlocksModel(PrecisionModel):
     """PrecisionModel with the residual inside each block (so every block output is a cut), its block stack
     optionally ``torch.compile``d (its parameters' names then gain ``_orig_mod``)."""
 
-    class Block(nn.Module):
-        def __init__(self, width: int) -> None:
-            super().__init__()
-            self.norm = nn.LayerNorm(width)
-            self.fc = nn.Linear(width, width)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.fc(self.norm(x))
-
     def __init__(self, compile_blocks: bool = False, **kwargs):
         super().__init__(**kwargs)
-        blocks = nn.ModuleList(self.Block(self.hparams.width) for _ in range(self.hparams.num_blocks))
+        blocks = nn.ModuleList(ResidualNet.Block(self.hparams.width) for _ in range(self.hparams.num_blocks))
         self.blocks = torch.compile(blocks, backend="eager") if compile_blocks else blocks
 
     def forward(self, x):

@@ -338,3 +338,19 @@ def test_every_step_counts_and_every_n_steps_reads_once(tmp_path):
     # The same time constant in steps: reading every 2 steps ends near reading every step.
     assert sparsity.tracker.row_density["emb.weight"] == pytest.approx(
         every_step.tracker.row_density["emb.weight"], rel=0.05)
+
+
+class AliasedEmbeddingModel(TinyTextModel):
+    """The embedding module registered under a second name (``self.token_embedding = self.emb``), as models often
+    do for a handle: one module, two names, no tie."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.token_embedding = self.emb
+
+
+def test_an_embedding_registered_under_two_names_is_not_taken_for_a_tied_one(tmp_path):
+    sparsity = SparsityAwareLR()
+    _fit(tmp_path, [sparsity], AliasedEmbeddingModel(optimizer=RecordingAdamW))
+    assert sparsity.not_acting_on == {}
+    assert sparsity.multipliers["emb.weight"] > 1.5

@@ -19,8 +19,8 @@ The threshold starts at ``start_threshold`` and must reach 1 by ``deadline``. Wi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sized
+from typing import Any, ClassVar, cast
 
 import lightning.pytorch as pl
 import torch
@@ -35,7 +35,7 @@ from lightning_geo.callbacks.curriculum_pacing import PACINGS, Deadline, Mastery
 from lightning_geo.callbacks.curriculum_sampler import CurriculumSampler
 from lightning_geo.callbacks.curriculum_scores import Scorer, compute_scores, scorer_name, validate_scorer
 from lightning_geo.callbacks.curriculum_seq_len import SEQ_LEN_MODES, batch_seq_len, batch_tensors, shorten_batch_
-from lightning_geo.utils import log_geo_histogram, log_geo_scalars, log_geo_text
+from lightning_geo.utils import DashboardSection, log_geo_histogram, log_geo_scalars, log_geo_text
 from lightning_geo.utils.distributed import reduce_tensor
 
 MODES: tuple[str, ...] = ("samples", "seq_len")
@@ -116,6 +116,17 @@ class DynamicCurriculum(Callback):
         trainer = L.Trainer(max_steps=2000, callbacks=[DynamicCurriculum(scorer="rarity", deadline="0.6")])
         trainer = L.Trainer(max_steps=2000, callbacks=[DynamicCurriculum(mode="seq_len", deadline="20M tokens")])
     """
+
+    geo_dashboard_section: ClassVar[DashboardSection] = DashboardSection.for_part(
+        "curriculum",
+        {
+            "pacing: threshold, progress and mix ratio (0-1)": (r"^geo/curriculum/(threshold|progress|mix_ratio)$",),
+            "mastery of the admitted samples (0-1)": (r"^geo/curriculum/mastery$",),
+            "admitted samples (count)": (r"^geo/curriculum/admitted$",),
+            "sequence length (tokens)": (r"^geo/curriculum/seq_len$",),
+        },
+    )
+    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
 
     def __init__(
         self,
@@ -272,10 +283,11 @@ class DynamicCurriculum(Callback):
         if self.mode == "samples":
             if self._scores is None:
                 self._scores = self._compute_scores_on_rank_zero(trainer, loader.dataset)
-            if len(self._scores) != len(sampler.dataset):
+            num_samples = len(cast(Sized, sampler.dataset))
+            if len(self._scores) != num_samples:
                 raise ValueError(
                     f"the curriculum's {len(self._scores)} scores do not match the training set of "
-                    f"{len(sampler.dataset)} samples (resumed with other data?)"
+                    f"{num_samples} samples (resumed with other data?)"
                 )
             sampler.set_scores(self._scores)
         if self._sampler_state is not None:
@@ -285,22 +297,25 @@ class DynamicCurriculum(Callback):
             sampler.threshold, sampler.hard_share = self.threshold, self.mix_ratio
         # The loader is resumable through its sampler: saying so lets Lightning keep (and restore) the sampler's
         # position with its loop state, instead of warning that a mid-epoch resume cannot be exact.
-        loader.state_dict = sampler.state_dict  # type: ignore[attr-defined]
-        loader.load_state_dict = sampler.load_state_dict  # type: ignore[attr-defined]
+        loader.state_dict = sampler.state_dict
+        loader.load_state_dict = sampler.load_state_dict
         self._sampler = sampler
         return loader
 
     def _compute_scores_on_rank_zero(self, trainer: pl.Trainer, dataset: Any) -> torch.Tensor:
         """Score the dataset on global rank 0 and broadcast; a scoring error is raised on every rank (no hang)."""
+        assert self.scorer is not None  # "length" unless given, in samples mode
         payload: tuple[torch.Tensor | None, Exception | None] | None = None
         if trainer.is_global_zero:
             try:
                 payload = (compute_scores(self.scorer, dataset, pad_id=self.pad_id), None)
             except (ValueError, TypeError) as error:
                 payload = (None, error)
-        scores, error = trainer.strategy.broadcast(payload, src=0)
-        if error is not None:
-            raise error
+        received = trainer.strategy.broadcast(payload, src=0)  # every rank gets rank 0's payload
+        scores, failure = cast("tuple[torch.Tensor | None, Exception | None]", received)
+        if failure is not None:
+            raise failure
+        assert scores is not None
         return scores
 
     @override
@@ -330,6 +345,7 @@ class DynamicCurriculum(Callback):
 
     def _describe(self) -> str:
         if self.mode == "samples":
+            assert self.scorer is not None  # "length" unless given, in samples mode
             what, start = f"scorer `{scorer_name(self.scorer)}`", f"{self.threshold:.3g}"
         else:
             what = f"sequence length ({self.seq_len_mode}, min {self.min_seq_len}, step {self.seq_len_step})"
@@ -515,7 +531,7 @@ class DynamicCurriculum(Callback):
     def _unread_values(self) -> list[list[float]]:
         """The unread (loss, tokens) pairs as floats (a host read: only when a checkpoint is saved)."""
         self._unread = [(float(loss), float(tokens)) for loss, tokens in self._unread]
-        return [list(row) for row in self._unread]
+        return [[float(value) for value in row] for row in self._unread]
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

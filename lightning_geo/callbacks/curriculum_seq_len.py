@@ -63,5 +63,5 @@ def shorten_batch_(batch: Any, length: int, *, how: str = "truncate", seq_dim: i
             short = tensor.narrow(1, 0, rows * length).reshape(tensor.shape[0] * rows, length, *tensor.shape[2:])
             short = short.contiguous()  # (B * rows, length, ...)
         with torch.no_grad():
-            tensor.set_(short)
+            tensor.set_(short)  # type: ignore[call-overload]  # set_(Tensor) is torch API; its stubs miss it
     return length

@@ -14,18 +14,19 @@ module (a tied output head makes every row's gradient non-zero). ``padding_idx``
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
 
 
 def is_tied(module: nn.Module, root: nn.Module) -> bool:
-    """Whether ``module.weight`` is also a parameter of another module of ``root`` (a tied output head)."""
-    uses = Counter(id(p) for _, p in root.named_parameters(remove_duplicate=False))
-    return uses[id(getattr(module, "weight", None))] > 1
+    """Whether ``module.weight`` is also a parameter of another module of ``root`` (a tied output head). The same
+    module registered under two names (``self.token_embedding = self.model.wte``) is not a tie."""
+    weight = getattr(module, "weight", None)
+    owners = {id(m) for m in root.modules() if any(p is weight for p in m.parameters(recurse=False))}
+    return len(owners) > 1
 
 
 def is_position_lookup(indices: Tensor) -> bool:
@@ -47,7 +48,7 @@ class PositionLookupCheck:
     token rarity. The check costs one host read per module, once; its hooks then remove themselves.
     """
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.positional: set[str] = set()
         self.checked: set[str] = set()
         self._handles = {
@@ -72,7 +73,7 @@ class PositionLookupCheck:
         self._handles.clear()
 
 
-def lookup_trackable(module: nn.Module, root: nn.Module) -> bool:
+def lookup_trackable(module: nn.Module, root: nn.Module) -> TypeGuard[nn.Embedding | nn.EmbeddingBag]:
     """Whether ``module``'s touched rows can be read off its inputs (see the module docstring)."""
     if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return False
@@ -89,7 +90,7 @@ class EmbeddingLookupRecorder:
             keyed by the name their weight's statistics are kept under.
     """
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: Mapping[str, nn.Embedding | nn.EmbeddingBag]) -> None:
         self.modules = dict(modules)
         self._seen: dict[str, list[Tensor]] = {name: [] for name in self.modules}
         self._handles = [

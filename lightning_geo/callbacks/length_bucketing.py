@@ -256,7 +256,7 @@ class LengthBucketing(Callback):
 
     def _run_before_prediction_writers(self, trainer: pl.Trainer) -> None:
         # Epoch-interval writers read the loop's predictions in their on_predict_epoch_end: reorder first.
-        callbacks = trainer.callbacks
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set on the Trainer by its callback connector
         writers = [i for i, cb in enumerate(callbacks) if isinstance(cb, BasePredictionWriter)]
         mine = callbacks.index(self) if self in callbacks else None
         if writers and mine is not None and mine > writers[0]:

@@ -55,7 +55,8 @@ Where the rule cannot act, the callback says so once and leaves the parameter's 
 
 With :class:`~lightning_geo.optim.GeoAdamW`, which applies the same density rule per parameter (and
 a row-frequency rule per row) itself, the callback measures and logs but sets no multipliers (it
-says so once).
+says so once). It tells such an optimizer by its class attribute ``applies_row_density_rule = True``
+(:func:`~lightning_geo.utils.rows.applies_row_density_rule`), so an optimizer of your own can say the same.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -78,10 +79,16 @@ from lightning_geo.callbacks.embedding_lookups import (
     lookup_trackable,
 )
 from lightning_geo.callbacks.sparsity_stats import GradientSparsityTracker
-from lightning_geo.optim.geo_adamw import GeoAdamW
-from lightning_geo.optim.param_groups import isolate_parameters
-from lightning_geo.optim.rows import touched_rows
-from lightning_geo.utils import is_log_step, local_part, log_geo_histogram, log_geo_scalars, reduce_tensor
+from lightning_geo.utils import (
+    DashboardSection,
+    is_log_step,
+    local_part,
+    log_geo_histogram,
+    log_geo_scalars,
+    reduce_tensor,
+)
+from lightning_geo.utils.param_groups import isolate_parameters
+from lightning_geo.utils.rows import applies_row_density_rule, touched_rows
 
 DECAY_ROWS = ("all", "touched")
 PARAM_SELECTORS = ("embeddings", "all")
@@ -130,6 +137,18 @@ class SparsityAwareLR(pl.Callback):
             parameter, and the element density of tracked ones (default False: a diagnostic, one host
             read per parameter).
     """
+
+    geo_dashboard_section: ClassVar[DashboardSection] = DashboardSection.for_part(
+        "sparsity",
+        {
+            "row density per parameter (share of rows with a gradient)": (r"^geo/sparsity/.+/row_density$",),
+            "element density per parameter (share of non-zero gradient elements)": (
+                r"^geo/sparsity/.+/element_density$",
+            ),
+            "LR multiplier per parameter": (r"^geo/sparsity/.+/lr_multiplier$",),
+        },
+    )
+    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
 
     def __init__(
         self,
@@ -227,10 +246,10 @@ class SparsityAwareLR(pl.Callback):
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         self._groups, self._scaling_optimizers, self._scaled_names = {}, set(), set()
         for optimizer in trainer.optimizers:
-            if isinstance(optimizer, GeoAdamW):
+            if applies_row_density_rule(optimizer):
                 rank_zero_info(
-                    "SparsityAwareLR: the optimizer is GeoAdamW, which scales steps by row frequency and "
-                    "parameter density already; "
+                    f"SparsityAwareLR: the optimizer is {type(optimizer).__name__}, which scales steps by row "
+                    "frequency and parameter density already; "
                     "the callback measures and logs sparsity but sets no LR multipliers for it."
                 )
                 continue
@@ -255,7 +274,7 @@ class SparsityAwareLR(pl.Callback):
     def _watch_lookups(self, pl_module: pl.LightningModule) -> None:
         if self._lookups is not None:
             self._lookups.remove()
-        modules = {}
+        modules: dict[str, nn.Embedding | nn.EmbeddingBag] = {}
         for name in self.tracked:
             owner, _, leaf = name.rpartition(".")
             module = pl_module.get_submodule(owner)
@@ -433,6 +452,7 @@ class SparsityAwareLR(pl.Callback):
                     )
 
     def _log(self, trainer: pl.Trainer, names: list[str]) -> None:
+        assert self.tracker is not None  # built at fit start
         values: dict[str, float] = {}
         acting = set(self.tracked) - set(self.not_acting_on)
         for name in names:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_geo.optim.rows import touched_rows
 from lightning_geo.utils.distributed import local_part
+from lightning_geo.utils.rows import touched_rows
 
 
 def gradient_densities(
@@ -196,8 +196,8 @@ class GradientSparsityTracker:
         names = sorted(current)
         if reduce is not None and names:
             stacked = torch.tensor([v for n in names for v in current[n]], dtype=torch.float64)
-            stacked = reduce(stacked).to(torch.float64).tolist()
-            current = {n: (stacked[2 * i], stacked[2 * i + 1]) for i, n in enumerate(names)}
+            reduced = reduce(stacked).to(torch.float64).tolist()
+            current = {n: (reduced[2 * i], reduced[2 * i + 1]) for i, n in enumerate(names)}
         decay = self.ema
         for name in names:
             for averages, value in zip((self.row_density, self.element_density), current[name], strict=True):

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_warn
@@ -52,8 +52,8 @@ from torch.optim import Optimizer
 from torch.optim.adam import adam
 
 from lightning_geo.optim.row_modes import RECHECK_EVERY, ROWS, UNTOUCHED, row_modes
-from lightning_geo.optim.rows import touched_rows
 from lightning_geo.utils.distributed import local_part
+from lightning_geo.utils.rows import touched_rows
 
 _ROW_RULE_MODES = (ROWS, UNTOUCHED)  # the paths that apply the row rule
 
@@ -102,6 +102,7 @@ def _row_vector_like(param: Tensor) -> Tensor:
         return torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
+    assert isinstance(param, DTensor)  # _is_sharded
     local = local_part(param)
     placements = [Shard(0) if p.is_shard(0) else Replicate() for p in param.placements]
     zeros = torch.zeros(local.shape[0], dtype=torch.float32, device=local.device)
@@ -158,6 +159,10 @@ class GeoAdamW(Optimizer):
     ``row_mode_age`` (steps since that check), ``row_step`` (count of touched steps per row under the row
     rule) and ``density_ema``, both kept in float32 even for low-precision parameters.
     """
+
+    applies_row_density_rule: ClassVar[bool] = True
+    """It scales its steps by row frequency and parameter density itself, so ``SparsityAwareLR`` sets no LR
+    multipliers for it (see :data:`lightning_geo.utils.rows.ROW_DENSITY_RULE`)."""
 
     def __init__(
         self,
@@ -332,7 +337,7 @@ class GeoAdamW(Optimizer):
         if not due:
             return
         sharded = any(_is_sharded(p) for p, _ in due)
-        modes = row_modes([local_part(p.grad) for p, _ in due], all_reduce=sharded)
+        modes = row_modes([local_part(cast(Tensor, p.grad)) for p, _ in due], all_reduce=sharded)  # all have one
         for (param, state), mode in zip(due, modes, strict=True):
             if mode in _ROW_RULE_MODES and state.get("row_mode") not in (None, *_ROW_RULE_MODES):
                 # Updated as AdamW since the last check, every row was (as far as the checks saw) touched.

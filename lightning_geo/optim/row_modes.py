@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_geo.optim.rows import touched_rows
+from lightning_geo.utils.rows import touched_rows
 
 # Plain ints, as kept in the optimizer's state (torch's load_state_dict would take a string apart).
 DENSE, POSITIONAL, ROWS, UNTOUCHED = 0, 1, 2, 3

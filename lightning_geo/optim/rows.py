@@ -1,23 +1,5 @@
-"""Which rows of a gradient are non-zero: the one definition of a *touched* row that GEO's sparsity part shares."""
+"""Moved to :mod:`lightning_geo.utils.rows` (shared with the sparsity callback); this path stays for old imports."""
 
-from __future__ import annotations
+from lightning_geo.utils.rows import touched_rows
 
-import torch
-from torch import Tensor
-
-
-def touched_rows(grad: Tensor) -> Tensor:
-    """Boolean mask ``[rows]`` of the rows (index along dim 0) of ``grad`` with any non-zero entry.
-
-    For 0-D and 1-D gradients every element is its own row. A sparse gradient
-    (``nn.Embedding(sparse=True)``) touches exactly the rows it lists. NaN counts as non-zero.
-    Dense gradients take two row reductions (max and min), not a full-size boolean temporary.
-    """
-    if grad.is_sparse:
-        mask = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
-        mask[grad.coalesce().indices()[0]] = True
-        return mask
-    if grad.dim() <= 1:
-        return grad.reshape(-1).ne(0)
-    flat = grad.reshape(grad.shape[0], -1)
-    return flat.amax(dim=1).ne(0) | flat.amin(dim=1).ne(0)
+__all__ = ["touched_rows"]

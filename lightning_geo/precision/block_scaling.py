@@ -231,9 +231,9 @@ class BlockScaling:
         root_node = loss.grad_fn
         nodes = {}
         for point in self.points:
-            tensor = self._pending.get(point)
-            if tensor is not None and tensor.grad_fn is not None and root_node is not None:
-                nodes[point] = tensor.grad_fn
+            pending = self._pending.get(point)
+            if pending is not None and pending.grad_fn is not None and root_node is not None:
+                nodes[point] = pending.grad_fn
         upstream = {point: _reachable_params(node) & param_ids for point, node in nodes.items()}
         upstream = {point: ids for point, ids in upstream.items() if ids}
         shared = {point: ids & _reachable_params(root_node, stop=nodes[point]) for point, ids in upstream.items()}

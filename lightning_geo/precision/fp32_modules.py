@@ -44,7 +44,7 @@ def promote_to_fp32(module: nn.Module, device_type: str) -> None:
     if is_promoted(module):
         return
     # A functools.partial of module-level functions keeps the module picklable and deep-copyable.
-    module.forward = functools.partial(_forward_in_fp32, module.forward, device_type)  # type: ignore[method-assign]
+    module.forward = functools.partial(_forward_in_fp32, module.forward, device_type)
 
 
 def is_promoted(module: nn.Module) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Generator, Iterable, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from lightning.fabric.utilities.types import Optimizable
@@ -27,7 +27,7 @@ from lightning_geo.precision.fp32_modules import ForwardOverflowProbe, promote_t
 from lightning_geo.precision.scale_rule import FP16_MAX, AmaxPredictor, power_of_two_scale
 from lightning_geo.precision.scheduler_hold import hold_step_schedulers, release_schedulers
 from lightning_geo.precision.underflow import UnderflowProbe, summarize_underflow
-from lightning_geo.utils import local_part, log_geo_scalars, log_geo_text, reduce_tensor
+from lightning_geo.utils import DashboardSection, local_part, log_geo_scalars, log_geo_text, reduce_tensor
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -122,6 +122,19 @@ class PredictiveScalingPrecision(MixedPrecision):
             ``growth_factor`` and ``growth_interval`` have no role (the scale is predicted, never grown
             by probing) and give a warning if set.
     """
+
+    geo_dashboard_section: ClassVar[DashboardSection] = DashboardSection.for_part(
+        "precision",
+        {
+            "loss scale: global and per block": (r"^geo/precision/scale$", r"^geo/precision/block_scale/.+$"),
+            "gradient amax: predicted vs actual (unscaled)": (r"^geo/precision/(predicted|actual)_amax$",),
+            "skipped steps (total)": (r"^geo/precision/skipped_steps$",),
+            "fp16 underflow: share of zeros, mean and worst layer": (
+                r"^geo/precision/underflow_fraction(_worst)?$",
+            ),
+        },
+    )
+    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
 
     def __init__(
         self,
@@ -414,25 +427,23 @@ class PredictiveScalingPrecision(MixedPrecision):
             yield
 
     @override
-    @contextmanager
-    def predict_step_context(self) -> Generator[None, None, None]:
-        with self.forward_context():
-            yield
-        self._after_inference_step("predict")
+    def predict_step_context(self) -> AbstractContextManager[None]:  # type: ignore[override]  # see below
+        return self._inference_step_context("predict")
 
     @override
-    @contextmanager
-    def val_step_context(self) -> Generator[None, None, None]:
-        with self.forward_context():
-            yield
-        self._after_inference_step("validation")
+    def val_step_context(self) -> AbstractContextManager[None]:  # type: ignore[override]  # see below
+        return self._inference_step_context("validation")
 
     @override
+    def test_step_context(self) -> AbstractContextManager[None]:  # type: ignore[override]  # see below
+        return self._inference_step_context("test")
+
+    # Lightning types the three hooks above as its @contextmanager's private return type; what they return is one.
     @contextmanager
-    def test_step_context(self) -> Generator[None, None, None]:
+    def _inference_step_context(self, loop: str) -> Generator[None, None, None]:
         with self.forward_context():
             yield
-        self._after_inference_step("test")
+        self._after_inference_step(loop)
 
     def _after_inference_step(self, loop: str) -> None:
         """The fp32 fallback without an optimizer step: promote the modules whose fp16 forward overflowed."""
@@ -515,7 +526,7 @@ class PredictiveScalingPrecision(MixedPrecision):
             tensors = [g for _, g in dense]
             if self.scaling:
                 torch._foreach_mul_(tensors, [1.0 / self._scales[r] for r, _ in dense])
-            norms = torch._foreach_norm(tensors, math.inf)
+            norms: tuple[torch.Tensor, ...] | list[torch.Tensor] = torch._foreach_norm(tensors, math.inf)
             if len({n.device for n in norms}) > 1:  # parameters spread over devices
                 norms = [n.to(device) for n in norms]
             pieces.append(torch.stack(norms))
@@ -523,8 +534,8 @@ class PredictiveScalingPrecision(MixedPrecision):
         for region, grad in sparse:
             if self.scaling:
                 grad.mul_(1.0 / self._scales[region])
-            values = grad.coalesce().values()
-            pieces.append((values.abs().amax() if values.numel() else torch.zeros((), device=grad.device)).reshape(1))
+            listed = grad.coalesce().values()
+            pieces.append((listed.abs().amax() if listed.numel() else torch.zeros((), device=grad.device)).reshape(1))
             layout.append(("param", [region]))
         if self._activation_amax is not None:
             layer_regions, layer_amax = self._activation_amax.take()

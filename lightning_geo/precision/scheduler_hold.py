@@ -38,7 +38,7 @@ def hold_step_schedulers(trainer: pl.Trainer) -> None:
     for config in trainer.lr_scheduler_configs:
         held = isinstance(config.scheduler, _HeldScheduler)
         if config.interval == "step" and not config.reduce_on_plateau and not held:
-            config.scheduler = _HeldScheduler(config.scheduler, config)
+            config.scheduler = _HeldScheduler(config.scheduler, config)  # type: ignore[assignment]  # a stand-in
 
 
 def release_schedulers(trainer: pl.Trainer) -> None:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -35,6 +35,7 @@ from lightning_geo.strategies.parallelize import count_parameters, find_blocks, 
 from lightning_geo.strategies.planner import ModelSize, Plan, PlanReport, mesh_shapes, plan_parallelism
 from lightning_geo.strategies.rings import device_order
 from lightning_geo.strategies.topology import ClusterTopology, NodeTopology, cpu_node_topology
+from lightning_geo.utils.dashboard import DashboardSection
 from lightning_geo.utils.geo_logging import log_geo_scalars, log_geo_text
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,18 @@ class GeoHybridStrategy(ModelParallelStrategy):
     """
 
     strategy_name = "geo_hybrid"
+    geo_dashboard_section: ClassVar[DashboardSection] = DashboardSection.for_part(
+        "strategy",
+        {
+            "mesh: replicate x shard x tensor, world size": (r"^geo/strategy/(replicate|shard|tensor|world_size)$",),
+            "estimated communication per step (ms)": (r"^geo/strategy/est_comm_ms$",),
+            "estimated memory per device (GB)": (r"^geo/strategy/est_memory_gb$",),
+            "activation checkpointing (0/1) and plans compared": (
+                r"^geo/strategy/(activation_checkpointing|candidates)$",
+            ),
+        },
+    )
+    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
 
     def __init__(
         self,
@@ -117,7 +130,7 @@ class GeoHybridStrategy(ModelParallelStrategy):
                 raise ValueError(
                     f"GeoHybridStrategy: mesh must be three positive integers (replicate, shard, tensor), got {mesh!r}"
                 )
-            mesh = tuple(mesh)
+            mesh = (mesh[0], mesh[1], mesh[2])
         if topology is not None and not isinstance(topology, (str, Path, NodeTopology, ClusterTopology)):
             raise TypeError(
                 "GeoHybridStrategy: topology must be None, a path to `nvidia-smi topo -m` output, a NodeTopology "

@@ -9,12 +9,16 @@ each block and on every top-level child that holds parameters. A 2-D ``(replicat
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lightning_geo.strategies.planner import Plan
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor.parallel import ParallelStyle
 
 STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Identity, nn.LeakyReLU, nn.Mish)
@@ -37,7 +41,7 @@ def find_blocks(module: nn.Module) -> tuple[str, list[nn.Module]]:
     return best_name, best
 
 
-def linear_pair_plan(module: nn.Module) -> dict[str, object]:
+def linear_pair_plan(module: nn.Module) -> dict[str, ParallelStyle]:
     """A tensor-parallel plan for the standard MLP pairs it can recognise, keyed by qualified name.
 
     Inside any ``nn.Sequential``, ``Linear(a, b)`` followed (after elementwise layers only) by
@@ -47,7 +51,7 @@ def linear_pair_plan(module: nn.Module) -> dict[str, object]:
     """
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    plan: dict[str, object] = {}
+    plan: dict[str, ParallelStyle] = {}
     for name, seq in module.named_modules():
         if not isinstance(seq, nn.Sequential):
             continue
@@ -71,7 +75,7 @@ def linear_pair_plan(module: nn.Module) -> dict[str, object]:
     return plan
 
 
-def apply_tensor_parallel(module: nn.Module, mesh: DeviceMesh, plan: Mapping[str, object] | None) -> int:
+def apply_tensor_parallel(module: nn.Module, mesh: DeviceMesh, plan: Mapping[str, ParallelStyle] | None) -> int:
     """Apply ``plan`` (qualified name -> ``ParallelStyle``; default :func:`linear_pair_plan`) on ``mesh``.
 
     Returns the number of modules parallelized. Raises ``ValueError`` when there is nothing to parallelize
@@ -137,7 +141,7 @@ def apply_data_parallel(module: nn.Module, mesh: DeviceMesh, blocks: list[nn.Mod
 
 
 def parallelize(module: nn.Module, mesh: DeviceMesh, plan: Plan,
-                tensor_parallel_plan: Mapping[str, object] | None = None) -> dict[str, object]:
+                tensor_parallel_plan: Mapping[str, ParallelStyle] | None = None) -> dict[str, object]:
     """Apply ``plan`` to ``module`` on ``mesh`` (dims ``data_parallel_replicate``, ``data_parallel_shard``,
     ``tensor_parallel``). Returns what was done, for the log. A world of one is left untouched.
     """

@@ -265,6 +265,7 @@ def estimate_plan(topology: ClusterTopology, model: ModelSize, shape: tuple[int,
 
     grads = model.gradient_bytes / t
     blocks = model.num_blocks
+    assert blocks is not None  # ModelSize.__post_init__ sets it
     breakdown = {"tensor": 0.0, "shard": 0.0, "replicate": 0.0}
     if t > 1:
         bw, alpha = speeds["tensor"]
@@ -391,6 +392,7 @@ def plan_parallelism(
     scored.remove(simplest)
     scored.insert(0, simplest)
     if not scored[0][2]:
+        assert capacity is not None  # only a known capacity rules a plan out
         scored.sort(key=lambda item: item[1].memory_bytes)
         warnings.append(
             f"no plan fits in {capacity / GB:.1f} GB per GPU; the smallest needs "
@@ -412,6 +414,7 @@ def _verdict(plan: Plan, fits: bool, chosen: Plan, capacity: float | None, is_ch
     if is_chosen:
         return "chosen" if fits else "chosen, but does not fit"
     if not fits:
+        assert capacity is not None  # only a known capacity rules a plan out
         need, have = plan.memory_bytes / GB, capacity / GB
         digits = 1 if f"{need:.1f}" != f"{have:.1f}" else 3  # "15.5 GB > 15.5 GB" says nothing
         return f"does not fit: {need:.{digits}f} GB > {have:.{digits}f} GB"

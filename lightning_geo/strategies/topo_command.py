@@ -43,7 +43,7 @@ def _island_lines(node: NodeTopology, bandwidths: Bandwidths) -> list[str]:
                 detail += " via NVSwitch"
         else:
             detail = "no NVLink"
-        numa = {node.gpus[i].numa_node for i in island} - {None}
+        numa = {n for i in island if (n := node.gpus[i].numa_node) is not None}
         numa_text = f", NUMA {'/'.join(str(n) for n in sorted(numa))}" if numa else ""
         lines.append(f"  island {letter}: {members} ({detail}{numa_text})")
     if len(islands) > 1:

@@ -2,7 +2,9 @@
 
 from lightning_geo.utils.dashboard import (
     GEO_DASHBOARD_CHARTS,
+    DashboardSection,
     add_geo_dashboard,
+    dashboard_sections_in,
     geo_dashboard_layout,
     geo_parts_in,
     write_geo_dashboard,
@@ -21,8 +23,10 @@ from lightning_geo.utils.geo_logging import (
 __all__ = [
     "GEO_DASHBOARD_CHARTS",
     "GEO_PARTS",
+    "DashboardSection",
     "add_geo_dashboard",
     "any_rank",
+    "dashboard_sections_in",
     "geo_dashboard_layout",
     "geo_parts_in",
     "geo_tag",

@@ -5,13 +5,33 @@ TensorBoard's *Scalars* tab sorts GEO's flat ``geo/<part>/<name>`` tags alphabet
 curves that belong together on one set of axes (the curriculum's threshold, progress and mix ratio; the predicted
 and the measured gradient amax; a density per parameter).
 
+**Each part declares its own section**, next to its code, as a class attribute ``geo_dashboard_section`` holding a
+:class:`DashboardSection`. This module knows no part: it reads that attribute from whatever the Trainer holds
+(every callback in ``trainer.callbacks``, ``trainer.precision_plugin`` and ``trainer.strategy``). A callback,
+precision plugin or strategy of your own adds a section of its own the same way::
+
+    import lightning as L
+    from lightning_geo.utils import DashboardSection
+
+    class LossWatcher(L.Callback):
+        geo_dashboard_section = DashboardSection(
+            "my losses", {"train and val loss": (r"^train/loss$", r"^val/loss$")}
+        )
+
+    trainer = L.Trainer(callbacks=[LossWatcher(), DynamicCurriculum()], logger=TensorBoardLogger("runs"))
+    # the run's layout: "GEO curriculum", then "my losses"
+
+A GEO part builds its section with :meth:`DashboardSection.for_part`, which titles it ``"GEO <part>"`` and makes it
+known by the part's name, so that :func:`geo_dashboard_layout` and GEO's logging functions find it also for a run
+that does not hold the part (``import lightning_geo`` imports the Trainer parts, so their sections are known).
+
 The layout is written automatically, **once per run**: the first time :func:`~lightning_geo.utils.log_geo_scalars`,
-``log_geo_histogram`` or ``log_geo_text`` writes to a TensorBoard logger's ``SummaryWriter``, a layout with a
-section for every GEO part the Trainer uses (found in ``trainer.callbacks``, ``trainer.precision_plugin`` and
-``trainer.strategy``) goes to that writer first, and the writer is remembered so it never gets a second one. The
-tuner's study run gets the ``tuning`` section when it is created. Nothing has to be added to a training script;
-to write a Custom Scalars layout of your own as well, pass it as ``extra`` to :func:`write_geo_dashboard` before
-``trainer.fit`` (a run shows one layout, so two separate ones would hide each other).
+``log_geo_histogram`` or ``log_geo_text`` writes to a TensorBoard logger's ``SummaryWriter``, a layout with the
+section of every object the Trainer holds that declares one goes to that writer first, and the writer is remembered
+so it never gets a second one. The tuner's study run gets the ``tuning`` section when it is created. Nothing has to
+be added to a training script; to write a Custom Scalars layout of your own as well, declare it as above or pass it
+as ``extra`` to :func:`write_geo_dashboard` before ``trainer.fit`` (a run shows one layout, so two separate ones
+would hide each other).
 
 Why exactly once, and complete at once: the plugin keeps one layout per run and reads the *last* layout event it
 finds (``custom_scalars_plugin.layout_impl`` reads one point, and TensorBoard's downsampling always keeps the
@@ -30,8 +50,11 @@ Example::
 
 from __future__ import annotations
 
+import re
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from lightning.fabric.loggers import TensorBoardLogger
@@ -43,54 +66,131 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
     from torch.utils.tensorboard import SummaryWriter
 
-GEO_DASHBOARD_CHARTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    "curriculum": {
-        "pacing: threshold, progress and mix ratio (0-1)": (r"^geo/curriculum/(threshold|progress|mix_ratio)$",),
-        "mastery of the admitted samples (0-1)": (r"^geo/curriculum/mastery$",),
-        "admitted samples (count)": (r"^geo/curriculum/admitted$",),
-        "sequence length (tokens)": (r"^geo/curriculum/seq_len$",),
-    },
-    "sparsity": {
-        "row density per parameter (share of rows with a gradient)": (r"^geo/sparsity/.+/row_density$",),
-        "element density per parameter (share of non-zero gradient elements)": (
-            r"^geo/sparsity/.+/element_density$",
-        ),
-        "LR multiplier per parameter": (r"^geo/sparsity/.+/lr_multiplier$",),
-    },
-    "precision": {
-        "loss scale: global and per block": (r"^geo/precision/scale$", r"^geo/precision/block_scale/.+$"),
-        "gradient amax: predicted vs actual (unscaled)": (r"^geo/precision/(predicted|actual)_amax$",),
-        "skipped steps (total)": (r"^geo/precision/skipped_steps$",),
-        "fp16 underflow: share of zeros, mean and worst layer": (
-            r"^geo/precision/underflow_fraction(_worst)?$",
-        ),
-    },
-    "strategy": {
-        "mesh: replicate x shard x tensor, world size": (r"^geo/strategy/(replicate|shard|tensor|world_size)$",),
-        "estimated communication per step (ms)": (r"^geo/strategy/est_comm_ms$",),
-        "estimated memory per device (GB)": (r"^geo/strategy/est_memory_gb$",),
-        "activation checkpointing (0/1) and plans compared": (
-            r"^geo/strategy/(activation_checkpointing|candidates)$",
-        ),
-    },
-    "tuning": {
-        "objective per trial and best so far": (r"^geo/tuning/value/.+$", r"^geo/tuning/best_value$"),
-        "seconds per trial and per suggestion": (r"^geo/tuning/(trial|ask)_seconds$",),
-        "trials: complete, pruned, failed (count)": (r"^geo/tuning/num_(complete|pruned|failed)$",),
-    },
-}
-"""``{part: {chart title: tag regexes}}``: the charts of each GEO part's section. Every scalar tag a part logs
-matches a regex of its own part (TensorBoard tests them with ``re.match``); none is a catch-all."""
-
-_written_writers: weakref.WeakSet[Any] = weakref.WeakSet()
-"""The ``SummaryWriter`` objects that already got a layout (so that none gets a second one)."""
-_layout_parts: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
-_warned_parts: set[str] = set()
+SECTION_ATTRIBUTE = "geo_dashboard_section"
+"""The class attribute (a :class:`DashboardSection`) by which a callback, precision plugin or strategy declares its
+section of the dashboard."""
 
 
 def _title(part: str) -> str:
     """The title of a part's section in the Custom Scalars tab: ``"GEO <part>"``, e.g. ``"GEO curriculum"``."""
     return f"GEO {part}"
+
+
+@dataclass(frozen=True)
+class DashboardSection:
+    """One section (category) of the Custom Scalars tab: its title and its charts.
+
+    Args:
+        title: The section's title, e.g. ``"my losses"``. ``"GEO <part>"`` titles belong to GEO's parts (see
+            :meth:`for_part`).
+        charts: ``{chart title: (tag regex, ...)}``; TensorBoard draws on a chart every scalar tag one of its
+            regexes takes (``re.match``), all on one set of axes.
+
+    Raises:
+        TypeError: if ``charts`` is not a mapping or a chart's regexes are a single string.
+        ValueError: if the title or ``charts`` is empty, a chart has no regex or a regex does not compile.
+
+    Example::
+
+        DashboardSection("my losses", {"train and val loss": (r"^train/loss$", r"^val/loss$")})
+    """
+
+    title: str
+    charts: Mapping[str, tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.title, str) or not self.title:
+            raise ValueError(f"DashboardSection: title must be a non-empty string, got {self.title!r}")
+        if not isinstance(self.charts, Mapping):
+            raise TypeError(f"DashboardSection: charts must be a mapping {{chart title: (tag regex, ...)}}, got "
+                            f"{type(self.charts).__name__}")
+        if not self.charts:
+            raise ValueError(f"DashboardSection {self.title!r}: charts is empty; give it at least one chart")
+        charts: dict[str, tuple[str, ...]] = {}
+        for chart, regexes in self.charts.items():
+            if isinstance(regexes, str):
+                raise TypeError(f"DashboardSection {self.title!r}: chart {chart!r} takes a sequence of tag regexes, "
+                                f"not the string {regexes!r}; try ({regexes!r},)")
+            if not regexes:
+                raise ValueError(f"DashboardSection {self.title!r}: chart {chart!r} has no tag regex")
+            for regex in regexes:
+                try:
+                    re.compile(regex)
+                except (re.error, TypeError) as err:
+                    raise ValueError(f"DashboardSection {self.title!r}: chart {chart!r} has the invalid tag regex "
+                                     f"{regex!r} ({err})") from None
+            charts[chart] = tuple(regexes)
+        object.__setattr__(self, "charts", MappingProxyType(charts))
+
+    @classmethod
+    def for_part(cls, part: str, charts: Mapping[str, Sequence[str]]) -> DashboardSection:
+        """The section of the GEO part ``part``, titled ``"GEO <part>"`` and known by the part's name from now on.
+
+        Args:
+            part: One of :data:`~lightning_geo.utils.GEO_PARTS`.
+            charts: As for :class:`DashboardSection`; every regex should start with ``^geo/<part>/``.
+
+        Raises:
+            ValueError: if ``part`` is not a GEO part (and as for :class:`DashboardSection`).
+        """
+        if part not in GEO_PARTS:
+            raise ValueError(f"part={part!r} is not a GEO part; expected one of {list(GEO_PARTS)}")
+        section = cls(_title(part), {chart: tuple(regexes) for chart, regexes in charts.items()})
+        _part_sections[part] = section  # a re-import (notebooks) declares it again: the last one counts
+        return section
+
+    def __reduce__(self) -> tuple[type[DashboardSection], tuple[str, dict[str, tuple[str, ...]]]]:
+        # the charts are a read-only mapping proxy, which pickle cannot take (a section set on an instance
+        # travels with it to ddp_spawn's processes)
+        return type(self), (self.title, dict(self.charts))
+
+    def layout(self) -> dict[str, list[Any]]:
+        """The section's charts as ``SummaryWriter.add_custom_scalars`` takes them:
+        ``{chart title: ["Multiline", [tag regex, ...]]}``."""
+        return {chart: ["Multiline", list(regexes)] for chart, regexes in self.charts.items()}
+
+
+_part_sections: dict[str, DashboardSection] = {}
+"""``{part: section}`` for every GEO part whose section was declared (:meth:`DashboardSection.for_part`)."""
+
+_TUNING_SECTION = DashboardSection.for_part(
+    "tuning",
+    {
+        "objective per trial and best so far": (r"^geo/tuning/value/.+$", r"^geo/tuning/best_value$"),
+        "seconds per trial and per suggestion": (r"^geo/tuning/(trial|ask)_seconds$",),
+        "trials: complete, pruned, failed (count)": (r"^geo/tuning/num_(complete|pruned|failed)$",),
+    },
+)
+"""The tuner's section. Declared here, not next to the tuner, for now: ``lightning_geo.tuning`` imports BoTorch, so
+``import lightning_geo`` does not import it, and the section must be known without it (the tuner writes it to its
+study run as ``add_geo_dashboard(writer, ["tuning"])``)."""
+
+
+class _DeclaredCharts(Mapping[str, Mapping[str, tuple[str, ...]]]):
+    """A read-only, live view ``{part: {chart title: tag regexes}}`` of the declared GEO sections."""
+
+    def __getitem__(self, part: str) -> Mapping[str, tuple[str, ...]]:
+        return _part_sections[part].charts
+
+    def __iter__(self) -> Iterator[str]:
+        return (part for part in GEO_PARTS if part in _part_sections)
+
+    def __len__(self) -> int:
+        return len(_part_sections)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+GEO_DASHBOARD_CHARTS: Mapping[str, Mapping[str, tuple[str, ...]]] = _DeclaredCharts()
+"""``{part: {chart title: tag regexes}}``: the charts of each GEO part's section, as the parts declare them (a live,
+read-only view). Every scalar tag a part logs matches a regex of its own part (TensorBoard tests them with
+``re.match``); none is a catch-all."""
+
+_written_writers: weakref.WeakSet[Any] = weakref.WeakSet()
+"""The ``SummaryWriter`` objects that already got a layout (so that none gets a second one)."""
+_layout_titles: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_warned_parts: set[str] = set()
 
 
 def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:
@@ -101,15 +201,24 @@ def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:
     unknown = [p for p in parts if p not in GEO_PARTS]
     if unknown:
         raise ValueError(f"unknown GEO part(s) {unknown}; expected some of {list(GEO_PARTS)}")
+    undeclared = [p for p in parts if p not in _part_sections]
+    if undeclared:
+        raise ValueError(f"no dashboard section is declared for the GEO part(s) {undeclared}: import the part "
+                         "(`import lightning_geo` imports every part a Trainer takes)")
     return tuple(p for p in GEO_PARTS if p in parts)
 
 
-def geo_dashboard_layout(parts: Iterable[str] = GEO_PARTS) -> dict[str, dict[str, list[Any]]]:
+def _part_layout(parts: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
+    return {_title(part): _part_sections[part].layout() for part in parts}
+
+
+def geo_dashboard_layout(parts: Iterable[str] | None = None) -> dict[str, dict[str, list[Any]]]:
     """The Custom Scalars layout for ``parts``, as ``SummaryWriter.add_custom_scalars`` takes it.
 
     Args:
-        parts: GEO part names (see :data:`~lightning_geo.utils.GEO_PARTS`); default all of them. Order and
-            repeats do not matter: sections follow the order of ``GEO_PARTS``. Empty: an empty layout.
+        parts: GEO part names (see :data:`~lightning_geo.utils.GEO_PARTS`); default ``None``: every part whose
+            section is declared (after ``import lightning_geo``: all of them). Order and repeats do not matter:
+            sections follow the order of ``GEO_PARTS``. Empty: an empty layout.
 
     Returns:
         ``{"GEO <part>": {chart title: ["Multiline", [tag regex, ...]]}}``, one category per part.
@@ -123,33 +232,64 @@ def geo_dashboard_layout(parts: Iterable[str] = GEO_PARTS) -> dict[str, dict[str
         layout = geo_dashboard_layout(["precision"])
         # {"GEO precision": {"loss scale: global and per block": ["Multiline", ["^geo/precision/scale$", ...]], ...}}
     """
-    return {
-        _title(part): {title: ["Multiline", list(tags)] for title, tags in GEO_DASHBOARD_CHARTS[part].items()}
-        for part in _check_parts(parts)
-    }
+    return _part_layout(_check_parts(GEO_DASHBOARD_CHARTS if parts is None else parts))
+
+
+def dashboard_sections_in(trainer: pl.Trainer) -> tuple[DashboardSection, ...]:
+    """The sections declared (``geo_dashboard_section``) by the callbacks, the precision plugin and the strategy of
+    ``trainer``: GEO's in :data:`GEO_PARTS` order, then your own in the order the Trainer holds them.
+
+    Raises:
+        ValueError: if two objects declare different sections with one title.
+    """
+    holders = [*getattr(trainer, "callbacks", []), getattr(trainer, "precision_plugin", None),
+               getattr(trainer, "strategy", None)]
+    found: dict[str, tuple[DashboardSection, Any]] = {}
+    for holder in holders:
+        section = getattr(holder, SECTION_ATTRIBUTE, None)
+        if not isinstance(section, DashboardSection):
+            continue
+        if section.title in found and found[section.title][0] != section:
+            other = type(found[section.title][1]).__name__
+            raise ValueError(f"{other} and {type(holder).__name__} declare different dashboard sections titled "
+                             f"{section.title!r}; rename one")
+        found.setdefault(section.title, (section, holder))
+    geo_titles = [_title(part) for part in GEO_PARTS]
+    ordered = [title for title in geo_titles if title in found] + [t for t in found if t not in geo_titles]
+    return tuple(found[title][0] for title in ordered)
 
 
 def geo_parts_in(trainer: pl.Trainer) -> tuple[str, ...]:
-    """The GEO parts a Trainer uses, in :data:`GEO_PARTS` order: ``"curriculum"`` for a
-    :class:`~lightning_geo.callbacks.DynamicCurriculum` callback, ``"sparsity"`` for
-    :class:`~lightning_geo.callbacks.SparsityAwareLR`, ``"precision"`` for a
-    :class:`~lightning_geo.precision.PredictiveScalingPrecision` plugin and ``"strategy"`` for
-    :class:`~lightning_geo.strategies.GeoHybridStrategy` (``"tuning"`` is never in a Trainer: the tuner
-    writes its own study run).
+    """The GEO parts a Trainer uses, in :data:`GEO_PARTS` order: those whose section one of its callbacks, its
+    precision plugin or its strategy declares (``"curriculum"`` for a
+    :class:`~lightning_geo.callbacks.DynamicCurriculum` callback, ``"precision"`` for a
+    :class:`~lightning_geo.precision.PredictiveScalingPrecision` plugin, ...; ``"tuning"`` is never in a Trainer:
+    the tuner writes its own study run).
     """
-    # imported here: these modules import lightning_geo.utils themselves
-    from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
-    from lightning_geo.precision import PredictiveScalingPrecision
-    from lightning_geo.strategies import GeoHybridStrategy
+    titles = {section.title for section in dashboard_sections_in(trainer)}
+    return tuple(part for part in GEO_PARTS if _title(part) in titles)
 
-    callbacks = getattr(trainer, "callbacks", [])
-    found = {
-        "curriculum": any(isinstance(c, DynamicCurriculum) for c in callbacks),
-        "sparsity": any(isinstance(c, SparsityAwareLR) for c in callbacks),
-        "precision": isinstance(getattr(trainer, "precision_plugin", None), PredictiveScalingPrecision),
-        "strategy": isinstance(getattr(trainer, "strategy", None), GeoHybridStrategy),
-    }
-    return tuple(part for part in GEO_PARTS if found.get(part, False))
+
+def _layout(sections: Iterable[DashboardSection], extra: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    layout: dict[str, Any] = {section.title: section.layout() for section in sections}
+    if extra is None:
+        return layout
+    clash = sorted(title for title in extra if title in {_title(part) for part in GEO_PARTS})
+    if clash:
+        raise ValueError(f"extra layout categories {clash} have the titles of GEO sections; rename them")
+    clash = sorted(title for title in extra if title in layout)
+    if clash:
+        raise ValueError(f"extra layout categories {clash} have the titles of declared dashboard sections; rename them")
+    return {**layout, **extra}
+
+
+def _add_layout(writer: SummaryWriter, layout: dict[str, Any]) -> bool:
+    if writer in _written_writers or not layout:
+        return False
+    writer.add_custom_scalars(layout)
+    _written_writers.add(writer)
+    _layout_titles[writer] = tuple(layout)
+    return True
 
 
 def add_geo_dashboard(
@@ -173,25 +313,8 @@ def add_geo_dashboard(
     Raises:
         ValueError: if a name is not a GEO part, or a title in ``extra`` is one of the GEO sections'.
     """
-    parts = _check_parts(parts)
-    layout = _merge_extra(geo_dashboard_layout(parts), extra)
-    if writer in _written_writers or not layout:
-        return False
-    writer.add_custom_scalars(layout)
-    _written_writers.add(writer)
-    _layout_parts[writer] = parts
-    return True
-
-
-def _merge_extra(
-    layout: dict[str, dict[str, list[Any]]], extra: Mapping[str, Mapping[str, Any]] | None
-) -> dict[str, Any]:
-    if extra is None:
-        return layout
-    clash = sorted(title for title in extra if title in {_title(part) for part in GEO_PARTS})
-    if clash:
-        raise ValueError(f"extra layout categories {clash} have the titles of GEO sections; rename them")
-    return {**layout, **extra}
+    sections = [_part_sections[part] for part in _check_parts(parts)]
+    return _add_layout(writer, _layout(sections, extra))
 
 
 def write_geo_dashboard(
@@ -208,7 +331,8 @@ def write_geo_dashboard(
 
     Args:
         trainer: The Trainer (``None``, no TensorBoard logger or a rank other than zero: nothing happens).
-        parts: The sections to write; default ``None``: the parts the Trainer uses (:func:`geo_parts_in`).
+        parts: The GEO sections to write; default ``None``: the parts the Trainer uses (:func:`geo_parts_in`).
+            The sections your own callbacks, plugin or strategy declare are written either way.
         extra: Categories of your own written in the same layout (see :func:`add_geo_dashboard`); default none.
 
     Returns:
@@ -225,12 +349,25 @@ def write_geo_dashboard(
     """
     if parts is not None:
         parts = _check_parts(parts)
-    _merge_extra({}, extra)  # checked also when there is nothing to write
+    _layout((), extra)  # checked also when there is nothing to write
+    if trainer is None:
+        return 0
     writers = _pending_writers(trainer)
     if not writers:
         return 0
-    parts = geo_parts_in(trainer) if parts is None else parts
-    return sum(add_geo_dashboard(writer, parts, extra=extra) for writer in writers)
+    return sum(_add_layout(writer, _trainer_layout(trainer, parts, extra)) for writer in writers)
+
+
+def _trainer_layout(
+    trainer: pl.Trainer, parts: Iterable[str] | None, extra: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The sections ``trainer``'s objects declare, with the GEO ones replaced by ``parts`` if given."""
+    declared = dashboard_sections_in(trainer)
+    geo_titles = {_title(part) for part in GEO_PARTS}
+    if parts is not None:
+        own = [section for section in declared if section.title not in geo_titles]
+        declared = (*(_part_sections[part] for part in _check_parts(parts)), *own)
+    return _layout(declared, extra)
 
 
 def _pending_writers(trainer: pl.Trainer | None) -> list[Any]:
@@ -242,16 +379,23 @@ def _pending_writers(trainer: pl.Trainer | None) -> list[Any]:
 
 def _ensure_geo_dashboard(trainer: pl.Trainer | None, part: str | None = None) -> None:
     """Called by GEO's logging functions before they write. On a writer's first use: the layout for the Trainer's
-    parts and ``part`` (the part logging scalars now; a callback of the user's may log one that is not detected).
+    sections and ``part`` (the part logging scalars now; a callback of the user's may log one that is not detected).
     Later: one warning if ``part`` logs scalars into a run whose layout has no section for it.
     """
-    if _pending_writers(trainer):
-        logging_now = () if part is None else (part,)
-        write_geo_dashboard(trainer, parts=(*geo_parts_in(trainer), *logging_now))
-    if part is None or part in _warned_parts or trainer is None:
+    if trainer is None:
+        return
+    writers = _pending_writers(trainer)
+    if writers:
+        logging_now = () if part is None or part not in _part_sections else (part,)
+        parts = (*geo_parts_in(trainer), *logging_now)
+        for writer in writers:
+            _add_layout(writer, _trainer_layout(trainer, parts))
+    if part is None or part in _warned_parts:
         return
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger) and part not in _layout_parts.get(logger.experiment, (part,)):
+        if isinstance(logger, TensorBoardLogger) and _title(part) not in _layout_titles.get(
+            logger.experiment, (_title(part),)
+        ):
             _warned_parts.add(part)
             rank_zero_warn(
                 f"GEO logs geo/{part}/* scalars, but this run's GEO dashboard (TensorBoard's Custom Scalars tab) was "

@@ -12,7 +12,7 @@ sharded (FSDP2 / tensor-parallel) tensor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 
@@ -25,7 +25,7 @@ _REDUCE_OPS: tuple[str, ...] = ("sum", "mean", "max", "min")
 
 
 def _strategy(trainer_or_strategy: pl.Trainer | Strategy) -> Strategy:
-    return getattr(trainer_or_strategy, "strategy", trainer_or_strategy)
+    return cast("Strategy", getattr(trainer_or_strategy, "strategy", trainer_or_strategy))
 
 
 def reduce_tensor(

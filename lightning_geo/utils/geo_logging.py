@@ -82,9 +82,10 @@ def is_log_step(trainer: pl.Trainer) -> bool:
     """
     if not trainer.training:
         return True
-    if trainer.log_every_n_steps == 0:
+    every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set on the Trainer by Lightning's logger connector
+    if every == 0:
         return False
-    return (logging_step(trainer) + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
+    return (logging_step(trainer) + 1) % every == 0 or trainer.should_stop
 
 
 def _to_float(tag: str, value: object) -> float:
@@ -134,7 +135,7 @@ def log_geo_scalars(
         TypeError: for a value that is not a number.
     """
     tags = {geo_tag(part, name): value for name, value in values.items()}
-    if not _should_write(trainer, throttle) or not tags:
+    if trainer is None or not _should_write(trainer, throttle) or not tags:
         return
     metrics = {tag: _to_float(tag, value) for tag, value in tags.items()}
     _dashboard_first(trainer, part)
@@ -145,7 +146,7 @@ def log_geo_scalars(
 
 def _tensorboard_writers(trainer: pl.Trainer | None, tag: str, what: str, throttle: bool) -> list[Any]:
     """The ``SummaryWriter`` of each TensorBoard logger that should get ``tag`` now (empty: write nothing)."""
-    if not _should_write(trainer, throttle):
+    if trainer is None or not _should_write(trainer, throttle):
         return []
     _dashboard_first(trainer, None)
     loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
@@ -179,7 +180,7 @@ def log_geo_histogram(
     """
     tag = geo_tag(part, name)
     writers = _tensorboard_writers(trainer, tag, "the histogram", throttle)
-    if not writers:
+    if trainer is None or not writers:
         return
     data = values.detach().reshape(-1).float().cpu()
     step = logging_step(trainer) if step is None else step
@@ -208,7 +209,7 @@ def log_geo_text(
     """
     tag = geo_tag(part, name)
     writers = _tensorboard_writers(trainer, tag, "the text", throttle)
-    if not writers:
+    if trainer is None or not writers:
         return
     step = logging_step(trainer) if step is None else step
     for writer in writers:
