@@ -402,3 +402,13 @@ def test_space_with_int_parameters_round_trips_through_storage(tmp_path):
     resumed = GeoTuner(space, max_trials=3, log_dir=tmp_path, verbose=False)
     resumed.search(train_fn)
     assert [t.params for t in resumed.trials] == seen and all(isinstance(c["layers"], int) for c in seen)
+
+
+def test_a_small_study_still_fits_the_gp_and_says_once_that_it_cannot_prune(tmp_path):
+    with pytest.warns(UserWarning, match="max_trials=4 is too small") as caught:
+        tuner = GeoTuner(SPACE, max_trials=4, log_dir=tmp_path, verbose=False)
+    assert len(caught) == 1 and "ever pruned" in str(caught[0].message) and "never fitted" not in str(caught[0].message)
+    tuner.search(quadratic_train_fn)
+    assert tuner.num_initial == 2 and tuner.optimizer._model is not None  # trials 3 and 4 came from the GP
+    with pytest.warns(UserWarning, match="the GP is never fitted"):
+        GeoTuner(SPACE, max_trials=6, num_initial=6, pruner=None, log_dir=tmp_path, verbose=False)

@@ -255,3 +255,35 @@ def test_tell_rejects_configs_outside_the_space():
         opt.tell({"dropout": 0.1}, 1.0)
     with pytest.raises(ValueError, match=r"n=0"):
         opt.ask(0)
+
+
+# ----------------------------------------------------------------------------- small studies, constraints, big studies
+def test_initial_design_is_sized_to_the_budget():
+    from lightning_geo.tuning.optimizer import default_num_initial
+
+    assert default_num_initial(3) == 5 and default_num_initial(12) == 10
+    assert default_num_initial(3, budget=4) == 2 and default_num_initial(3, budget=40) == 5
+
+
+def test_outcome_constraints_keep_best_feasible_and_reject_nan():
+    opt = BayesianOptimizer(SearchSpace({"x": Float(0.0, 1.0)}), seed=0, num_initial=3)
+    opt.tell({"x": 0.9}, 0.1, constraints=[0.5])  # the best value, but infeasible
+    opt.tell({"x": 0.2}, 0.6, constraints=[-0.1])
+    opt.tell({"x": 0.4}, 0.4, constraints=[-0.2])
+    assert opt.best_params == {"x": 0.4} and opt.num_constraints == 1
+    config = opt.ask()  # the GP models the constraint as an extra output
+    assert opt._model.num_outputs == 2 and 0.0 <= config["x"] <= 1.0
+    with pytest.raises(ValueError, match=r"constraints=.* must be finite numbers"):
+        opt.tell({"x": 0.5}, 0.3, constraints=[float("nan")])
+
+
+def test_hyperparameters_fitted_on_a_subset_model_every_trial():
+    from lightning_geo.tuning.surrogate import fit_surrogate
+
+    generator = torch.Generator().manual_seed(0)
+    X = torch.rand(60, 2, generator=generator, dtype=torch.double)
+    Y = -((X - 0.3) ** 2).sum(dim=-1, keepdim=True)
+    model = fit_surrogate(X, Y, cat_dims=[], max_fit_points=20)
+    assert model.train_inputs[0].shape == (60, 2)
+    mean = model.posterior(X).mean.squeeze(-1)
+    assert torch.corrcoef(torch.stack([mean, Y.squeeze(-1)]))[0, 1] > 0.99

@@ -10,6 +10,12 @@ Example::
     space = SearchSpace({"lr": Float(1e-5, 1e-1, log=True), "layers": Int(1, 6), "act": Categorical(["relu", "gelu"])})
     tuner = GeoTuner(space, monitor="val_loss", max_trials=30)
     best = tuner.search(train_fn)  # train_fn(config, trial) builds a Trainer with trial.reporter() and fits
+
+Optional modules, not imported here (they need the ``optuna`` / ``ray`` extras):
+``lightning_geo.tuning.optuna.GeoSampler`` (GEO's optimizer inside any Optuna study),
+``lightning_geo.tuning.optuna_pruner.GeoCurvePruner`` (the curve rule as an Optuna pruner),
+``lightning_geo.tuning.optuna_storage.OptunaStorage`` (``GeoTuner(storage="sqlite:///...")``),
+``lightning_geo.tuning.ray.GeoSearch`` (a Ray Tune search algorithm) and ``RayExecutor`` (trials as Ray tasks).
 """
 
 from lightning_geo.tuning.executors import InProcessExecutor, SubprocessExecutor, TrialExecutor, run_trial

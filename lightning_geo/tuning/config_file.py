@@ -6,6 +6,7 @@ Example file::
     mode: min
     max_trials: 20
     pruner: median            # median | curve | none
+    storage: sqlite:///runs/study.db   # optional: an Optuna storage URL (default: a JSON lines file)
     space:                    # "<section>.<argument>": a dimension or a fixed value
       model.lr: {float: [1.0e-4, 1.0e-1], log: true}
       model.hidden: {int: [16, 256], log: true}
@@ -37,7 +38,7 @@ from lightning_geo.tuning.space import SearchSpace
 from lightning_geo.tuning.trial import Trial
 
 _SECTIONS = ("model", "data", "trainer")
-_STUDY_KEYS = ("monitor", "mode", "max_trials", "pruner", "seed", "num_initial", "n_parallel", "executor")
+_STUDY_KEYS = ("monitor", "mode", "max_trials", "pruner", "seed", "num_initial", "n_parallel", "executor", "storage")
 
 
 def _import(class_path: str) -> type:

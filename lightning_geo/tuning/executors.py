@@ -2,25 +2,11 @@
 
 An executor takes ``(train_fn, trial)`` pairs and hands back :class:`TrialRecord` results; the tuner never
 looks inside. :func:`run_trial` is the whole life of a trial (call ``train_fn``, read its reports, classify the
-outcome) and is what every executor runs where the trial runs. To run trials on Ray instead of local
-processes, implement the three methods of :class:`TrialExecutor` around it::
-
-    import ray
-
-    class RayExecutor(TrialExecutor):
-        def __init__(self, n_parallel: int, gpus_per_trial: float = 1.0) -> None:
-            self.n_parallel = n_parallel
-            self._remote = ray.remote(num_gpus=gpus_per_trial)(run_trial)
-            self._running: list = []
-
-        def submit(self, train_fn, trial) -> None:
-            self._running.append(self._remote.remote(train_fn, trial))
-
-        def wait(self) -> list[TrialRecord]:
-            done, self._running = ray.wait(self._running, num_returns=1)
-            return ray.get(done)
-
-(with ``log_dir`` on a file system the workers share, so that the study sees every trial's TensorBoard run).
+outcome) and is what every executor runs where the trial runs. To run trials on Ray, use
+:class:`~lightning_geo.tuning.ray_executor.RayExecutor` (each trial a Ray task with its own resources; needs
+``pip install lightning-geo[ray]``); for another engine, implement the three methods of :class:`TrialExecutor`
+around :func:`run_trial`, with ``log_dir`` on a file system the workers share, so that the study sees every
+trial's reports and TensorBoard run.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ The method, step by step (the same recipe as Ax's default, with HEBO's robustnes
    normalised inputs and the copula-warped, standardised outcomes; failed trials are imputed at the worst
    value seen, so the model steers away from where they failed.
 3. The acquisition is qLogNoisyExpectedImprovement (Ament et al. 2023; noisy-objective safe, as a training
-   run's validation loss is), or qLogNoisyExpectedHypervolumeImprovement with several objectives. It is
+   run's validation loss is), or qLogNoisyExpectedHypervolumeImprovement with several objectives. Outcome
+   constraints told with the results (``tell(..., constraints=...)``, feasible when <= 0) are modelled by the
+   same GP as extra outputs and weight the acquisition by the probability of feasibility. It is
    maximised over candidates: 1024 Sobol points, perturbations of the best trials, then a finer local pass
    around the best candidates; integers and categories are always on their grid, constraints and already
    tried or pending configs are excluded.
@@ -32,9 +34,22 @@ from typing import Any, Literal
 import torch
 
 from lightning_geo.tuning.space import Config, SearchSpace
-from lightning_geo.tuning.surrogate import copula_warp, fit_surrogate, mean_sensitivity
+from lightning_geo.tuning.surrogate import condition_surrogate, copula_warp, fit_surrogate, mean_sensitivity
 
 Mode = Literal["min", "max"]
+FIT_ITERATIONS = 100  # L-BFGS-B iterations of a GP fit (warm-started from the previous ask's hyperparameters)
+# From this many trials on, fits are bounded: below it every ask refits in full (a few tenths of a second, and
+# early hyperparameters move a lot: capping them there lost score on a smooth 4-d test function); above it the
+# uncapped fit was 85% of an ask at 200 trials (1.9 of 2.2 s, 117 likelihood evaluations).
+BOUNDED_FIT_FROM = 40
+WARM_FIT_ITERATIONS = 20  # bounded: iterations of a warm-started fit; one more trial moves the optimum little
+# bounded: the hyperparameters are re-optimised once the trials have grown by this fraction since the last fit
+# (every 5th ask at 50 trials, every 20th at 200); in between the GP conditions on the new trials with the last
+# fit's hyperparameters
+REFIT_GROWTH = 0.1
+# past this many trials the hyperparameters are fitted on a subset of this size (the model still conditions on
+# every trial): the fit's cost grows with n^3 and was 2.9 of 4.1 s per ask at 500 trials even when capped
+FIT_SUBSET = 200
 
 
 class TuningError(RuntimeError):
@@ -43,15 +58,22 @@ class TuningError(RuntimeError):
 
 @dataclass(frozen=True)
 class Observation:
-    """A told result: the config and its objective values (``None`` for a failed trial)."""
+    """A told result: the config, its objective values (``None`` for a failed trial) and its outcome constraint
+    values (``None``: unconstrained or unknown; a value > 0 violates a constraint)."""
 
     config: Config
     values: tuple[float, ...] | None
+    constraints: tuple[float, ...] | None = None
 
     @property
     def failed(self) -> bool:
         """Whether the trial failed (no usable value)."""
         return self.values is None
+
+    @property
+    def feasible(self) -> bool:
+        """Whether every known constraint value is <= 0 (a trial without constraint values counts as feasible)."""
+        return self.constraints is None or all(c <= 0 for c in self.constraints)
 
 
 @contextmanager
@@ -78,6 +100,14 @@ def pareto_mask(values: Sequence[Sequence[float]], modes: Sequence[str]) -> list
 
     Y = torch.tensor(values, dtype=torch.double).reshape(len(values), len(modes))
     return is_non_dominated(Y * _signs(modes), deduplicate=True).tolist()
+
+
+def default_num_initial(d: int, budget: int | None = None) -> int:
+    """Trials of the initial design for ``d`` searched parameters: ``min(10, max(5, d + 1))``, and with a
+    ``budget`` (the study's trial count) at most half of it (but at least 2), so that a short study still
+    gets trials from the GP (Ax sizes its start the same way)."""
+    default = min(10, max(5, d + 1))
+    return default if budget is None else min(default, max(2, budget // 2))
 
 
 def _modes(mode: Mode | Sequence[Mode]) -> tuple[str, ...]:
@@ -132,11 +162,13 @@ class BayesianOptimizer:
         self.space = space
         self.seed = seed
         self.modes = _modes(mode)
-        self.num_initial = num_initial if num_initial is not None else min(10, max(5, space.d + 1))
+        self.num_initial = num_initial if num_initial is not None else default_num_initial(space.d)
         self.num_candidates = num_candidates
         self.observations: list[Observation] = []
         self._pending: dict[str, Config] = {}
-        self._warm_start: dict[str, torch.Tensor] | None = None
+        self._warm_start: dict[str, torch.Tensor] | None = None  # hyperparameters of the last fit
+        self._fitted_on = 0  # trials that fit saw
+        self._pending_elsewhere = 0
         self._model: Any = None
         self.ask_seconds: list[float] = []  # wall time of every ask, for latency reports
 
@@ -169,22 +201,37 @@ class BayesianOptimizer:
         self.ask_seconds.append(time.perf_counter() - started)
         return configs[0] if n is None else configs
 
-    def tell(self, params: Mapping[str, Any], value: float | Sequence[float] | None) -> None:
+    def tell(
+        self,
+        params: Mapping[str, Any],
+        value: float | Sequence[float] | None,
+        *,
+        constraints: Sequence[float] | None = None,
+    ) -> None:
         """Record the result of a config.
 
         Args:
             params: The config, as returned by :meth:`ask` (or any config of the space).
             value: The objective (a sequence of them in multi-objective mode). ``None``, NaN or infinity marks
                 a failed trial: it is kept, and the model treats it as the worst result seen so far.
+            constraints: Outcome constraint values measured with the result (e.g. memory - budget); a config is
+                feasible when all are <= 0. Tell the same number with every constrained result; ``None`` for
+                an unconstrained study (or a trial whose constraints are unknown: imputed as the worst seen).
 
         Raises:
-            ValueError: if ``params`` is not a config of the space or ``value`` has the wrong length.
+            ValueError: if ``params`` is not a config of the space, ``value`` has the wrong length or a
+                constraint value is not a finite number.
         """
         config = dict(params)
         key = self.space.key(config)  # validates the config
         values = self._check_value(value)
+        checked = None
+        if constraints is not None:
+            checked = tuple(float(c) for c in constraints)
+            if not all(math.isfinite(c) for c in checked):
+                raise ValueError(f"constraints={constraints!r} must be finite numbers (<= 0 means feasible)")
         self._pending.pop(key, None)
-        self.observations.append(Observation({**self.space.fixed, **config}, values))
+        self.observations.append(Observation({**self.space.fixed, **config}, values, checked))
 
     def mark_pending(self, params: Mapping[str, Any]) -> None:
         """Treat ``params`` as being evaluated (e.g. a trial re-run after a crash), so asks avoid it."""
@@ -194,12 +241,24 @@ class BayesianOptimizer:
         """Drop a config asked for that will never be told (e.g. a trial that was abandoned)."""
         self._pending.pop(self.space.key(params), None)
 
+    def set_pending_elsewhere(self, count: int) -> None:
+        """Say that ``count`` other workers are asking right now, their configs not known yet: the next asks
+        skip that many points of the initial design and are seeded differently, so that two workers that ask at
+        the same moment from the same history do not propose the same config. Default 0.
+
+        Raises:
+            ValueError: for a negative ``count``.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count={count!r} must be a non-negative integer")
+        self._pending_elsewhere = count
+
     @property
     def best(self) -> Observation | None:
         """The best successful observation (single-objective studies), or ``None`` before the first success."""
         if self.num_objectives != 1:
             raise TuningError("best is for single-objective studies; use pareto_front() with several objectives")
-        done = [o for o in self.observations if not o.failed]
+        done = [o for o in self.observations if not o.failed and o.feasible]
         if not done:
             return None
         sign = -1.0 if self.modes[0] == "min" else 1.0
@@ -212,8 +271,9 @@ class BayesianOptimizer:
         return None if best is None else dict(best.config)
 
     def pareto_front(self) -> list[Observation]:
-        """The non-dominated successful observations (every objective in its own ``mode``), in telling order."""
-        done = [o for o in self.observations if not o.failed]
+        """The non-dominated successful feasible observations (every objective in its own ``mode``), in telling
+        order."""
+        done = [o for o in self.observations if not o.failed and o.feasible]
         if not done:
             return []
         mask = pareto_mask([o.values for o in done], self.modes)  # type: ignore[misc]
@@ -255,13 +315,20 @@ class BayesianOptimizer:
         return floats if all(math.isfinite(v) for v in floats) else None
 
     def _ask_seed(self) -> int:
-        return (self.seed * 1_000_003 + len(self.observations) * 7919 + len(self._pending) * 104_729) % (2**63)
+        pending = len(self._pending) * 104_729 + self._pending_elsewhere * 15_485_863
+        return (self.seed * 1_000_003 + len(self.observations) * 7919 + pending) % (2**63)
 
     def _maximisation_values(self, observations: Sequence[Observation]) -> torch.Tensor:
         return torch.tensor([o.values for o in observations], dtype=torch.double) * _signs(self.modes)
 
+    @property
+    def num_constraints(self) -> int:
+        """How many outcome constraint values the results were told with (0: unconstrained)."""
+        return max((len(o.constraints) for o in self.observations if o.constraints is not None), default=0)
+
     def _training_data(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``n x d`` inputs and ``n x m`` outcomes to fit (maximisation form, failures imputed, warped)."""
+        """``n x d`` inputs and ``n x (m + c)`` outcomes to fit: ``m`` objectives (maximisation form, failures
+        imputed at the worst, warped) then ``c`` raw constraint values (unknown ones imputed at the worst)."""
         done = [o for o in self.observations if not o.failed]
         if len(done) < 2:
             return None
@@ -273,11 +340,34 @@ class BayesianOptimizer:
         )
         if self.num_objectives == 1:
             Y = copula_warp(Y)
+        c = self.num_constraints
+        if c:
+            known = [o.constraints for o in self.observations if o.constraints is not None and len(o.constraints) == c]
+            highest = torch.tensor(known, dtype=torch.double).amax(dim=0)
+            C = torch.stack([
+                torch.tensor(o.constraints, dtype=torch.double)
+                if o.constraints is not None and len(o.constraints) == c and not o.failed else highest
+                for o in self.observations
+            ])
+            Y = torch.cat([Y, C], dim=-1)
         return X, Y
 
+    def _constraint_callables(self) -> list[Any] | None:
+        """BoTorch outcome constraints on the model's extra outputs (feasible where the callable is <= 0)."""
+        m = self.num_objectives
+        return [lambda Z, i=m + j: Z[..., i] for j in range(self.num_constraints)] or None
+
     def _fit(self, X: torch.Tensor, Y: torch.Tensor) -> Any:
-        self._model = fit_surrogate(X, Y, cat_dims=self.space.cat_dims, warm_start=self._warm_start)
+        n = X.shape[0]
+        bounded = self._warm_start is not None and n >= BOUNDED_FIT_FROM
+        if bounded and self._fitted_on <= n < self._fitted_on * (1 + REFIT_GROWTH):
+            self._model = condition_surrogate(X, Y, cat_dims=self.space.cat_dims, hyperparameters=self._warm_start)
+            return self._model
+        iterations = WARM_FIT_ITERATIONS if bounded else FIT_ITERATIONS
+        self._model = fit_surrogate(X, Y, cat_dims=self.space.cat_dims, warm_start=self._warm_start,
+                                    max_iterations=iterations, max_fit_points=FIT_SUBSET)
         self._warm_start = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
+        self._fitted_on = n
         return self._model
 
     def _seen_keys(self) -> set[tuple[float, ...]]:
@@ -285,10 +375,11 @@ class BayesianOptimizer:
         return {self.space.row_key(row) for row in rows.tolist()}
 
     def _propose(self, q: int) -> torch.Tensor:
-        asked = len(self.observations) + len(self._pending)
+        skip = self._pending_elsewhere
+        asked = len(self.observations) + len(self._pending) + skip
         data = self._training_data()
         if asked < self.num_initial or data is None:
-            initial = self._initial_design(q)
+            initial = self._initial_design(q + skip)[skip:]
             if data is None or asked + q <= self.num_initial:
                 return initial
             # the batch straddles the end of the initial design: the rest comes from the model
@@ -324,25 +415,33 @@ class BayesianOptimizer:
         return self.space.snap(X)
 
     def _acquisition(self, model: Any, X: torch.Tensor, pending: torch.Tensor) -> Any:
+        from botorch.acquisition.objective import GenericMCObjective
         from botorch.sampling import SobolQMCNormalSampler
 
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=int(torch.randint(2**31, ()).item()))
         X_pending = pending if len(pending) else None
-        if self.num_objectives == 1:
+        constraints = self._constraint_callables()
+        m = self.num_objectives
+        if m == 1:
             from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 
+            objective = GenericMCObjective(lambda Z, X=None: Z[..., 0]) if constraints else None
             return qLogNoisyExpectedImprovement(
-                model, X_baseline=X, sampler=sampler, prune_baseline=True, X_pending=X_pending
+                model, X_baseline=X, sampler=sampler, prune_baseline=True, X_pending=X_pending,
+                objective=objective, constraints=constraints,
             )
         from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+        from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
 
-        done = [o for o in self.observations if not o.failed]
+        done = [o for o in self.observations if not o.failed and o.feasible]
+        done = done or [o for o in self.observations if not o.failed]
         Y_done = self._maximisation_values(done)
         low, high = Y_done.min(dim=0).values, Y_done.max(dim=0).values
         ref_point = low - 0.1 * (high - low).clamp(min=1e-9)
+        objective = IdentityMCMultiOutputObjective(outcomes=list(range(m))) if constraints else None
         return qLogNoisyExpectedHypervolumeImprovement(
             model, ref_point=ref_point.tolist(), X_baseline=X, sampler=sampler, prune_baseline=True,
-            X_pending=X_pending,
+            X_pending=X_pending, objective=objective, constraints=constraints,
         )
 
     def _candidates(self, centres: torch.Tensor, sigmas: Sequence[float], per_centre: int, num_global: int,
@@ -387,10 +486,13 @@ class BayesianOptimizer:
     def _acquire(self, q: int, data: tuple[torch.Tensor, torch.Tensor], chosen: torch.Tensor) -> torch.Tensor:
         X, Y = data
         model = self._fit(X, Y)
-        if self.num_objectives == 1:
-            top = X[torch.topk(Y[:, 0], min(5, len(Y))).indices]
+        m = self.num_objectives
+        infeasible = (Y[:, m:] > 0).any(dim=-1)  # local search starts from the best feasible trials first
+        if m == 1:
+            top = X[torch.topk(Y[:, 0] - 1e6 * infeasible, min(5, len(Y))).indices]
         else:
-            top = X[self._pareto_rows(Y)][:5]
+            rows = self._pareto_rows(Y[~infeasible, :m]) if (~infeasible).any() else self._pareto_rows(Y[:, :m])
+            top = (X[~infeasible] if (~infeasible).any() else X)[rows][:5]
         rows = [row for row in chosen]
         seen = self._seen_keys()  # told and pending configs; fixed during this ask (rows chosen now: _exclude)
         pending_base = self.space.encode(list(self._pending.values())) if self._pending else chosen[:0]

@@ -54,8 +54,15 @@ def fit_surrogate(
     cat_dims: list[int],
     warm_start: dict[str, torch.Tensor] | None = None,
     max_iterations: int = 100,
+    max_fit_points: int | None = None,
 ) -> Any:
     """Fit a GP to ``n x d`` inputs and ``n x m`` (already warped) outcomes, in double precision.
+
+    With more than ``max_fit_points`` observations the hyperparameters are fitted on a subset of that many (the
+    best half by the first outcome, the rest spread evenly over the others) and the returned model is then
+    conditioned on *all* observations with those hyperparameters: the likelihood's cost grows with ``n``
+    cubed, while the hyperparameters (length scales, noise) are already well determined by a few hundred
+    points.
 
     Args:
         X: ``n x d`` normalised inputs.
@@ -64,30 +71,27 @@ def fit_surrogate(
         warm_start: A previous fit's ``state_dict`` to start the hyperparameters from (same ``d`` and ``m``), so
             the fit starts near the last ask's optimum instead of at the priors.
         max_iterations: L-BFGS-B iterations for the marginal likelihood (caps the time per ``ask``).
+        max_fit_points: Observations the hyperparameters are fitted on (``None``: all of them).
 
     Returns:
         The fitted BoTorch model (``SingleTaskGP`` or ``MixedSingleTaskGP``) in eval mode.
     """
     from botorch.exceptions.errors import ModelFittingError
     from botorch.fit import fit_gpytorch_mll
-    from botorch.models import MixedSingleTaskGP, SingleTaskGP
-    from botorch.models.transforms import Standardize
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     X, Y = X.to(torch.double), Y.to(torch.double)
+    if max_fit_points is not None and X.shape[0] > max_fit_points:
+        subset = _fit_subset(Y[:, 0], max_fit_points)
+        fitted = fit_surrogate(X[subset], Y[subset], cat_dims=cat_dims, warm_start=warm_start,
+                               max_iterations=max_iterations)
+        hyper = {k: v for k, v in fitted.state_dict().items() if not k.startswith(("outcome_transform", "train_"))}
+        return _build(X, Y, cat_dims, hyper).eval()
     with warnings.catch_warnings():
         # BoTorch's data checks (e.g. all outcomes equal) and single-fit optimisation warnings are noise here: the
         # study goes on with whatever the fit gives, and a fit that fails outright raises below.
         warnings.simplefilter("ignore")
-        transform = Standardize(m=Y.shape[-1])
-        if cat_dims:
-            model = MixedSingleTaskGP(X, Y, cat_dims=cat_dims, outcome_transform=transform)
-        else:
-            model = SingleTaskGP(X, Y, outcome_transform=transform)
-        if warm_start is not None:
-            hyper = {k: v for k, v in warm_start.items() if not k.startswith(("outcome_transform", "train_", "input"))}
-            with contextlib.suppress(RuntimeError):  # shapes changed (not for one space); then fit from the priors
-                model.load_state_dict(hyper, strict=False)
+        model = _build(X, Y, cat_dims, warm_start)
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
         try:
             fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": max_iterations}})
@@ -96,6 +100,49 @@ def fit_surrogate(
                 raise
             return fit_surrogate(X, Y, cat_dims=cat_dims, warm_start=None, max_iterations=max_iterations)
     model.eval()
+    return model
+
+
+def condition_surrogate(
+    X: torch.Tensor, Y: torch.Tensor, *, cat_dims: list[int], hyperparameters: dict[str, torch.Tensor]
+) -> Any:
+    """The GP of :func:`fit_surrogate` on ``n x d`` inputs and ``n x m`` outcomes with given hyperparameters (a
+    previous fit's ``state_dict``), without optimising them: the cheap update between two fits.
+
+    Returns:
+        The BoTorch model in eval mode.
+    """
+    return _build(X.to(torch.double), Y.to(torch.double), cat_dims, hyperparameters).eval()
+
+
+def _fit_subset(y: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of ``size`` observations to fit hyperparameters on: the best half by ``y`` (larger is better),
+    then the others evenly spaced in telling order (deterministic)."""
+    best = torch.topk(y, size // 2).indices
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[best] = False
+    others = torch.nonzero(rest).reshape(-1)
+    spread = others[torch.linspace(0, len(others) - 1, size - len(best)).round().long()]
+    return torch.cat([best, spread]).sort().values
+
+
+def _build(X: torch.Tensor, Y: torch.Tensor, cat_dims: list[int], hyper: dict[str, torch.Tensor] | None) -> Any:
+    """A ``SingleTaskGP`` (``MixedSingleTaskGP`` with categorical columns) on standardised outcomes, its
+    hyperparameters loaded from ``hyper`` (a previous model's ``state_dict``) where the shapes match."""
+    from botorch.models import MixedSingleTaskGP, SingleTaskGP
+    from botorch.models.transforms import Standardize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BoTorch's input data checks; see fit_surrogate
+        transform = Standardize(m=Y.shape[-1])
+        if cat_dims:
+            model = MixedSingleTaskGP(X, Y, cat_dims=cat_dims, outcome_transform=transform)
+        else:
+            model = SingleTaskGP(X, Y, outcome_transform=transform)
+    if hyper is not None:
+        hyper = {k: v for k, v in hyper.items() if not k.startswith(("outcome_transform", "train_", "input"))}
+        with contextlib.suppress(RuntimeError):  # shapes changed (not for one space); then fit from the priors
+            model.load_state_dict(hyper, strict=False)
     return model
 
 

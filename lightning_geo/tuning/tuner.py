@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,14 @@ from typing import Any
 import torch
 
 from lightning_geo.tuning.executors import DIVERGED, TrainFn, TrialExecutor, make_executor
-from lightning_geo.tuning.optimizer import BayesianOptimizer, Mode, TuningError, _modes, pareto_mask
+from lightning_geo.tuning.optimizer import (
+    BayesianOptimizer,
+    Mode,
+    TuningError,
+    _modes,
+    default_num_initial,
+    pareto_mask,
+)
 from lightning_geo.tuning.pruners import Pruner, make_pruner
 from lightning_geo.tuning.reporter import MONITOR_MISSING
 from lightning_geo.tuning.space import Categorical, Config, SearchSpace
@@ -42,16 +50,22 @@ class GeoTuner:
         max_trials: Trials in the study, failed and pruned ones included (resumed trials count). Default 20.
         n_parallel: Trials at once (needs ``executor="subprocess"`` or your own executor). Default 1.
         executor: ``"in_process"`` (default), ``"subprocess"`` (each trial in a fresh process, isolated from
-            crashes and out-of-memory kills, one device each), or a :class:`TrialExecutor` (e.g. on Ray).
+            crashes and out-of-memory kills, one device each), or a :class:`TrialExecutor` (e.g.
+            :class:`~lightning_geo.tuning.ray_executor.RayExecutor`: each trial a Ray task).
         devices: With ``executor="subprocess"``: the ``CUDA_VISIBLE_DEVICES`` value of each parallel slot.
         pruner: ``"median"`` (default), ``"curve"``, ``None`` (never prune) or a :class:`Pruner`.
         log_dir: Root folder of the study's TensorBoard runs and storage. Default ``"tuning"``.
         study_name: The study's folder under ``log_dir``: ``<log_dir>/<study_name>/``. Default ``"study"``.
-        storage: The trial file; default ``<log_dir>/<study_name>/trials.jsonl``.
+        storage: The trial file; default ``<log_dir>/<study_name>/trials.jsonl``. An Optuna storage URL
+            (``"sqlite:///tuning/study.db"``) or ``optuna.storages`` instance (``JournalStorage`` for a shared file
+            system) keeps the study as the Optuna study ``study_name`` there instead, which ``optuna.load_study``
+            and ``optuna-dashboard`` open (needs ``pip install lightning-geo[optuna]``); same resume contract.
         resume: Continue the study in an existing ``storage`` (default). With ``False``, an existing file with
             trials is an error, so a new study never mixes with an old one by accident.
         seed: Seeds the optimiser. Default 0.
-        num_initial: Quasi-random trials before the GP takes over (see :class:`BayesianOptimizer`).
+        num_initial: Quasi-random trials before the GP takes over. Default ``min(10, max(5, d + 1))`` for ``d``
+            searched parameters, but at most ``max_trials // 2`` (at least 2), so a short study still uses the
+            GP. A study too small to fit the GP or to prune anything says so with one warning.
         max_consecutive_failures: Stop with :class:`TuningError` when this many trials fail in a row (a bug in
             ``train_fn`` should not burn the whole budget). Default 5.
         verbose: Print one line per finished trial. Default ``True``.
@@ -81,7 +95,7 @@ class GeoTuner:
         pruner: str | Pruner | None = "median",
         log_dir: str | Path = "tuning",
         study_name: str = "study",
-        storage: str | Path | None = None,
+        storage: str | Path | Any | None = None,
         resume: bool = True,
         seed: int = 0,
         num_initial: int | None = None,
@@ -112,14 +126,33 @@ class GeoTuner:
                 f"n_parallel={n_parallel} differs from the executor's own n_parallel={executor.n_parallel}"
             )
         self.study_dir = Path(log_dir) / study_name
-        self.storage = JsonlStorage(storage if storage is not None else self.study_dir / "trials.jsonl")
+        if (isinstance(storage, str) and "://" in storage) or not isinstance(storage, str | Path | None):
+            from lightning_geo.tuning.optuna_storage import OptunaStorage
+
+            self.storage: JsonlStorage | OptunaStorage = OptunaStorage(storage, study_name, space, modes)
+        else:
+            self.storage = JsonlStorage(storage if storage is not None else self.study_dir / "trials.jsonl")
         self.resume = resume
         self.max_consecutive_failures = max_consecutive_failures
         self.verbose = verbose
         self.seed = seed
-        self.num_initial = num_initial
-        self.optimizer = BayesianOptimizer(space, seed=seed, mode=modes, num_initial=num_initial)
+        self.num_initial = num_initial if num_initial is not None else default_num_initial(space.d, max_trials)
+        self.optimizer = BayesianOptimizer(space, seed=seed, mode=modes, num_initial=self.num_initial)
         self.trials: list[TrialRecord] = []
+        self._warn_if_too_small()
+
+    def _warn_if_too_small(self) -> None:
+        """One warning when the study cannot use the GP or the pruner at all (e.g. a 4-trial smoke test)."""
+        problems = []
+        if self.max_trials <= self.num_initial:
+            problems.append(f"all {self.max_trials} trials are quasi-random (num_initial={self.num_initial}): the GP "
+                            "is never fitted")
+        if self.pruner is not None and len(self.monitor) == 1 and self.max_trials <= self.pruner.n_startup_trials:
+            problems.append(f"the pruner waits for {self.pruner.n_startup_trials} finished trials "
+                            f"(n_startup_trials), so no trial is ever pruned")
+        if problems:
+            warnings.warn(f"GeoTuner: max_trials={self.max_trials} is too small: " + "; ".join(problems) + ".",
+                          UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ results
     @property
