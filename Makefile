@@ -20,25 +20,28 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
+# The demo needs the package alone; the tests, docs and lint need the test extra (transformers, litgpt, optuna,
+# ray, mkdocs, mypy, ...), which takes minutes more to install: `make demo` from a fresh clone stays quick.
 STAMP := $(VENV)/.lightning_geo-installed
+TEST_STAMP := $(VENV)/.lightning_geo-test-installed
 
 .PHONY: demo test install lint docs docs-serve clean
 
 demo: $(STAMP)
 	$(BIN)/lightning-geo demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
-docs: $(STAMP)
+docs: $(TEST_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-docs-serve: $(STAMP)
+docs-serve: $(TEST_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
 $(BIN)/python:
@@ -46,8 +49,12 @@ $(BIN)/python:
 
 # Re-installs when the package metadata or the constraints change.
 $(STAMP): pyproject.toml setup.cfg $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS)) --editable '.[test]'
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS)) --editable .
 	touch $@
+
+$(TEST_STAMP): pyproject.toml setup.cfg $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS)) --editable '.[test]'
+	touch $@ $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache
