@@ -112,3 +112,11 @@ def test_layering_holds_in_the_source(layer):
     assert files, layer
     broken = [v for path in files for v in violations(path.read_text(), _module_name(path), path.name == "__init__.py")]
     assert not broken, "\n".join(broken)
+
+
+def test_the_trial_reporter_does_not_import_the_trial_module():
+    """``tuning/trial.py`` builds ``TrialReporter``s; the reporter depends on a protocol, not on the trial module,
+    so the two do not import each other (they once did, through a function-level import)."""
+    path = PACKAGE / "tuning" / "reporter.py"
+    imported = [name for _, name in _imported_modules(path.read_text(), "lightning_geo.tuning.reporter", False)]
+    assert not any(name.startswith("lightning_geo.tuning.trial") for name in imported), imported

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-if TYPE_CHECKING:
-    from lightning_geo.tuning.trial import Trial
+
+class ReportingTrial(Protocol):
+    """What :class:`TrialReporter` needs of a trial (:class:`~lightning_geo.tuning.Trial` is one): it depends on
+    this, not on the trial module, so the two do not import each other."""
+
+    number: int
+    monitor: Sequence[str]
+    pruned: bool
+
+    def report(self, value: float, step: int) -> None:
+        """Record the monitored metric's ``value`` at optimizer ``step``."""
+
+    def should_prune(self) -> bool:
+        """Whether the study's pruner stops this trial now."""
 
 
 MONITOR_MISSING = "MonitorNotLoggedError"
@@ -52,7 +65,7 @@ class TrialReporter(Callback):
             trainer.fit(MyModule(lr=config["lr"]), datamodule)
     """
 
-    def __init__(self, trial: Trial) -> None:
+    def __init__(self, trial: ReportingTrial) -> None:
         self.trial = trial
 
     @property

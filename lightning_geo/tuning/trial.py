@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_geo.tuning.pruners import FinishedCurve, Pruner
+from lightning_geo.tuning.reporter import TrialReporter
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lightning_geo.tuning.reporter import TrialReporter
 
 REPORTS_FILE = "reports.jsonl"
 
@@ -123,8 +123,6 @@ class Trial:
 
     def reporter(self) -> TrialReporter:
         """A :class:`~lightning_geo.tuning.TrialReporter` callback for this trial's Trainer."""
-        from lightning_geo.tuning.reporter import TrialReporter
-
         return TrialReporter(self)
 
     def logger(self, **kwargs: Any) -> TensorBoardLogger:
