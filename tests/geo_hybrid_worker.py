@@ -24,6 +24,7 @@ from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
 from lightning_geo.demo.model import CharLanguageModel
 from lightning_geo.precision import PredictiveScalingPrecision
 from lightning_geo.strategies import GeoHybridStrategy
+from tests.real_models import ForceBlockScales
 
 GLOBAL_BATCH = 8
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200))
@@ -57,19 +58,6 @@ class Model(CharLanguageModel):
         loss = super().training_step(batch, batch_idx)
         self.losses.append(float(self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")))
         return loss
-
-
-class ForceBlockScales(Callback):
-    """Overrides the precision plugin's plan before every backward: region ``k`` (counted from the loss) runs at
-    the head's scale divided by ``2**k``, so every block unscales by a scale of its own (a plugin that unscaled a
-    block's gradients by another region's scale would be off by a power of two)."""
-
-    def on_before_backward(self, trainer, pl_module, loss):
-        plugin = trainer.precision_plugin
-        blocks = plugin._block_scaling
-        assert blocks is not None and blocks.analysed and blocks.num_regions > 2, "the model must have block regions"
-        plugin._scales = [plugin._scales[0] / 2**k for k in range(blocks.num_regions)]
-        blocks.set_region_scales(plugin._scales)
 
 
 class GeoRecorder(Callback):
