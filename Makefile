@@ -6,7 +6,7 @@
 #   CONSTRAINTS  pip constraints file; default constraints/cpu.txt on machines without an NVIDIA driver
 #                (torch 2.13.0 CPU build, no CUDA wheels), none where `nvidia-smi` exists (your torch, or the
 #                newest CUDA build pip picks). Set it empty to install without constraints.
-#   DEMO_ARGS    extra flags for `lightning-geo demo`, e.g. DEMO_ARGS="--steps 100"
+#   DEMO_ARGS    extra flags for `lightning-geo demo`, e.g. DEMO_ARGS="--budget 60s" or "--arm geo"
 #   PYTEST_ARGS  extra flags for pytest, e.g. PYTEST_ARGS="-m 'not slow'"
 #
 # `make docs` builds the documentation site strictly into build/site (as tests/test_docs.py does in
@@ -20,8 +20,9 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
-# The demo needs the package alone; the tests, docs and lint need the test extra (transformers, litgpt, optuna,
-# ray, mkdocs, mypy, ...), which takes minutes more to install: `make demo` from a fresh clone stays quick.
+# The demo needs the package and its demo extra (tokenizers); the tests, docs and lint need the test extra
+# (transformers, litgpt, optuna, ray, mkdocs, mypy, ...), which takes minutes more to install: `make demo` from a
+# fresh clone stays quick.
 STAMP := $(VENV)/.lightning_geo-installed
 TEST_STAMP := $(VENV)/.lightning_geo-test-installed
 
@@ -49,7 +50,7 @@ $(BIN)/python:
 
 # Re-installs when the package metadata or the constraints change.
 $(STAMP): pyproject.toml setup.cfg $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS)) --editable .
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS)) --editable '.[demo]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml setup.cfg $(CONSTRAINTS) | $(BIN)/python

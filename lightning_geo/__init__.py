@@ -4,7 +4,8 @@ The parts are imported from their sub-packages (``lightning_geo.callbacks``, ``.
 ``.strategies``, ``.optim``, ``.tuning``); BoTorch is imported only when the tuner is used. Importing the
 package registers ``Trainer(strategy="geo_hybrid")`` with Lightning, which needs ``.strategies`` loaded, and
 imports the parts a Trainer takes, so that the dashboard knows their sections (each part declares its own; see
-:mod:`lightning_geo.utils.dashboard`).
+:mod:`lightning_geo.utils.dashboard`). ``lightning_geo.recipe()`` (:mod:`lightning_geo.recipes`) is GEO's measured
+best configuration as Trainer keyword arguments.
 """
 
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 # imported for the dashboard sections they declare (curriculum, sparsity; precision); strategies registers geo_hybrid
 from lightning_geo import callbacks, precision  # noqa: F401
+from lightning_geo.recipes import recipe
 from lightning_geo.strategies import register_geo_hybrid as _register_geo_hybrid
 
 
@@ -31,4 +33,4 @@ except PackageNotFoundError:
 
 _register_geo_hybrid()
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "recipe"]

@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from lightning_geo import __version__
-from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, MIXED_PRECISIONS, PRECISIONS, DemoConfig
+from lightning_geo.demo.config import (
+    DEMO_BUDGET,
+    DEMO_LEARNING_RATES,
+    DEMO_VAL_POINTS,
+    DEMO_VAL_SAMPLES,
+    GEO_PARTS_IN_DEMO,
+    MIXED_PRECISIONS,
+    PRECISIONS,
+    TOKENIZERS,
+    DemoConfig,
+)
 
 if TYPE_CHECKING:
     from lightning_geo.strategies.topology import NodeTopology
@@ -65,12 +75,15 @@ def _precision(text: str) -> str:
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="train a small character-level GPT and summarise the run",
+        help="train a small GPT-2-shaped LM plain and with lightning_geo.recipe() on the same budget; one table",
         description=(
-            "Train a small GPT-style character language model with a plain Lightning loop (AdamW, warmup + "
-            "cosine LR, gradient clipping). Logs train/val loss and bits per character to TensorBoard, prints "
-            "a summary table and writes loss_curves.png beside the event files. --geo adds the GEO parts; "
-            "--compare trains the plain run and the GEO run on the same budget and prints one table. "
+            "Train a small GPT-style language model on a real corpus (by default this Python's standard library, "
+            f"byte-level BPE of {_DEFAULTS['vocab_size']} tokens learned in-process), first with plain Lightning "
+            "(AdamW, warmup + cosine LR over the budget, gradient clipping), then with lightning_geo.recipe(), on the "
+            f"same wall-clock budget ({DEMO_BUDGET} of training each by default), and print one table: seconds and "
+            "tokens to plain's final validation loss, final loss, tokens/s, peak memory, skipped steps; plus a PNG of "
+            "both validation curves against seconds and tokens. --arm plain|geo trains one arm. Each arm's learning "
+            "rate defaults to the value tuned for it with the same budget (see docs/demo.md). "
             "View with: tensorboard --logdir runs"
         ),
         formatter_class=_HelpFormatter,
@@ -83,36 +96,53 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="a UTF-8 text file or a folder of text files (default: the Python standard library's sources)",
     )
-    add("--steps", type=pos_int, default=_DEFAULTS["steps"], help="optimizer steps to train")
-    add("--max-minutes", type=pos_float, default=_DEFAULTS["max_minutes"], help="wall-clock cap on training")
+    add("--arm", choices=("both", "plain", "geo"), default=None,
+        help="both (default: plain Lightning, then lightning_geo.recipe(), one table), plain or geo (one run)")
+    add("--budget", default=None,
+        help=f"what each arm may spend: '60s', '2 min' (seconds in training batches), '2M' / '500k tokens', or "
+        f"'300 steps' (default: {DEMO_BUDGET}; with --steps, that many steps)")
+    add("--tokenizer", choices=TOKENIZERS, default="bpe",
+        help="bpe: byte-level BPE learned on the corpus (cached); char: one id per character (the old demo)")
+    add("--vocab-size", type=pos_int, default=_DEFAULTS["vocab_size"], help="BPE vocabulary size")
+    add("--max-train-chars", type=_positive(int, allow_zero=True), default=_DEFAULTS["max_train_chars"],
+        help="BPE: characters of training text to encode (whole files, fixed shuffled order); 0: all of it")
+    add("--steps", type=pos_int, default=None,
+        help="train for this many optimizer steps instead of a budget (Lightning validates every --val-every)")
+    add("--max-minutes", type=pos_float, default=_DEFAULTS["max_minutes"], help="with --steps: wall-clock cap")
     add("--batch-size", type=pos_int, default=_DEFAULTS["batch_size"], help="samples per device and step")
-    add("--seq-len", type=pos_int, default=_DEFAULTS["seq_len"], help="characters per sample")
+    add("--seq-len", type=pos_int, default=_DEFAULTS["seq_len"], help="tokens per sample")
     add("--n-layer", type=pos_int, default=_DEFAULTS["n_layer"], help="transformer blocks")
     add("--n-head", type=pos_int, default=_DEFAULTS["n_head"], help="attention heads")
     add("--n-embd", type=pos_int, default=_DEFAULTS["n_embd"], help="model width")
-    add("--lr", type=pos_float, default=_DEFAULTS["lr"], help="peak AdamW learning rate")
+    add("--lr", type=pos_float, default=None,
+        help=f"peak AdamW learning rate of the plain arm, or of the one arm --arm trains (default: tuned per arm: "
+        f"{DEMO_LEARNING_RATES['plain']:g} plain, {DEMO_LEARNING_RATES['geo']:g} GEO; "
+        f"{_DEFAULTS['lr']:g} with --tokenizer char)")
+    add("--geo-lr", type=pos_float, default=None, help="the GEO arm's learning rate when both arms run "
+        f"(default: {DEMO_LEARNING_RATES['geo']:g}; --lr with --tokenizer char)")
+    add("--warmup-share", type=_positive(float, allow_zero=True), default=_DEFAULTS["warmup_share"],
+        help="with a budget: LR warmup as a share of it")
+    add("--seq-len-warmup", type=pos_float, default=_DEFAULTS["seq_len_warmup"],
+        help="GEO arm: share of the budget over which sequences grow to full length")
+    add("--exclude", default="", help="GEO arm: recipe parts to leave out, comma-separated "
+        "(strategy, precision, seq_len_warmup, sparsity)")
     add("--precision", type=_precision, default=None,
-        help=f"one of {', '.join(PRECISIONS)} (default: with --geo or --compare, 16-mixed on a GPU and "
-        "bf16-mixed on a CPU, where fp16 is emulated and slow; else 32-true)")
+        help=f"one of {', '.join(PRECISIONS)} (default: 16-mixed on a GPU and bf16-mixed on a CPU, where fp16 is "
+        "emulated and slow; 32-true for a plain single run with --steps)")
     add("--accelerator", default=_DEFAULTS["accelerator"], help="Lightning accelerator: cpu, gpu or auto")
     add("--devices", type=pos_int, default=_DEFAULTS["devices"], help="devices (processes); more than 1 runs DDP")
     add("--val-every", type=pos_int, default=None,
-        help=f"validate every N steps and at the end (default: {_DEFAULTS['val_every']}; 25 with --compare)")
+        help=f"with --steps: validate every N steps and at the end (default: {_DEFAULTS['val_every']}; 25 for both "
+        "arms)")
+    add("--val-points", type=pos_int, default=DEMO_VAL_POINTS, help="with a budget: validations over it")
+    add("--val-samples", type=pos_int, default=DEMO_VAL_SAMPLES, help="validation windows")
     add("--out", metavar="DIR", default=_DEFAULTS["out"], help="TensorBoard root folder")
-    add("--name", default=_DEFAULTS["name"], help="run name: logs go to OUT/NAME/version_N")
+    add("--name", default=None, help="run name: logs go to OUT/NAME/version_N (default: demo; compare for both arms)")
     add("--seed", type=int, default=_DEFAULTS["seed"], help="random seed")
-    add(
-        "--geo",
-        action="store_true",
-        help="train with the GEO parts that have landed: " + "; ".join(GEO_PARTS_IN_DEMO),
-    )
-    add(
-        "--compare",
-        action="store_true",
-        help="train plain Lightning and --geo one after the other on the same budget (steps, cap, seed, precision) "
-        "and print one table and one PNG of both loss curves (logs in OUT/NAME/lightning and OUT/NAME/geo; "
-        "NAME defaults to 'compare')",
-    )
+    add("--geo", action="store_true", help="the same as --arm geo: " + "; ".join(GEO_PARTS_IN_DEMO))
+    add("--compare", action="store_true", help="the same as --arm both")
+    add("--sample-chars", type=_positive(int, allow_zero=True), default=None,
+        help="tokens to sample from the trained model for a one-arm summary (default: 160; 0: none)")
     add("--summary-json", metavar="FILE", default=None, help="also write the run's summary to FILE as JSON")
     add("--no-progress-bar", dest="progress_bar", action="store_false", help="hide Lightning's progress bar")
 
@@ -224,30 +254,75 @@ def _fail(message: object, command: str = "demo") -> int:
     return 2
 
 
+def _demo_arm(args: argparse.Namespace) -> str:
+    """``both``, ``plain`` or ``geo``: ``--compare`` and ``--geo`` are the old spellings of ``--arm both|geo``."""
+    if args.compare:
+        return "both"
+    if args.geo:
+        return "geo"
+    return args.arm or "both"
+
+
+def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
+    """The :class:`DemoConfig` of a parsed ``lightning-geo demo`` command line (defaults resolved per arm).
+
+    Raises:
+        ValueError: for a bad combination (e.g. an unknown part in ``--exclude``), naming it.
+    """
+    arm = _demo_arm(args)
+    options = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None}
+    options.pop("geo", None)
+    options["geo"] = arm == "geo"
+    if args.steps is None and args.budget is None:
+        options["budget"] = DEMO_BUDGET
+    if args.steps is not None and args.budget is not None:
+        raise ValueError("give either --steps or --budget, not both")
+    if args.max_train_chars == 0:
+        options["max_train_chars"] = None
+    tuned = args.tokenizer == "bpe"
+    if args.lr is None:
+        options["lr"] = DEMO_LEARNING_RATES["geo" if arm == "geo" else "plain"] if tuned else _DEFAULTS["lr"]
+    if arm == "both":
+        options["geo_lr"] = args.geo_lr if args.geo_lr is not None else (
+            DEMO_LEARNING_RATES["geo"] if tuned and args.lr is None else options["lr"])
+        if args.steps is not None:
+            options.setdefault("val_every", 25)
+    options["name"] = args.name or ("compare" if arm == "both" else _DEFAULTS["name"])
+    options["exclude"] = tuple(part.strip() for part in args.exclude.split(",") if part.strip())
+    if options["exclude"]:
+        from lightning_geo.recipes import RECIPE_PARTS
+
+        unknown = sorted(set(options["exclude"]) - set(RECIPE_PARTS))
+        if unknown:
+            raise ValueError(f"--exclude: unknown part(s) {unknown}; the parts are {list(RECIPE_PARTS)}")
+    if args.sample_chars is not None:
+        options["sample_chars"] = args.sample_chars
+    return DemoConfig(**options)
+
+
 def _demo(args: argparse.Namespace) -> int:
     # Imported here: only `demo` needs the demo modules (the package import already brings Lightning).
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from lightning_geo.demo.corpus import CorpusError, load_corpus
-    from lightning_geo.demo.run import describe_device, run_demo
+    from lightning_geo.demo.corpus import CorpusError
+    from lightning_geo.demo.data import CharDataModule
+    from lightning_geo.demo.run import describe_device, load_demo_corpus, run_demo
 
-    options = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None}
-    if args.compare:
-        options.setdefault("val_every", 25)
-        options["name"] = "compare" if args.name == _DEFAULTS["name"] else args.name
     try:
-        config = DemoConfig(**options)
-        corpus = load_corpus(config.corpus)
+        config = demo_config_from_args(args)
+        corpus = load_demo_corpus(config)
+        CharDataModule(corpus, seq_len=config.seq_len, batch_size=config.batch_size)  # too little text fails here
     except (ValueError, OSError) as err:  # CorpusError is a ValueError
         return _fail(err)
-    if args.compare:
-        return _compare(config)
+    unit = "token" if config.tokenizer == "bpe" else "character"
     print(
-        f"corpus: {corpus.source}: {len(corpus.train):,} training and {len(corpus.val):,} validation characters "
+        f"corpus: {corpus.source}: {len(corpus.train):,} training and {len(corpus.val):,} validation {unit}s "
         f"({corpus.num_train_files} / {corpus.num_val_files} files), vocabulary {corpus.vocab_size}; "
         f"device: {describe_device()}",
         flush=True,
     )
+    if _demo_arm(args) == "both":
+        return _compare(config)
     try:
         result = run_demo(config, corpus=corpus)
     except (
@@ -272,11 +347,22 @@ def _compare(config: DemoConfig) -> int:
         result = run_compare(config)
     except RuntimeError as err:
         return _fail(err)
-    print(f"\nplain Lightning vs GEO, same budget ({config.steps} steps, at most {config.max_minutes:g} min each, "
-          f"seed {config.seed}, precision {result.geo.precision}):\n")
+    from lightning_geo.demo.budget import Budget
+
+    budget = (str(Budget.parse(config.budget)) if config.budget is not None
+              else f"{config.steps} steps, at most {config.max_minutes:g} min")
+    geo_lr = config.geo_lr if config.geo_lr is not None else config.lr
+    print(f"\nplain Lightning vs lightning_geo.recipe(), same budget ({budget} each), seed {config.seed}, "
+          f"precision {result.geo.precision}, learning rates {config.lr:g} / {geo_lr:g}:\n")
     print(result.table())
-    print(f"\nGEO parts: {'; '.join(result.geo.geo_parts)}")
-    print(f"loss curves (against training tokens): {result.plot_path}")
+    time_speedup, _ = result.speedups()
+    if config.budget is not None:
+        verdict = (f"GEO reached plain Lightning's final validation loss in {1 / time_speedup:.0%} of the time "
+                   f"({time_speedup:.2f}x faster)" if time_speedup else
+                   "GEO did not reach plain Lightning's final validation loss within the budget")
+        print("\n" + verdict)
+    print(f"GEO parts: {'; '.join(result.geo.geo_parts)}")
+    print(f"validation curves (against seconds and tokens): {result.plot_path}")
     print(f"see both runs with: tensorboard --logdir {Path(config.out) / config.name}")
     return 0
 

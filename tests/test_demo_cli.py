@@ -37,8 +37,9 @@ TINY = [
 
 
 def _demo_argv(corpus, out, *extra: str) -> list[str]:
-    """`demo` on ``corpus`` with the tiny settings, logging under ``out``; later flags override earlier ones."""
-    return ["demo", "--corpus", str(corpus), "--out", str(out), *TINY, *extra]
+    """One plain arm of `demo` on ``corpus`` (the character model, by steps) with the tiny settings, logging under
+    ``out``; later flags override earlier ones, and ``--geo`` / ``--compare`` override ``--arm plain``."""
+    return ["demo", "--arm", "plain", "--tokenizer", "char", "--corpus", str(corpus), "--out", str(out), *TINY, *extra]
 
 
 def _run_main(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -68,10 +69,10 @@ def test_demo_leaves_event_files_and_a_plot(tmp_path, text_folder, capsys):
     assert "Traceback" not in err
 
 
-def test_geo_flag_trains_with_geo_adamw_and_logs_sparsity(tmp_path, text_folder, capsys):
+def test_geo_flag_trains_with_the_recipe_and_logs_sparsity(tmp_path, text_folder, capsys):
     code, out, err = _run_main(_demo_argv(text_folder, tmp_path / "runs", "--geo"), capsys)
     assert code == 0, err
-    assert "GeoAdamW + SparsityAwareLR" in out
+    assert "sparsity: SparsityAwareLR" in out
     (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
@@ -89,7 +90,7 @@ def test_geo_flag_at_16_mixed_trains_in_fp16_with_the_predicted_scale(tmp_path, 
     argv = _demo_argv(text_folder, tmp_path / "runs", "--geo", "--precision", "16-mixed", "--accelerator", "cpu")
     code, out, err = _run_main(argv, capsys)
     assert code == 0, err
-    assert "PredictiveScalingPrecision('16-mixed')" in out and "GeoAdamW + SparsityAwareLR" in out
+    assert "PredictiveScalingPrecision('16-mixed')" in out and "sparsity: SparsityAwareLR" in out
     (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
@@ -208,7 +209,8 @@ def _script(name: str) -> str:
 @pytest.mark.slow
 def test_console_script_trains_on_the_default_stdlib_corpus(tmp_path):
     """The installed `lightning-geo` entry point with no --corpus: the standard library's sources."""
-    cmd = [_script("lightning-geo"), "demo", "--out", str(tmp_path), *TINY[:2], "--val-every", "6", *TINY[4:]]
+    cmd = [_script("lightning-geo"), "demo", "--arm", "plain", "--tokenizer", "char", "--out", str(tmp_path), *TINY[:2],
+           "--val-every", "6", *TINY[4:]]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Python standard library" in proc.stdout and "best val loss" in proc.stdout
@@ -225,6 +227,10 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder, geo)
         "-m",
         "lightning_geo",
         "demo",
+        "--arm",
+        "plain",
+        "--tokenizer",
+        "char",
         "--corpus",
         str(text_folder),
         "--devices",
@@ -249,11 +255,11 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder, geo)
 
 @pytest.mark.slow
 def test_compare_trains_both_arms_on_the_same_budget_and_prints_one_table(tmp_path, text_folder, capsys):
-    argv = ["demo", "--compare", "--corpus", str(text_folder), "--out", str(tmp_path), *TINY]
+    argv = ["demo", "--compare", "--tokenizer", "char", "--corpus", str(text_folder), "--out", str(tmp_path), *TINY]
     code, out, err = _run_main(argv, capsys)
     assert code == 0, err
-    table = out[out.index("plain Lightning vs GEO"):]
-    for row in ("Lightning ", "GEO ", "GEO / Lightning", "tokens to Lightning's final val loss", "skipped steps"):
+    table = out[out.index("plain Lightning vs lightning_geo.recipe()"):]
+    for row in ("Lightning ", "GEO ", "GEO vs Lightning", "tokens to it", "skipped steps"):
         assert row in table
     assert f"precision {default_mixed_precision('auto')}" in table
     assert (tmp_path / "compare" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,6 +19,7 @@ The threshold starts at ``start_threshold`` and must reach 1 by ``deadline``. Wi
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sized
 from typing import Any, ClassVar, cast
 
@@ -83,7 +84,9 @@ class DynamicCurriculum(Callback):
         start_threshold: Threshold at the start, in (0, 1]. Default: 0.25 for samples; for ``seq_len``
             ``min_seq_len / full length``.
         deadline: When the threshold must reach 1: a share of the run's optimizer steps (default 0.5) or
-            ``"<N> steps|epochs|samples|tokens"`` (samples and tokens summed over ranks).
+            ``"<N> steps|epochs|samples|tokens|seconds"`` (samples and tokens summed over ranks; seconds spent
+            inside training batches, from this hook to the end of the optimizer step, on each rank's own clock:
+            not data loading or validation; kept across a resume).
         hard_fraction: Share of each batch drawn from above the threshold at the start; it moves to the
             uniform share ``1 - threshold`` as the threshold grows. Default 0.1.
         max_speedup: With ``pacing="mastery"``, how many times faster than the linear pace the threshold
@@ -212,6 +215,8 @@ class DynamicCurriculum(Callback):
         self._unread: list[tuple[torch.Tensor | float, torch.Tensor | float]] = []
         self._batch_samples = 0
         self._checked_tokens = False
+        self.seconds_seen = 0.0  # seconds inside training batches (forward, backward, step), for a seconds deadline
+        self._batch_started = 0.0
 
     @property
     def state_key(self) -> str:
@@ -360,6 +365,7 @@ class DynamicCurriculum(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self._batch_started = time.perf_counter()
         tensors = batch_tensors(batch)
         self._batch_samples = int(tensors[0].shape[0]) if tensors and tensors[0].ndim else 1
         if not self._checked_tokens and self._deadline.unit == "tokens":
@@ -403,6 +409,7 @@ class DynamicCurriculum(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.seconds_seen += time.perf_counter() - self._batch_started
         global_batch = self._sampler.mark_consumed() if self._sampler is not None else None
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if self.pacing == "mastery" and not isinstance(loss, torch.Tensor):
@@ -469,6 +476,8 @@ class DynamicCurriculum(Callback):
             done = trainer.global_step / amount
         elif unit == "epochs":
             done = (trainer.current_epoch + (batch_idx + 1) / max(1, trainer.num_training_batches)) / amount
+        elif unit == "seconds":
+            done = self.seconds_seen / amount
         else:
             done = (self.samples_seen if unit == "samples" else self.tokens_seen) / amount
         done = min(1.0, done)
@@ -521,6 +530,7 @@ class DynamicCurriculum(Callback):
             "progress": self.progress,
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
+            "seconds_seen": self.seconds_seen,
             "full_seq_len": self.full_seq_len,
             "estimator": self._estimator.state_dict(),
             "scores": None if self._scores is None else self._scores.clone(),
@@ -540,6 +550,7 @@ class DynamicCurriculum(Callback):
         self.progress = float(state_dict["progress"])
         self.samples_seen = int(state_dict["samples_seen"])
         self.tokens_seen = int(state_dict["tokens_seen"])
+        self.seconds_seen = float(state_dict.get("seconds_seen", 0.0))
         self.full_seq_len = state_dict["full_seq_len"]
         self._estimator.load_state_dict(state_dict["estimator"])
         self._scores = state_dict["scores"]

@@ -21,7 +21,7 @@ from typing import Any
 PACINGS: tuple[str, ...] = ("mastery", "linear", "root", "step")
 """``mastery`` is driven by :class:`MasteryEstimator`, never slower than ``linear``; the others are fixed."""
 
-DEADLINE_UNITS: tuple[str, ...] = ("steps", "epochs", "samples", "tokens")
+DEADLINE_UNITS: tuple[str, ...] = ("steps", "epochs", "samples", "tokens", "seconds")
 
 _LEARNED = 0.05  # relative fall of the smoothed loss below its first window before a plateau counts as mastery
 
@@ -36,7 +36,8 @@ class Deadline:
     Attributes:
         amount: How much of ``unit`` (a share in (0, 1] for ``unit="fraction"``).
         unit: ``"fraction"`` (of the Trainer's optimizer steps), ``"steps"``, ``"epochs"``, ``"samples"``
-            (summed over ranks) or ``"tokens"`` (summed over ranks).
+            (summed over ranks), ``"tokens"`` (summed over ranks) or ``"seconds"`` (spent inside training
+            batches, each rank's clock).
     """
 
     amount: float
@@ -44,13 +45,15 @@ class Deadline:
 
     @classmethod
     def parse(cls, value: float | int | str) -> Deadline:
-        """Read ``0.5`` / ``"0.5"`` (a share of training), ``"2000 steps"``, ``"3 epochs"``, ``"50k samples"``
-        or ``"2M tokens"`` (suffixes k, M, B; singular units work too).
+        """Read ``0.5`` / ``"0.5"`` (a share of training), ``"2000 steps"``, ``"3 epochs"``, ``"50k samples"``,
+        ``"2M tokens"`` (suffixes k, M, B; singular units work too) or ``"30s"`` / ``"30 seconds"`` (seconds spent
+        in training batches, for runs budgeted in time).
 
         Raises:
             ValueError: naming ``deadline`` for anything else, a share outside (0, 1] or a count below 1.
         """
-        allowed = "a share of training in (0, 1] (e.g. 0.5) or '<N> steps|epochs|samples|tokens' (e.g. '2M tokens')"
+        allowed = ("a share of training in (0, 1] (e.g. 0.5) or '<N> steps|epochs|samples|tokens|seconds' "
+                   "(e.g. '2M tokens', '30s')")
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"deadline={value!r} is not {allowed}")
         match = _DEADLINE_PATTERN.match(str(value))
@@ -58,6 +61,8 @@ class Deadline:
             raise ValueError(f"deadline={value!r} is not {allowed}")
         amount = float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
         unit = match.group(3).lower()
+        if unit in ("s", "sec", "secs"):
+            unit = "seconds"
         if unit and not unit.endswith("s"):
             unit += "s"
         if not unit:

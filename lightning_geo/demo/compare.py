@@ -12,8 +12,10 @@ import math
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from lightning_geo.demo.config import DemoConfig
 from lightning_geo.demo.run import DemoResult
@@ -23,43 +25,73 @@ ARMS: tuple[tuple[str, bool], ...] = (("Lightning", False), ("GEO", True))
 """``(label, geo)`` of the two arms, baseline first."""
 
 
-def tokens_to_reach(val_curve: tuple[tuple[int, int, float], ...], target: float) -> float | None:
-    """Training tokens after which a validation curve first reaches ``target`` (nats), or None if it never does.
+def first_reach(xs: Sequence[float], losses: Sequence[float], target: float) -> float | None:
+    """The ``x`` (seconds, tokens) at which a validation curve first reaches ``target``, or None if it never does.
 
-    Between two validations the loss is taken as linear in tokens; a curve already at or below the target at
-    its first validation gives that validation's tokens.
+    Between two validations the loss is taken as linear in ``x``; a curve at or below the target at its first
+    validation gives that validation's ``x``.
+
+    Args:
+        xs: Where each validation ran, increasing.
+        losses: The validation losses, one per ``x``.
+        target: The loss to reach, e.g. the baseline's final validation loss.
+    """
+    previous: tuple[float, float] | None = None
+    for x, loss in zip(xs, losses, strict=True):
+        if loss <= target:
+            if previous is None or previous[1] == loss:
+                return float(x)
+            x0, l0 = previous
+            return x0 + (l0 - target) / (l0 - loss) * (x - x0)
+        previous = (x, loss)
+    return None
+
+
+def tokens_to_reach(val_curve: Sequence[tuple[int, int, float]], target: float) -> float | None:
+    """Training tokens after which a validation curve first reaches ``target`` (nats), or None if it never does.
 
     Args:
         val_curve: ``(steps, tokens, val loss)`` per validation, in order (``DemoResult.val_curve``).
         target: The loss to reach, e.g. the baseline's final validation loss.
     """
-    previous: tuple[int, float] | None = None
-    for _, tokens, loss in val_curve:
-        if loss <= target:
-            if previous is None or previous[1] == loss:
-                return float(tokens)
-            t0, l0 = previous
-            return t0 + (l0 - target) / (l0 - loss) * (tokens - t0)
-        previous = (tokens, loss)
-    return None
+    return first_reach([t for _, t, _ in val_curve], [loss for _, _, loss in val_curve], target)
+
+
+def seconds_to_reach(result: DemoResult, target: float) -> float | None:
+    """Seconds of training (see ``demo.budget``) after which a budgeted run first reaches ``target``, or None."""
+    if not result.val_seconds:
+        return None
+    return first_reach(result.val_seconds, [loss for _, _, loss in result.val_curve], target)
 
 
 @dataclass
 class CompareResult:
-    """Both arms' results, baseline first, and the PNG of their loss curves."""
+    """Both arms' results, baseline first, and the PNG of their validation curves."""
 
     baseline: DemoResult
     geo: DemoResult
     plot_path: Path
 
-    def table(self) -> str:
-        """One row per arm and a GEO / Lightning ratio row."""
+    def speedups(self) -> tuple[float | None, float | None]:
+        """GEO's time-to-target and tokens-to-target speed-ups: the baseline's seconds (tokens) to its own final
+        validation loss over GEO's (None where GEO never reached it, or the runs were not budgeted in time)."""
         target = self.baseline.final_val_loss
-        reach = [tokens_to_reach(r.val_curve, target) for r in (self.baseline, self.geo)]
+        out: list[float | None] = []
+        for reach in (seconds_to_reach, lambda r, t: tokens_to_reach(r.val_curve, t)):
+            base, geo = reach(self.baseline, target), reach(self.geo, target)
+            out.append(base / geo if base and geo else None)
+        return out[0], out[1]
+
+    def table(self) -> str:
+        """One row per arm and a GEO / Lightning row (ratios; for the time and tokens to the baseline's final
+        validation loss, the speed-up: Lightning's over GEO's)."""
+        target = self.baseline.final_val_loss
         rows = []
-        for (label, _), result, tokens in zip(ARMS, (self.baseline, self.geo), reach, strict=True):
+        for (label, _), result in zip(ARMS, (self.baseline, self.geo), strict=True):
+            seconds, tokens = seconds_to_reach(result, target), tokens_to_reach(result.val_curve, target)
             rows.append([
                 label,
+                f"{seconds:,.1f}" if seconds is not None else "-" if not result.val_seconds else "not reached",
                 f"{tokens:,.0f}" if tokens is not None else f"not reached (> {result.tokens:,})",
                 f"{result.final_val_loss:.4f}",
                 f"{result.tokens_per_second:,.0f}",
@@ -69,9 +101,11 @@ class CompareResult:
                 f"{result.tokens:,}",
             ])
         b, g = self.baseline, self.geo
+        time_speedup, token_speedup = self.speedups()
         rows.append([
-            "GEO / Lightning",
-            _ratio(reach[1], reach[0]),
+            "GEO vs Lightning",
+            f"{time_speedup:.2f}x faster" if time_speedup else "-",
+            f"{token_speedup:.2f}x fewer" if token_speedup else "-",
             _ratio(g.final_val_loss, b.final_val_loss),
             _ratio(g.tokens_per_second, b.tokens_per_second),
             _ratio(g.peak_memory_bytes, b.peak_memory_bytes),
@@ -79,8 +113,9 @@ class CompareResult:
             _ratio(g.steps, b.steps),
             _ratio(g.tokens, b.tokens),
         ])
-        header = ["arm", "tokens to Lightning's final val loss", "final val loss (nats)", "tokens/s",
-                  f"peak memory MiB ({b.memory_kind})", "skipped steps", "steps", "tokens"]
+        unit = "token" if b.tokenizer != "char" else "char"
+        header = ["arm", "seconds to Lightning's final val loss", "tokens to it", f"final val loss (nats/{unit})",
+                  "tokens/s", f"peak memory MiB ({b.memory_kind})", "skipped steps", "steps", "tokens"]
         return format_table(header, rows)
 
 
@@ -92,19 +127,29 @@ def _ratio(value: float | None, base: float | None) -> str:
 
 def _arm_argv(config: DemoConfig, summary: Path) -> list[str]:
     """The ``lightning-geo demo`` command line of one arm."""
-    argv = [sys.executable, "-m", "lightning_geo", "demo", "--summary-json", str(summary)]
-    flags = {
-        "corpus": config.corpus, "steps": config.steps, "max_minutes": config.max_minutes,
-        "batch_size": config.batch_size, "seq_len": config.seq_len, "n_layer": config.n_layer,
-        "n_head": config.n_head, "n_embd": config.n_embd, "lr": config.lr, "precision": config.resolved_precision,
-        "accelerator": config.accelerator, "devices": config.devices, "val_every": config.val_every,
-        "out": config.out, "name": config.name, "seed": config.seed,
+    argv = [sys.executable, "-m", "lightning_geo", "demo", "--arm", "geo" if config.geo else "plain",
+            "--summary-json", str(summary)]
+    flags: dict[str, Any] = {
+        "corpus": config.corpus, "batch_size": config.batch_size, "seq_len": config.seq_len,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+        "lr": config.geo_lr if config.geo and config.geo_lr is not None else config.lr,
+        "precision": config.resolved_precision, "accelerator": config.accelerator, "devices": config.devices,
+        "out": config.out, "name": config.name, "seed": config.seed, "tokenizer": config.tokenizer,
+        "vocab_size": config.vocab_size, "val_samples": config.val_samples,
+        "max_train_chars": config.max_train_chars if config.max_train_chars is not None else 0,
+        "sample_chars": 0,  # the comparison shows the table, not samples
     }
+    if config.budget is not None:
+        flags.update(budget=config.budget, warmup_share=config.warmup_share, val_points=config.val_points)
+    else:
+        flags.update(steps=config.steps, max_minutes=config.max_minutes, val_every=config.val_every)
+    if config.geo:
+        flags.update(seq_len_warmup=config.seq_len_warmup)
+        if config.exclude:
+            flags.update(exclude=",".join(config.exclude))
     for name, value in flags.items():
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
-    if config.geo:
-        argv.append("--geo")
     if not config.progress_bar:
         argv.append("--no-progress-bar")
     return argv
@@ -114,14 +159,15 @@ def run_compare(config: DemoConfig, *, quiet: bool = False) -> CompareResult:
     """Train the demo plain and with GEO on the same budget and plot both; returns both summaries.
 
     Args:
-        config: The settings of both arms (``geo`` is ignored: one arm each). Logs go to
+        config: The settings of both arms (``geo`` is ignored: one arm each; the GEO arm trains at ``geo_lr``
+            when it is set). Logs go to
             ``<out>/<name>/lightning`` and ``<out>/<name>/geo``, the PNG to ``<out>/<name>/loss_curves.png``.
         quiet: Hide the arms' own output (progress bars, summaries); errors are shown either way.
 
     Raises:
         RuntimeError: if an arm fails; the message holds the end of its output.
     """
-    from lightning_geo.demo.plot import plot_loss_curves
+    from lightning_geo.demo.plot import plot_budget_curves, plot_loss_curves
 
     precision = replace(config, geo=True).resolved_precision  # both arms: GEO's default precision
     results = []
@@ -138,6 +184,12 @@ def run_compare(config: DemoConfig, *, quiet: bool = False) -> CompareResult:
                 raise RuntimeError(f"the {label} arm failed with exit status {done.returncode}: {tail}")
             results.append(DemoResult.from_json(summary.read_text()))
     baseline, geo_result = results
-    plot = plot_loss_curves({label: r.log_dir for (label, _), r in zip(ARMS, results, strict=True)},
-                            Path(config.out) / config.name / "loss_curves.png", x="tokens")
+    path = Path(config.out) / config.name / "loss_curves.png"
+    if config.budget is not None:
+        curves = {label: (r.val_seconds, r.val_curve) for (label, _), r in zip(ARMS, results, strict=True)}
+        plot = plot_budget_curves(curves, path, target=baseline.final_val_loss,
+                                  unit="token" if config.tokenizer == "bpe" else "character")
+    else:
+        plot = plot_loss_curves({label: r.log_dir for (label, _), r in zip(ARMS, results, strict=True)}, path,
+                                x="tokens")
     return CompareResult(baseline=baseline, geo=geo_result, plot_path=plot)

@@ -9,8 +9,8 @@ PRECISIONS: tuple[str, ...] = ("32-true", "16-mixed", "bf16-mixed", "16-true", "
 """Precision strings the demo accepts (Lightning's own names)."""
 
 
-CURRICULUM_IN_DEMO = "curriculum: DynamicCurriculum(mode='seq_len', deadline=0.3), mastery-paced sequence-length warmup"
-SPARSITY_IN_DEMO = "sparsity: GeoAdamW + SparsityAwareLR"
+CURRICULUM_IN_DEMO = "curriculum: DynamicCurriculum(mode='seq_len', pacing='linear'), sequence-length warmup"
+SPARSITY_IN_DEMO = "sparsity: SparsityAwareLR"
 
 GEO_PARTS_IN_DEMO: tuple[str, ...] = (
     "strategy: geo_hybrid (its plan for --devices; one device: a plain single-device run)",
@@ -19,7 +19,27 @@ GEO_PARTS_IN_DEMO: tuple[str, ...] = (
     CURRICULUM_IN_DEMO,
     SPARSITY_IN_DEMO,
 )
-"""What ``--geo`` adds to the plain Lightning run, one entry per GEO part (the tuner runs many Trainers: ``tune``)."""
+"""What ``--geo`` (``lightning_geo.recipe()``) adds to the plain Lightning run, one entry per GEO part (the tuner
+runs many Trainers: ``tune``)."""
+
+DEMO_BUDGET = "40s"
+"""The demo's budget per arm: seconds in training batches (``make demo`` runs two arms within 3 minutes)."""
+
+DEMO_LEARNING_RATES: dict[str, float] = {"plain": 3e-3, "geo": 3e-3}
+"""Each arm's peak learning rate on the demo's BPE model and budget, tuned with the same budget per arm (see
+``docs/demo.md`` for the command and the trials)."""
+
+DEMO_WARMUP_SHARES: dict[str, float] = {"plain": 0.05, "geo": 0.05}
+"""Each arm's LR warmup, a share of the budget, tuned with its learning rate (see ``DEMO_LEARNING_RATES``)."""
+
+DEMO_VAL_POINTS = 10
+"""Validations over a demo budget (they cost no budget: see ``demo.budget``)."""
+
+DEMO_VAL_SAMPLES = 128
+"""Validation windows of the demo (128 x 128 tokens)."""
+
+TOKENIZERS: tuple[str, ...] = ("bpe", "char")
+"""``bpe``: a byte-level BPE learned on the corpus (``vocab_size`` tokens); ``char``: one id per character."""
 
 MIXED_PRECISIONS: tuple[str, ...] = ("16-mixed", "bf16-mixed")
 """Precisions under which ``--geo`` trains with ``PredictiveScalingPrecision``."""
@@ -69,7 +89,9 @@ def geo_parts_used(config: DemoConfig, plan: str | None = None) -> tuple[str, ..
         precision = (f"precision: not used at --precision {config.resolved_precision} "
                      "(it needs 16-mixed or bf16-mixed)")
     strategy = f"strategy: geo_hybrid ({plan or 'plan made at set-up'} on {config.devices} device(s))"
-    return (strategy, precision, CURRICULUM_IN_DEMO, SPARSITY_IN_DEMO)
+    parts = {"strategy": strategy, "precision": precision, "seq_len_warmup": CURRICULUM_IN_DEMO,
+             "sparsity": SPARSITY_IN_DEMO}
+    return tuple(text for name, text in parts.items() if name not in config.exclude)
 
 
 @dataclass
@@ -85,6 +107,7 @@ class DemoConfig:
     n_head: int = 4  # attention heads
     n_embd: int = 128  # model width
     lr: float = 3e-3  # peak AdamW learning rate
+    geo_lr: float | None = None  # the GEO arm's peak learning rate in a comparison (None: lr)
     warmup_steps: int | None = None  # LR warmup; None: 10% of the steps, at most 100
     grad_clip: float = 1.0  # gradient-norm clipping threshold
     precision: str | None = None  # one of PRECISIONS; None: see resolved_precision
@@ -97,7 +120,15 @@ class DemoConfig:
     seed: int = 0  # seeds model init and data order
     progress_bar: bool = True  # Lightning's progress bar
     sample_chars: int = 160  # characters to sample from the trained model for the summary (0: none)
-    geo: bool = False  # train with the GEO parts that have landed (see GEO_PARTS_IN_DEMO)
+    geo: bool = False  # train with lightning_geo.recipe() (see GEO_PARTS_IN_DEMO)
+    tokenizer: str = "char"  # one of TOKENIZERS
+    vocab_size: int = 4096  # BPE vocabulary size (tokenizer="bpe")
+    max_train_chars: int | None = 12_000_000  # BPE: characters of training text encoded (None: all of it)
+    budget: str | None = None  # "60s", "2M" tokens, "300 steps": replaces `steps`/`max_minutes` (see demo.budget)
+    warmup_share: float = 0.05  # with a budget: LR warmup as a share of it
+    seq_len_warmup: float = 0.3  # with geo: share of the budget (or of the steps) over which sequences grow
+    val_points: int = 12  # with a budget: validations spread over it, the last at its end
+    exclude: tuple[str, ...] = ()  # with geo: recipe parts to leave out (lightning_geo.recipes.RECIPE_PARTS)
 
     @property
     def resolved_precision(self) -> str:
@@ -124,5 +155,17 @@ class DemoConfig:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.budget is not None:
+            from lightning_geo.demo.budget import Budget
+
+            Budget.parse(self.budget)  # a bad budget fails here, naming itself
+        if not 0.0 <= self.warmup_share < 1.0:
+            raise ValueError(f"warmup_share must be in [0, 1), got {self.warmup_share!r}")
+        if not 0.0 < self.seq_len_warmup <= 1.0:
+            raise ValueError(f"seq_len_warmup must be in (0, 1], got {self.seq_len_warmup!r}")
+        if self.val_points < 1:
+            raise ValueError(f"val_points must be a positive integer, got {self.val_points!r}")
         if self.sample_chars < 0:
             raise ValueError(f"sample_chars must be >= 0, got {self.sample_chars!r}")

@@ -129,6 +129,46 @@ def _codepoints(texts: list[str]) -> np.ndarray:
     return np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
 
 
+@dataclass(frozen=True)
+class CorpusTexts:
+    """A corpus split into training and validation texts, before any encoding.
+
+    Attributes:
+        train: Training texts (one per file, or one for a single file).
+        val: Validation texts.
+        source: Where the text came from, for summaries.
+        num_val_files: Files held out for validation (0 when a single file was split by position).
+    """
+
+    train: list[str]
+    val: list[str]
+    source: str
+    num_val_files: int
+
+
+def read_corpus_texts(path: str | os.PathLike[str] | None = None, *, val_fraction: float = 0.05) -> CorpusTexts:
+    """Read and split a corpus (see :func:`load_corpus` for ``path`` and ``val_fraction``), without encoding it.
+
+    Raises:
+        CorpusError: if the path does not exist, holds no text, or is a binary file.
+        ValueError: for ``val_fraction`` out of range.
+    """
+    if not 0.0 < val_fraction <= 0.5:
+        raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 0.5]")
+    if path is None:
+        folder = stdlib_source_dir()
+        train_texts, val_texts = _split_folder(folder, val_fraction, suffixes=(".py",))
+        return CorpusTexts(train_texts, val_texts, f"Python standard library ({folder})", len(val_texts))
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise CorpusError(f"corpus path {str(location)!r} does not exist")
+    if location.is_dir():
+        train_texts, val_texts = _split_folder(location, val_fraction, suffixes=None)
+        return CorpusTexts(train_texts, val_texts, str(location), len(val_texts))
+    train_texts, val_texts = _split_file(location, val_fraction)
+    return CorpusTexts(train_texts, val_texts, str(location), 0)
+
+
 def load_corpus(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -149,27 +189,10 @@ def load_corpus(
         CorpusError: if the path does not exist, holds no text, or is a binary file.
         ValueError: for ``val_fraction`` or ``vocab_size`` out of range.
     """
-    if not 0.0 < val_fraction <= 0.5:
-        raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 0.5]")
     if not 2 <= vocab_size <= 65536:
         raise ValueError(f"vocab_size={vocab_size!r} must be in [2, 65536]")
-    if path is None:
-        folder = stdlib_source_dir()
-        train_texts, val_texts = _split_folder(folder, val_fraction, suffixes=(".py",))
-        source = f"Python standard library ({folder})"
-        num_val_files = len(val_texts)
-    else:
-        location = Path(path).expanduser()
-        if not location.exists():
-            raise CorpusError(f"corpus path {str(location)!r} does not exist")
-        if location.is_dir():
-            train_texts, val_texts = _split_folder(location, val_fraction, suffixes=None)
-            num_val_files = len(val_texts)
-        else:
-            train_texts, val_texts = _split_file(location, val_fraction)
-            num_val_files = 0
-        source = str(location)
-
+    texts = read_corpus_texts(path, val_fraction=val_fraction)
+    train_texts, val_texts, source, num_val_files = texts.train, texts.val, texts.source, texts.num_val_files
     train_points = _codepoints(train_texts)
     val_points = _codepoints(val_texts)
     counts = np.bincount(train_points, minlength=_MAX_CODEPOINT)

@@ -134,6 +134,22 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def budget_warmup_cosine(progress: float, *, warmup_share: float, min_ratio: float = 0.1) -> float:
+    """LR multiplier of a budgeted run at ``progress`` (share of the budget spent, in [0, 1]): linear warmup over
+    the first ``warmup_share`` of the budget, then cosine decay to ``min_ratio`` at its end.
+
+    Args:
+        progress: Share of the budget spent (seconds, tokens or steps).
+        warmup_share: Share of the budget spent warming up, in [0, 1).
+        min_ratio: Final multiplier, a share of the peak LR. Default 0.1.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if p < warmup_share:
+        return max(p / warmup_share, 1e-3)
+    done = (p - warmup_share) / max(1e-12, 1.0 - warmup_share)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 OPTIMIZERS: tuple[str, ...] = ("adamw", "geo_adamw")
 """Optimizers the demo model can train with."""
 
@@ -146,7 +162,8 @@ class CharLanguageModel(pl.LightningModule):
     Losses are in nats per character; bpc is bits per character (loss / ln 2).
 
     Args:
-        vocab: The characters by id (stored so a checkpoint can decode its own samples).
+        vocab: The characters by id (stored so a checkpoint can decode its own samples), or, for a subword
+            model, the vocabulary size (the tokenizer decodes).
         seq_len: Context length in characters. Default 128.
         n_layer: Transformer blocks. Default 4.
         n_head: Attention heads. Default 4.
@@ -159,11 +176,15 @@ class CharLanguageModel(pl.LightningModule):
         max_steps: Length of the cosine schedule, in optimizer steps. Default 1000.
         optimizer: ``"adamw"`` (default, ``torch.optim.AdamW``) or ``"geo_adamw"``
             (:class:`~lightning_geo.optim.GeoAdamW`: lazy rows for the embedding), same settings.
+        warmup_share: For a budgeted run (one that sets :attr:`training_progress`, as
+            :class:`~lightning_geo.demo.budget.BudgetedTraining` does): the share of the budget spent warming up;
+            the schedule is then :func:`budget_warmup_cosine` of the progress, and ``warmup_steps`` and
+            ``max_steps`` are not used. Default 0.05.
     """
 
     def __init__(
         self,
-        vocab: str,
+        vocab: str | int,
         *,
         seq_len: int = 128,
         n_layer: int = 4,
@@ -175,6 +196,7 @@ class CharLanguageModel(pl.LightningModule):
         warmup_steps: int = 50,
         max_steps: int = 1000,
         optimizer: str = "adamw",
+        warmup_share: float = 0.05,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -185,9 +207,13 @@ class CharLanguageModel(pl.LightningModule):
             raise ValueError(f"weight_decay={weight_decay!r} must be non-negative")
         if warmup_steps < 0 or max_steps < 1:
             raise ValueError(f"warmup_steps={warmup_steps!r} must be >= 0 and max_steps={max_steps!r} >= 1")
+        if not 0.0 <= warmup_share < 1.0:
+            raise ValueError(f"warmup_share={warmup_share!r} must be in [0, 1)")
         self.save_hyperparameters()
+        self.training_progress: float | None = None  # share of a budget spent; set by a budget callback
         self.config = GPTConfig(
-            vocab_size=len(vocab), seq_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout
+            vocab_size=vocab if isinstance(vocab, int) else len(vocab), seq_len=seq_len, n_layer=n_layer,
+            n_head=n_head, n_embd=n_embd, dropout=dropout,
         )
         self.model = CharGPT(self.config)
         self.val_loss = MeanMetric()
@@ -247,6 +273,8 @@ class CharLanguageModel(pl.LightningModule):
         )
 
         def schedule(step: int) -> float:
+            if self.training_progress is not None:
+                return budget_warmup_cosine(self.training_progress, warmup_share=self.hparams.warmup_share)
             return warmup_cosine(step, warmup_steps=self.hparams.warmup_steps, total_steps=self.hparams.max_steps)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -104,3 +104,47 @@ def plot_loss_curves(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def plot_budget_curves(
+    runs: Mapping[str, tuple[Sequence[float], Sequence[tuple[int, int, float]]]],
+    path: str | os.PathLike[str],
+    *,
+    target: float | None = None,
+    unit: str = "token",
+) -> Path:
+    """Plot the validation loss of budgeted runs against wall-clock seconds and against training tokens, side by side.
+
+    Args:
+        runs: ``{label: (seconds per validation, (steps, tokens, loss) per validation)}``, as a budgeted
+            ``DemoResult`` holds them (``val_seconds``, ``val_curve``).
+        path: Where to write the PNG (its folder is created if needed).
+        target: A loss to draw as a horizontal line (e.g. the baseline's final validation loss). Default none.
+        unit: What a loss is per, for the axis label. Default ``"token"``.
+
+    Returns:
+        The PNG's path.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    by_time, by_tokens = fig.subplots(1, 2, sharey=True)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for color, (label, (seconds, curve)) in zip(itertools.cycle(colors), runs.items()):
+        losses = [loss for _, _, loss in curve]
+        by_time.plot(list(seconds), losses, color=color, marker="o", markersize=3, label=label)
+        by_tokens.plot([tokens for _, tokens, _ in curve], losses, color=color, marker="o", markersize=3, label=label)
+    for ax, xlabel in ((by_time, "wall-clock seconds of fit (validation included)"), (by_tokens, "training tokens")):
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="baseline's final")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    by_time.set_ylabel(f"validation loss (nats/{unit})")
+    by_time.legend()
+    fig.suptitle("Validation loss against time and against tokens")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

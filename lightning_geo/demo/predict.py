@@ -148,12 +148,16 @@ def score_folder(
         accelerator: Lightning accelerator. Default ``"auto"``.
 
     Raises:
-        ValueError: for an unknown ``precision``; CorpusError (a ValueError) for a folder without text.
+        ValueError: for an unknown ``precision`` or a subword-vocabulary checkpoint; CorpusError (a ValueError)
+            for a folder without text.
         OSError: if the checkpoint cannot be read.
     """
     if precision not in PREDICT_PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(PREDICT_PRECISIONS)}")
     model = CharLanguageModel.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    if not isinstance(model.hparams.vocab, str):
+        raise ValueError(f"{checkpoint} is a subword-vocabulary model; predict scores character models "
+                         "(train one with --tokenizer char)")
     paths, texts = read_folder(folder)
     dataset = TextPieces(texts, model.hparams.vocab, model.config.seq_len + 1)
     bucketing = LengthBucketing(max_tokens=max_tokens)

@@ -24,18 +24,20 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
+from lightning_geo.demo.bpe import SubwordCorpus, load_bpe_corpus
+from lightning_geo.demo.budget import Budget, BudgetedTraining
 from lightning_geo.demo.config import MIXED_PRECISIONS, DemoConfig, accelerator_device_type, geo_parts_used
 from lightning_geo.demo.corpus import Corpus, load_corpus
 from lightning_geo.demo.data import CharDataModule
 from lightning_geo.demo.model import LN2, CharLanguageModel
-from lightning_geo.demo.plot import plot_loss_curves, read_scalars
+from lightning_geo.demo.plot import plot_budget_curves, plot_loss_curves, read_scalars
 from lightning_geo.strategies import GeoHybridStrategy
 from lightning_geo.utils.table import format_table
 
 
 @dataclass
 class DemoResult:
-    """What the demo measured; all losses in nats per character, bpc in bits per character."""
+    """What the demo measured; losses in nats per token (a character, or a BPE token), bpc in bits per character."""
 
     steps: int
     tokens: int  # training characters processed, over all devices
@@ -56,22 +58,29 @@ class DemoResult:
     peak_memory_bytes: int = 0  # peak CUDA memory allocated (GPU) or peak resident set size of the process (CPU)
     memory_kind: str = "process RSS"  # what peak_memory_bytes measures
     val_curve: tuple[tuple[int, int, float], ...] = ()  # (optimizer steps, training tokens, val loss) per validation
+    val_seconds: tuple[float, ...] = ()  # budgeted runs: wall-clock seconds of fit at each validation
+    tokenizer: str = "char"  # "char" (losses per character) or "bpe" (per BPE token)
+    budget: str = ""  # what the run was allowed to spend, e.g. "60 s" or "300 steps"
 
     def table(self) -> str:
         """The summary as a text table."""
+        unit = "character" if self.tokenizer == "char" else "token"
+
+        def loss(value: float) -> str:
+            bits = f" ({value / LN2:.3f} bpc)" if self.tokenizer == "char" else ""
+            return f"{value:.4f} nats/{unit}{bits}"
+
         rows: list[list[Any]] = [
             ["GEO parts", "; ".join(self.geo_parts) if self.geo_parts else "none (plain Lightning; add --geo)"],
             ["precision", self.precision + (f", {self.skipped_steps} step(s) skipped" if self.skipped_steps else "")],
+            ["budget", self.budget],
             ["steps", f"{self.steps:,}" + (" (stopped by --max-minutes)" if self.stopped_early else "")],
-            ["tokens (characters) seen", f"{self.tokens:,}"],
+            [f"tokens ({unit}s) seen", f"{self.tokens:,}"],
             ["train throughput", f"{self.tokens_per_second:,.0f} tokens/s"],
             ["fit wall time", f"{self.wall_seconds:.1f} s"],
-            ["final train loss", f"{self.final_train_loss:.4f} nats ({self.final_train_loss / LN2:.3f} bpc)"],
-            [
-                "best val loss",
-                f"{self.best_val_loss:.4f} nats ({self.best_val_loss / LN2:.3f} bpc) after {self.best_val_step} steps",
-            ],
-            ["final val loss", f"{self.final_val_loss:.4f} nats ({self.final_val_loss / LN2:.3f} bpc)"],
+            ["final train loss", loss(self.final_train_loss)],
+            ["best val loss", f"{loss(self.best_val_loss)} after {self.best_val_step} steps"],
+            ["final val loss", loss(self.final_val_loss)],
             [f"peak memory ({self.memory_kind})", f"{self.peak_memory_bytes / 2**20:,.0f} MiB"],
             ["TensorBoard logs", str(self.log_dir)],
             ["loss plot", str(self.plot_path)],
@@ -88,7 +97,8 @@ class DemoResult:
         """A result written by :meth:`to_json`."""
         fields = json.loads(text)
         fields.update(log_dir=Path(fields["log_dir"]), plot_path=Path(fields["plot_path"]),
-                      geo_parts=tuple(fields["geo_parts"]), val_curve=tuple(tuple(v) for v in fields["val_curve"]))
+                      geo_parts=tuple(fields["geo_parts"]), val_curve=tuple(tuple(v) for v in fields["val_curve"]),
+                      val_seconds=tuple(fields.get("val_seconds", ())))
         return cls(**fields)
 
 
@@ -164,17 +174,40 @@ class ValidateOnLastStep(Callback):
             trainer.should_stop = True
 
 
-def _geo_callbacks(config: DemoConfig) -> list[Callback]:
-    """The callbacks ``--geo`` adds (the optimizer half of the sparsity part is set on the model)."""
-    if not config.geo:
-        return []
-    from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
+def seq_len_warmup_deadline(config: DemoConfig) -> float | str:
+    """The curriculum's deadline for ``config``: ``seq_len_warmup`` as a share of the steps, or of the budget in its
+    own unit (seconds or tokens)."""
+    if config.budget is None:
+        return config.seq_len_warmup
+    from lightning_geo.demo.budget import Budget
 
-    return [DynamicCurriculum(mode="seq_len", deadline=0.3), SparsityAwareLR()]
+    budget = Budget.parse(config.budget)
+    if budget.unit == "steps":
+        return config.seq_len_warmup
+    return f"{max(1.0, config.seq_len_warmup * budget.amount):.6g} {budget.unit}"
+
+
+def _trainer_parts(config: DemoConfig, callbacks: list[Callback]) -> dict[str, Any]:
+    """``strategy``, ``plugins``, ``precision`` and ``callbacks`` of the run: ``lightning_geo.recipe()`` with
+    ``--geo``; else Lightning's own ``MixedPrecision`` where the precision is mixed."""
+    if config.geo:
+        from lightning_geo.recipes import recipe
+
+        precision = config.resolved_precision
+        exclude = set(config.exclude)
+        if precision not in MIXED_PRECISIONS:
+            exclude.add("precision")  # the precision part needs a mixed precision: say so in the summary
+        kwargs = recipe(callbacks=callbacks, precision=precision, exclude=exclude,
+                        seq_len_warmup=seq_len_warmup_deadline(config))
+        kwargs.setdefault("strategy", "auto")
+        return kwargs
+    plugins = _precision_plugins(config)
+    return {"strategy": "auto", "plugins": plugins or None, "callbacks": callbacks,
+            "precision": None if plugins else config.resolved_precision}
 
 
 def _precision_plugins(config: DemoConfig) -> list[Any]:
-    """The mixed-precision plugin: GEO's with ``--geo``, else Lightning's own ``MixedPrecision``.
+    """Lightning's own ``MixedPrecision`` for the plain arm under a mixed precision (none otherwise).
 
     Lightning's plugin is built here rather than from ``precision="16-mixed"``, which Lightning turns into
     ``bf16-mixed`` on a CPU: so that a plain ``16-mixed`` run is real fp16 with a ``GradScaler`` everywhere,
@@ -183,35 +216,34 @@ def _precision_plugins(config: DemoConfig) -> list[Any]:
     precision = config.resolved_precision
     if precision not in MIXED_PRECISIONS:
         return []
-    if config.geo:
-        from lightning_geo.precision import PredictiveScalingPrecision
-
-        return [PredictiveScalingPrecision(precision)]  # type: ignore[arg-type]
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     return [MixedPrecision(precision, accelerator_device_type(config.accelerator))]  # type: ignore[arg-type]
 
 
 def _build_trainer(config: DemoConfig, logger: TensorBoardLogger, callbacks: list[Callback]) -> pl.Trainer:
-    plugins = _precision_plugins(config)
+    budget = Budget.parse(config.budget) if config.budget is not None else None
+    if budget is None:
+        limits: dict[str, Any] = dict(
+            max_steps=config.steps, max_time=timedelta(minutes=config.max_minutes),
+            val_check_interval=config.val_every, check_val_every_n_epoch=None,  # by steps, across epochs
+        )
+        callbacks = [*callbacks, ValidateOnLastStep()]
+    else:  # BudgetedTraining validates and stops; Lightning's own validation loop is off
+        limits = dict(max_steps=int(budget.amount) if budget.unit == "steps" else -1, max_epochs=-1,
+                      limit_val_batches=0, enable_checkpointing=False)
+    parts = _trainer_parts(config, [*callbacks, LearningRateMonitor(logging_interval="step")])
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
-        strategy="geo_hybrid" if config.geo else "auto",
-        precision=None if plugins else config.resolved_precision,  # type: ignore[arg-type]
-        plugins=plugins or None,
-        max_steps=config.steps,
-        max_time=timedelta(minutes=config.max_minutes),
         gradient_clip_val=config.grad_clip,
-        val_check_interval=config.val_every,
-        check_val_every_n_epoch=None,  # validate by steps, across epoch boundaries
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         logger=logger,
-        callbacks=[*callbacks, ValidateOnLastStep(), LearningRateMonitor(logging_interval="step"),
-                   *_geo_callbacks(config)],
         enable_progress_bar=config.progress_bar,
         enable_model_summary=False,
+        **limits,
+        **parts,
     )
 
 
@@ -237,18 +269,29 @@ def demo_warning_filters() -> Iterator[None]:
         yield
 
 
-def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | None:
+def load_demo_corpus(config: DemoConfig) -> Corpus | SubwordCorpus:
+    """The corpus of ``config``: characters (``tokenizer="char"``) or a byte-level BPE learned on it (cached)."""
+    if config.tokenizer == "bpe":
+        return load_bpe_corpus(config.corpus, vocab_size=config.vocab_size, max_train_chars=config.max_train_chars)
+    return load_corpus(config.corpus)
+
+
+def run_demo(
+    config: DemoConfig, corpus: Corpus | SubwordCorpus | None = None, *, callbacks: list[Callback] | None = None
+) -> DemoResult | None:
     """Train the demo model and return its summary (``None`` on ranks other than 0).
 
     Args:
         config: The run's settings.
-        corpus: An already loaded corpus; default: ``load_corpus(config.corpus)``.
+        corpus: An already loaded corpus; default: :func:`load_demo_corpus`.
+        callbacks: More callbacks for the Trainer (with ``geo``, one of a recipe part's class replaces the
+            recipe's, as ``recipe()`` merges). Default none.
 
     Raises:
         CorpusError: if the corpus is missing, empty, binary or too short for one batch.
     """
     pl.seed_everything(config.seed, verbose=False)
-    corpus = corpus if corpus is not None else load_corpus(config.corpus)
+    corpus = corpus if corpus is not None else load_demo_corpus(config)
     datamodule = CharDataModule(
         corpus, seq_len=config.seq_len, batch_size=config.batch_size, val_samples=config.val_samples
     )
@@ -262,11 +305,17 @@ def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | N
         lr=config.lr,
         warmup_steps=warmup,
         max_steps=config.steps,
-        optimizer="geo_adamw" if config.geo else "adamw",
+        warmup_share=config.warmup_share,
     )
+    budget = Budget.parse(config.budget) if config.budget is not None else None
+    if budget is not None:
+        model.training_progress = 0.0  # the schedule follows the budget from the first step
     logger = TensorBoardLogger(config.out, name=config.name, default_hp_metric=False)
-    timer, skips = ThroughputTimer(), SkippedStepCounter()
-    trainer = _build_trainer(config, logger, [timer, skips])
+    skips = SkippedStepCounter()
+    counter: ThroughputTimer | BudgetedTraining = (
+        ThroughputTimer() if budget is None else BudgetedTraining(budget, val_points=config.val_points)
+    )
+    trainer = _build_trainer(config, logger, [counter, skips, *(callbacks or [])])
     if accelerator_device_type(config.accelerator) == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -280,30 +329,40 @@ def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | N
     logger.experiment.flush()
     log_dir = Path(logger.log_dir)
     series = read_scalars(log_dir, ["train/loss", "val/loss"])
-    val = series.get("val/loss") or [(-1, math.nan)]  # no validation only if fit was interrupted
-    best_step, best_val = min(val, key=lambda sv: sv[1])
-    plot_path = plot_loss_curves({config.name: log_dir}, log_dir / "loss_curves.png")
+    if isinstance(counter, BudgetedTraining):
+        val_curve = tuple((p.steps, p.tokens, p.loss) for p in counter.curve)
+        val_seconds = tuple(p.seconds for p in counter.curve)
+        plot_path = plot_budget_curves({config.name: (val_seconds, val_curve)}, log_dir / "loss_curves.png")
+        stopped_early = False
+    else:
+        val = series.get("val/loss") or [(-1, math.nan)]  # no validation only if fit was interrupted
+        # Lightning logs a validation after N optimizer steps at step N - 1
+        val_curve = tuple((step + 1, counter.tokens_at_step.get(step + 1, counter.tokens), loss)
+                          for step, loss in val if step >= 0)
+        val_seconds = ()
+        plot_path = plot_loss_curves({config.name: log_dir}, log_dir / "loss_curves.png")
+        stopped_early = trainer.global_step < config.steps
+    curve = val_curve or ((0, 0, math.nan),)
+    best_step, _, best_val = min(curve, key=lambda point: point[2])
     memory, memory_kind = _peak_memory(config)
     plan = None
     if isinstance(trainer.strategy, GeoHybridStrategy) and trainer.strategy.report is not None:
         plan = trainer.strategy.report.chosen.name
-    # Lightning logs a validation after N optimizer steps at step N - 1
-    val_curve = tuple((step + 1, timer.tokens_at_step.get(step + 1, timer.tokens), loss) for step, loss in val)
     sample = ""
     if config.sample_chars:
         prompt = corpus.encode("def ")
         sample = "def " + corpus.decode(model.generate(prompt, config.sample_chars))
     return DemoResult(
         steps=trainer.global_step,
-        tokens=timer.tokens,
-        train_seconds=timer.train_seconds,
+        tokens=counter.tokens,
+        train_seconds=counter.train_seconds,
         wall_seconds=wall,
-        tokens_per_second=timer.tokens / max(timer.train_seconds, 1e-9),
+        tokens_per_second=counter.tokens / max(counter.train_seconds, 1e-9),
         final_train_loss=series["train/loss"][-1][1],
         best_val_loss=best_val,
-        best_val_step=best_step + 1,  # Lightning logs a validation after N steps at step N - 1
-        final_val_loss=val[-1][1],
-        stopped_early=trainer.global_step < config.steps,
+        best_val_step=best_step,
+        final_val_loss=curve[-1][2],
+        stopped_early=stopped_early,
         log_dir=log_dir,
         plot_path=plot_path,
         sample=sample,
@@ -312,7 +371,10 @@ def run_demo(config: DemoConfig, corpus: Corpus | None = None) -> DemoResult | N
         skipped_steps=skips.skipped,
         peak_memory_bytes=memory,
         memory_kind=memory_kind,
-        val_curve=val_curve if val[0][0] >= 0 else (),
+        val_curve=val_curve,
+        val_seconds=val_seconds,
+        tokenizer=config.tokenizer,
+        budget=str(budget) if budget is not None else f"{config.steps} steps",
     )
 
 

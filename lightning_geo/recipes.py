@@ -1,0 +1,167 @@
+"""``lightning_geo.recipe()``: GEO's measured best configuration as Trainer keyword arguments, in one line.
+
+::
+
+    trainer = L.Trainer(**lightning_geo.recipe(), max_steps=5000)
+    trainer = L.Trainer(**lightning_geo.recipe(callbacks=[ModelCheckpoint()], devices=2), max_time="00:01:00:00")
+
+The recipe is what won ``benchmarks/end_to_end.py`` (a GPT-2-shaped subword LM against tuned plain Lightning, on
+wall-clock time to plain's final validation loss); each default below names the measurement that set it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
+from lightning_geo.precision import PredictiveScalingPrecision
+from lightning_geo.strategies import GeoHybridStrategy
+
+RECIPE_PARTS: tuple[str, ...] = ("strategy", "precision", "seq_len_warmup", "sparsity")
+"""The parts ``recipe()`` switches on, by the names ``exclude`` takes: ``geo_hybrid``, ``PredictiveScalingPrecision``,
+``DynamicCurriculum(mode="seq_len")`` and ``SparsityAwareLR``."""
+
+DEFAULT_RECIPE_PARTS: tuple[str, ...] = RECIPE_PARTS
+"""The parts on by default (``benchmarks/end_to_end.py``'s leave-one-out ablation keeps every one of them)."""
+
+SEQ_LEN_WARMUP_DEADLINE = 0.3
+"""Default share of training over which sequences grow from ``min_seq_len`` to full length (linear pacing):
+``benchmarks/end_to_end.py``'s pacing sweep."""
+
+_MIXED = ("16-mixed", "bf16-mixed")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _default_precision(accelerator: str | None) -> str:
+    """16-mixed where training runs on CUDA, bf16-mixed elsewhere (most CPUs emulate fp16, many times slower)."""
+    import torch
+
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())
+    return "16-mixed" if on_cuda else "bf16-mixed"
+
+
+def recipe(
+    *,
+    callbacks: Callback | Sequence[Callback] | None = None,
+    plugins: Any = None,
+    precision: str | None = None,
+    strategy: str | Strategy | None = None,
+    accelerator: str | None = None,
+    devices: int | str | list[int] | None = None,
+    exclude: Iterable[str] = (),
+    seq_len_warmup: float | str = SEQ_LEN_WARMUP_DEADLINE,
+) -> dict[str, Any]:
+    """Trainer keyword arguments that switch on GEO's measured best configuration, merged with your own.
+
+    What it adds (each can be left out with ``exclude``):
+
+    - ``strategy``: ``"geo_hybrid"``: on one device a plain single-device run; on several, the parallel plan
+      :class:`~lightning_geo.strategies.GeoHybridStrategy` picks.
+    - ``precision``: :class:`~lightning_geo.precision.PredictiveScalingPrecision` in ``precision`` (default:
+      ``16-mixed`` on CUDA, ``bf16-mixed`` elsewhere).
+    - ``seq_len_warmup``: :class:`~lightning_geo.callbacks.DynamicCurriculum` ``(mode="seq_len", pacing="linear",
+      deadline=seq_len_warmup)``: batches start at 8 tokens and reach full length by the deadline.
+    - ``sparsity``: :class:`~lightning_geo.callbacks.SparsityAwareLR` with its defaults (embedding rows' learning
+      rate from their gradient density; it says once where it cannot act: a tied or positional embedding).
+
+    Merging rules: your ``callbacks`` come after GEO's; a callback of a GEO part's own class that you pass
+    replaces the recipe's (your settings win; a ``DynamicCurriculum`` of another mode replaces the warmup, and
+    ``recipe()`` says so once). Your ``plugins`` are kept; your own ``PredictiveScalingPrecision`` replaces the
+    recipe's, any other ``Precision`` plugin conflicts with the precision part. ``accelerator`` and ``devices``
+    pass through (and pick the default precision). Pass all of these to ``recipe()``, not beside it:
+    ``Trainer(**recipe(), callbacks=...)`` is a duplicate keyword.
+
+    Args:
+        callbacks: Your callbacks (one or a list). Default none.
+        plugins: Your Trainer plugins (one or a list). Default none.
+        precision: ``"16-mixed"`` or ``"bf16-mixed"`` for the precision part; any Lightning precision when
+            ``"precision"`` is excluded. Default ``None`` (see above).
+        strategy: ``None``, ``"geo_hybrid"`` or a ``GeoHybridStrategy``; any strategy when ``"strategy"`` is
+            excluded. Default ``None``.
+        accelerator: Passed to the Trainer when given. Default ``None`` (Lightning's ``"auto"``).
+        devices: Passed to the Trainer when given. Default ``None`` (Lightning's ``"auto"``).
+        exclude: Names from :data:`RECIPE_PARTS` to leave out. Default none.
+        seq_len_warmup: The curriculum's deadline: a share of the run's steps (default 0.3), or
+            ``"<N> tokens|steps|seconds"``.
+
+    Returns:
+        A dict for ``L.Trainer(**...)`` with ``strategy``, ``plugins`` and ``callbacks`` (and ``precision``,
+        ``accelerator``, ``devices`` where they apply).
+
+    Raises:
+        ValueError: naming the argument for an unknown part in ``exclude``, a ``strategy`` other than geo_hybrid,
+            a precision the precision part cannot train in, or a ``Precision`` plugin in ``plugins`` while the
+            precision part is on.
+    """
+    excluded = set(exclude) if not isinstance(exclude, str) else {exclude}
+    unknown = sorted(excluded - set(RECIPE_PARTS))
+    if unknown:
+        raise ValueError(f"recipe(exclude=...): unknown part(s) {unknown}; the parts are {list(RECIPE_PARTS)}")
+    excluded |= set(RECIPE_PARTS) - set(DEFAULT_RECIPE_PARTS)
+    user_callbacks = _as_list(callbacks)
+    user_plugins = _as_list(plugins)
+    for callback in user_callbacks:
+        if not isinstance(callback, Callback):
+            raise ValueError(f"recipe(callbacks=...): {callback!r} is not a Lightning Callback")
+    kwargs: dict[str, Any] = {}
+    if accelerator is not None:
+        kwargs["accelerator"] = accelerator
+    if devices is not None:
+        kwargs["devices"] = devices
+
+    if "strategy" in excluded:
+        if strategy is not None:
+            kwargs["strategy"] = strategy
+    elif strategy is None or strategy == "geo_hybrid" or isinstance(strategy, GeoHybridStrategy):
+        kwargs["strategy"] = strategy if strategy is not None else "geo_hybrid"
+    else:
+        raise ValueError(
+            f"recipe(strategy={strategy!r}) conflicts with the recipe's strategy 'geo_hybrid'; pass "
+            "exclude=['strategy'] to train with your own strategy"
+        )
+
+    if "precision" in excluded:
+        if precision is not None:
+            kwargs["precision"] = precision
+    else:
+        if precision is not None and precision not in _MIXED:
+            raise ValueError(
+                f"recipe(precision={precision!r}): the recipe's PredictiveScalingPrecision trains in 16-mixed or "
+                "bf16-mixed; pass one of those, or exclude=['precision'] to train in another precision"
+            )
+        own = [p for p in user_plugins if isinstance(p, Precision) and not isinstance(p, PredictiveScalingPrecision)]
+        if own:
+            raise ValueError(
+                f"recipe(plugins=...): {type(own[0]).__name__} is a precision plugin, and the recipe brings its own "
+                "(PredictiveScalingPrecision); pass exclude=['precision'] to keep yours"
+            )
+        if not any(isinstance(p, PredictiveScalingPrecision) for p in user_plugins):  # yours, with your settings
+            chosen = precision or _default_precision(accelerator)
+            user_plugins = [PredictiveScalingPrecision(chosen), *user_plugins]  # type: ignore[arg-type]
+
+    geo_callbacks: list[Callback] = []
+    user_curriculum = next((c for c in user_callbacks if isinstance(c, DynamicCurriculum)), None)
+    if "seq_len_warmup" not in excluded and user_curriculum is None:
+        geo_callbacks.append(DynamicCurriculum(mode="seq_len", pacing="linear", deadline=seq_len_warmup))
+    elif "seq_len_warmup" not in excluded and user_curriculum.mode != "seq_len":
+        rank_zero_info(
+            f"recipe(): your DynamicCurriculum(mode={user_curriculum.mode!r}) replaces the recipe's sequence-length "
+            "warmup (one DynamicCurriculum per Trainer); seq_len_warmup is not used"
+        )
+    if "sparsity" not in excluded and not any(isinstance(c, SparsityAwareLR) for c in user_callbacks):
+        geo_callbacks.append(SparsityAwareLR())
+    kwargs["callbacks"] = [*geo_callbacks, *user_callbacks]
+    if user_plugins:
+        kwargs["plugins"] = user_plugins
+    return kwargs
