@@ -1,16 +1,24 @@
-"""Small pieces every benchmark script shares: the code version it measured, steadier CPU timings, verdicts.
+"""Small pieces every benchmark script shares: the code version and machine it measured, steadier CPU timings,
+medians and spreads, verdicts, the results file.
 
 The scripts run as ``python benchmarks/<name>.py``, which puts this folder on ``sys.path``, so they
-import it as ``from bench_common import ...``.
+import it as ``from bench_common import ...``. The loop over arms, seeds and LRs is in ``bench_harness``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import math
+import os
+import platform
+import statistics
 import subprocess
+import sys
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
@@ -33,6 +41,37 @@ def code_version() -> str:
     return f"lightning_geo {commit}" + (" + local changes" if dirty else "")
 
 
+def machine() -> str:
+    """The CPU model and count, torch's version and the GPU, if any: ``Intel(R) Xeon(R) ... (2 CPUs), torch
+    2.5.1, no GPU``."""
+    import torch  # here, not at the top: not every script that imports this module needs torch
+
+    cpu = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu} ({os.cpu_count()} CPUs), torch {torch.__version__}, {gpu}"
+
+
+def command_line(script: str) -> str:
+    """How this benchmark was started, ``python benchmarks/<name>.py <arguments>``; pass the script's ``__file__``."""
+    return " ".join([f"python benchmarks/{Path(script).name}", *sys.argv[1:]])
+
+
+def write_results(path: Path, report: str, *, version: str) -> None:
+    """Writes ``report`` to ``path`` with a last line that stamps the code version and the machine, and says so.
+
+    Pass the :func:`code_version` taken when the run started (the code it measured).
+    """
+    text = report.strip("\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{text}\n\nmeasured with {version} on {machine()}\n")
+    print(f"\nwritten to {path}")
+
+
 def keep_freed_memory() -> None:
     """Ask glibc to keep freed memory for reuse instead of returning it to the OS after every step.
 
@@ -47,6 +86,34 @@ def keep_freed_memory() -> None:
         return
     libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # the documented maximum on 64-bit systems
     libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
+def median(values: Iterable[float], *, skip_nan: bool = False) -> float:
+    """The median; NaN when there are no values or one of them is NaN (a failed seed makes the median
+    meaningless), or with ``skip_nan`` the median of the others."""
+    values = list(values)
+    if skip_nan:
+        values = [v for v in values if not math.isnan(v)]
+    elif any(math.isnan(v) for v in values):
+        return math.nan
+    return statistics.median(values) if values else math.nan
+
+
+def spread(values: Sequence[float], fmt: Callable[[float], str] = "{:.4f}".format) -> str:
+    """``min..max`` of ``values``, each written by ``fmt``."""
+    return f"{fmt(min(values))}..{fmt(max(values))}"
+
+
+def by_seed(values: Iterable[Any], fmt: Callable[[Any], str] = str) -> str:
+    """``a/b/c``: one value per seed, each written by ``fmt``."""
+    return "/".join(fmt(v) for v in values)
+
+
+def worse_by(value: float, reference: float, *, higher_is_better: bool, relative: bool = True) -> float:
+    """How much worse ``value`` is than ``reference`` (negative: better), as a share of ``reference`` or, with
+    ``relative=False``, in the metric's own units (accuracy points, say)."""
+    worse = reference - value if higher_is_better else value - reference
+    return worse / abs(reference) if relative else worse
 
 
 def verdict(met: bool | None, claim: str, details: list[str]) -> list[str]:

@@ -75,7 +75,6 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +84,19 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from bench_common import Transcript, code_version, keep_freed_memory, quiet_lightning, verdict
+from bench_common import (
+    Transcript,
+    by_seed,
+    code_version,
+    command_line,
+    keep_freed_memory,
+    quiet_lightning,
+    spread,
+    verdict,
+    worse_by,
+    write_results,
+)
+from bench_harness import Sweep, sweep
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -100,7 +111,7 @@ from lightning_geo.utils.table import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "curriculum.txt"
 THREADS = 1  # one torch thread: the 2-core test machine is shared, two threads were several times slower
-LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+LR_BOUNDS = (1e-4, 3e-1)  # the ends of the LR ladder the grids are widened along
 EVAL_EVERY = 0.05  # share of the budget between held-out evaluations
 WARMUP = 0.05  # share of the budget with a linear LR warmup
 MIN_LR_RATIO = 0.1  # the cosine decays to this share of the peak LR at the budget
@@ -696,23 +707,20 @@ Task = CharTask | DigitsTask | VerseTask
 @dataclass
 class Outcome:
     task: Any
-    chosen: dict[str, float]
-    at_edge: dict[str, bool]
-    tuning: dict[str, dict[float, Run]]
-    runs: dict[str, list[Run]]
+    sweep: Sweep[Run]  # the LR tuning and the runs at each arm's chosen LR
     stress: dict[str, dict[int, list[Run]]]
     wall_s: float
 
     @property
     def target(self) -> float:
-        return statistics.median(r.final for r in self.runs[self.task.baseline])
+        return statistics.median(r.final for r in self.sweep.runs[self.task.baseline])
 
     def reach(self, arm: str) -> tuple[float, list[float]]:
-        per_seed = [r.reach(self.target) for r in self.runs[arm]]
+        per_seed = [r.reach(self.target) for r in self.sweep.runs[arm]]
         return statistics.median(per_seed), per_seed
 
     def final(self, arm: str) -> float:
-        values = [r.final for r in self.runs[arm]]
+        values = [r.final for r in self.sweep.runs[arm]]
         return statistics.median(values) if all(math.isfinite(v) for v in values) else math.nan
 
     def baseline_reach(self) -> float:
@@ -730,29 +738,30 @@ class Outcome:
         base, mine = self.final(self.task.baseline), self.final(arm)
         if not math.isfinite(mine):
             return math.inf
-        return (base - mine) if self.task.higher_better else (mine - base) / base
+        higher_better = self.task.higher_better
+        return worse_by(mine, base, higher_is_better=higher_better, relative=not higher_better)
 
     def table(self) -> str:
         t = self.task
         headers = ["arm", "LR", f"{t.unit} to target", "vs base", "vs budget", f"final {t.metric}", "min..max"]
         headers += ["diverged", "mean seq len" if t.key == "A" else "mean threshold"]
-        extras = [k for k, v in self.runs[t.baseline][0].extra.items() if isinstance(v, float)]
+        extras = [k for k, v in self.sweep.runs[t.baseline][0].extra.items() if isinstance(v, float)]
         headers += [*extras, "s/run"]
         rows = []
         for arm in t.arms:
-            runs = self.runs[arm]
+            runs = self.sweep.runs[arm]
             median, per_seed = self.reach(arm)
-            seeds = "/".join(fmt_count(v) if math.isfinite(v) else f">{fmt_count(t.budget)}" for v in per_seed)
+            seeds = by_seed(per_seed, lambda v: fmt_count(v) if math.isfinite(v) else f">{fmt_count(t.budget)}")
             finals = [r.final for r in runs]
             rows.append(
                 [
                     arm + ("*" if arm == t.baseline else ""),
-                    fmt_lr(self.chosen[arm]) + (" edge" if self.at_edge[arm] else ""),
+                    fmt_lr(self.sweep.chosen[arm]) + (" edge" if self.sweep.at_edge[arm] else ""),
                     f"{fmt_count(median) if math.isfinite(median) else '>' + fmt_count(t.budget)} [{seeds}]",
                     f"{self.speedup(arm):.2f}" if math.isfinite(median) else "-",
                     f"{t.budget / median:.2f}" if math.isfinite(median) else "-",
                     f"{self.final(arm):.4f}",
-                    f"{min(finals):.4f}..{max(finals):.4f}",
+                    spread(finals),
                     f"{sum(r.diverged for r in runs)}/{len(runs)}",
                     f"{statistics.median(r.schedule for r in runs):.3f}",
                     *(f"{statistics.median(r.extra[k] for r in runs):.3f}" for k in extras),
@@ -762,14 +771,9 @@ class Outcome:
         return format_table(headers, rows)
 
     def tuning_table(self) -> str:
-        rows = []
-        for arm in self.task.arms:
-            cells = "  ".join(
-                f"{fmt_lr(lr)}: {'diverged' if run.non_finite else f'{run.final:.4f}'}"
-                for lr, run in sorted(self.tuning[arm].items())
-            )
-            rows.append([arm, cells, fmt_lr(self.chosen[arm])])
-        return format_table(["arm", f"LR: seed-0 final {self.task.metric}", "chosen"], rows)
+        return self.sweep.tuning_table(
+            self.task.metric, lambda run: "diverged" if run.non_finite else f"{run.final:.4f}", lr_text=fmt_lr
+        )
 
     def stress_table(self) -> str:
         headers = ["arm", "tuned LR"]
@@ -777,62 +781,48 @@ class Outcome:
             headers += [f"{k}x LR final val loss [per seed]", f"{k}x diverged"]
         rows = []
         for arm in self.task.arms:
-            row = [arm, fmt_lr(self.chosen[arm])]
+            row = [arm, fmt_lr(self.sweep.chosen[arm])]
             for k in (1, *STRESS):
-                runs = self.runs[arm] if k == 1 else self.stress[arm][k]
-                vals = "/".join("nan" if r.non_finite else f"{r.final:.3f}" for r in runs)
+                runs = self.sweep.runs[arm] if k == 1 else self.stress[arm][k]
+                vals = by_seed(runs, lambda r: "nan" if r.non_finite else f"{r.final:.3f}")
                 row += [vals, f"{sum(r.diverged for r in runs)}/{len(runs)}"]
             rows.append(row)
         return format_table(headers, rows)
-
-
-def tune(task: Any, arm: str, widen: int, log: Callable[[str], None]) -> tuple[float, dict[float, Run], bool]:
-    """Run the grid on seed 0 (widening while the best is at an edge, at most ``widen`` times)."""
-    runs: dict[float, Run] = {}
-    grid = list(task.grid)
-    for _ in range(widen + 1):
-        for lr in grid:
-            if lr not in runs:
-                runs[lr] = task.run(arm, lr, 0)
-                r = runs[lr]
-                log(f"    tune {arm:<20} lr {fmt_lr(lr):>5}: final {r.final:.4f}  ({r.wall_s:.0f} s, {r.steps} steps)")
-        ordered = sorted(runs)
-        best = max(ordered, key=lambda lr: runs[lr].score())
-        i = LADDER.index(best)
-        if best == ordered[0] and i > 0:
-            grid = [LADDER[i - 1]]
-        elif best == ordered[-1] and i + 1 < len(LADDER):
-            grid = [LADDER[i + 1]]
-        else:
-            return best, runs, False
-    ordered = sorted(runs)
-    best = max(ordered, key=lambda lr: runs[lr].score())
-    return best, runs, best in (ordered[0], ordered[-1])
 
 
 def run_task(task: Any, seeds: int, widen: int, stress_seeds: int, log: Callable[[str], None]) -> Outcome:
     started = time.perf_counter()
     log(f"task {task.title}")
     log(f"  data: {task.describe()}")
-    chosen, tuning, at_edge = {}, {}, {}
-    for arm in task.arms:
-        chosen[arm], tuning[arm], at_edge[arm] = tune(task, arm, widen, log)
-    runs = {arm: [tuning[arm][chosen[arm]]] for arm in task.arms}
-    for seed in range(1, seeds):
-        for arm in task.arms:  # interleaved: slow phases of a shared machine hit every arm alike
-            runs[arm].append(task.run(arm, chosen[arm], seed))
-            log(f"    seed {seed} {arm:<20} final {runs[arm][-1].final:.4f}  ({runs[arm][-1].wall_s:.0f} s)")
+
+    def run(arm: str, lr: float, seed: int) -> Run:
+        r = task.run(arm, lr, seed)
+        if seed == 0:  # the LR tuning
+            log(f"    tune {arm:<20} lr {fmt_lr(lr):>5}: final {r.final:.4f}  ({r.wall_s:.0f} s, {r.steps} steps)")
+        else:
+            log(f"    seed {seed} {arm:<20} final {r.final:.4f}  ({r.wall_s:.0f} s)")
+        return r
+
+    result = sweep(
+        task.arms,
+        run,
+        grids=dict.fromkeys(task.arms, task.grid),
+        score=Run.score,
+        seeds=seeds,
+        widen=widen,
+        bounds=LR_BOUNDS,
+    )
     stress: dict[str, dict[int, list[Run]]] = {arm: {k: [] for k in STRESS} for arm in task.arms}
     if task.key == "A":
         for seed in range(stress_seeds):
             for k in STRESS:
                 for arm in task.arms:
-                    stress[arm][k].append(task.run(arm, k * chosen[arm], seed))
+                    stress[arm][k].append(task.run(arm, k * result.chosen[arm], seed))
                     r = stress[arm][k][-1]
                     log(f"    {k}x LR seed {seed} {arm:<14} final {r.final:.4f} diverged {r.diverged}")
     wall = time.perf_counter() - started
     log(f"  ({wall:.0f} s)")
-    return Outcome(task, chosen, at_edge, tuning, runs, stress, wall)
+    return Outcome(task, result, stress, wall)
 
 
 def target_report(outcomes: list[Outcome], all_tasks: bool) -> list[str]:
@@ -937,7 +927,7 @@ def main() -> None:
         log()
     elapsed = time.perf_counter() - started
 
-    command = " ".join(["python benchmarks/curriculum.py", *sys.argv[1:]])
+    command = command_line(__file__)
     report_start = log.mark()
     log(f"$ {command}")
     log(
@@ -968,9 +958,7 @@ def main() -> None:
     for line in target_report(outcomes, all_tasks=set(keys) == {"A", "B", "C"}):
         log(line)
     if not args.quick and set(keys) == {"A", "B", "C"}:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(log.since(report_start) + "\n")
-        print(f"\nwritten to {RESULTS}")
+        write_results(RESULTS, log.since(report_start), version=version)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,6 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -100,7 +99,20 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from bench_common import Transcript, code_version, keep_freed_memory, quiet_lightning, verdict
+from bench_common import (
+    Transcript,
+    by_seed,
+    code_version,
+    command_line,
+    keep_freed_memory,
+    median,
+    quiet_lightning,
+    spread,
+    verdict,
+    worse_by,
+    write_results,
+)
+from bench_harness import rotated, run_seeds, tune_lr
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
@@ -416,13 +428,6 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------------------- summary
-def _median(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    if len(finite) < len(values):
-        return math.nan  # a failed seed makes the median meaningless
-    return statistics.median(finite) if finite else math.nan
-
-
 def _fmt(value: float, digits: int = 4) -> str:
     return "nan" if math.isnan(value) else f"{value:.{digits}f}"
 
@@ -439,21 +444,20 @@ class Results:
         return self.runs.get((task, arm), [])
 
     def val(self, task: str, arm: str) -> float:
-        return _median([r.val_loss for r in self.of(task, arm)])
+        return median([r.val_loss for r in self.of(task, arm)])
 
     def gap(self, task: str, arm: str) -> float:
-        reference = self.val(task, FP32)
-        return (self.val(task, arm) - reference) / reference
+        return worse_by(self.val(task, arm), self.val(task, FP32), higher_is_better=False)
 
     def skipped(self, task: str, arm: str) -> float:
         return statistics.median(r.skipped for r in self.of(task, arm))
 
     def underflow(self, task: str, arm: str) -> tuple[float, float]:
         runs = self.of(task, arm)
-        return _median([r.underflow_mean for r in runs]), _median([r.underflow_worst for r in runs])
+        return median([r.underflow_mean for r in runs]), median([r.underflow_worst for r in runs])
 
     def step_ms(self, task: str, arm: str) -> float:
-        return _median([r.step_ms for r in self.of(task, arm)])
+        return median([r.step_ms for r in self.of(task, arm)])
 
     def step_ratios(self, task: str, arm: str, cpu_time: bool = False) -> list[float]:
         """Per seed: this arm's step time / the same seed's 16-mixed step time (wall or thread CPU time)."""
@@ -464,7 +468,7 @@ class Results:
     def step_ratio(self, task: str, arm: str, cpu_time: bool = False) -> float:
         """Median over seeds of :meth:`step_ratios`."""
         ratios = self.step_ratios(task, arm, cpu_time)
-        return _median(ratios) if ratios else math.nan
+        return median(ratios) if ratios else math.nan
 
     def layer_table(self, task: str) -> str:
         """Each Linear layer's zero share (averaged over samples), median over seeds, one column per arm."""
@@ -475,7 +479,7 @@ class Results:
             cells = []
             for arm in arms:
                 values = [r.underflow_layers.get(name, math.nan) for r in self.of(task, arm)]
-                cells.append(_pct(_median(values)))
+                cells.append(_pct(median(values)))
             rows.append([name, *cells])
         return format_table(["layer", *arms], rows)
 
@@ -490,9 +494,7 @@ class Results:
                     continue
                 losses = [r.val_loss for r in runs]
                 uf_mean, uf_worst = self.underflow(task, arm)
-                skipped = (
-                    "-" if arm == FP32 else f"{self.skipped(task, arm):g} [{'/'.join(str(r.skipped) for r in runs)}]"
-                )
+                skipped = "-" if arm == FP32 else f"{self.skipped(task, arm):g} [{_skips_text(runs)}]"
                 gap = self.gap(task, arm)
                 rows.append([
                     task,
@@ -502,7 +504,7 @@ class Results:
                     _pct(uf_mean),
                     _pct(uf_worst),
                     _fmt(self.val(task, arm)),
-                    f"{_fmt(min(losses))}..{_fmt(max(losses))}",
+                    spread(losses),
                     "-" if arm == FP32 else ("nan" if math.isnan(gap) else f"{100 * gap:+.2f}%"),
                     _fmt(self.step_ms(task, arm), 2),
                     _fmt(self.step_ratio(task, arm), 3),
@@ -512,7 +514,7 @@ class Results:
 
 
 def _skips_text(runs: Sequence[Run]) -> str:
-    return "/".join(str(r.skipped) for r in runs)
+    return by_seed(r.skipped for r in runs)
 
 
 def _skipped_where(runs: Sequence[Run]) -> str:
@@ -591,11 +593,11 @@ def target_report(res: Results, tasks: Sequence[str], config: Config, device: st
         ours_ok = all(not math.isnan(res.gap("c", arm)) and res.gap("c", arm) <= VAL_TOLERANCE_C for arm in GEO_ARMS)
         details = [
             f"fp32 {_fmt(res.val('c', FP32))}; 16-mixed {_fmt(res.val('c', MIXED))}, skipped "
-            f"{'/'.join(str(r.skipped) for r in mixed_runs)} of {mixed_runs[0].batches} steps, final log2 scale "
+            f"{_skips_text(mixed_runs)} of {mixed_runs[0].batches} steps, final log2 scale "
             f"{mixed_runs[0].log2_scale} (seed 0)",
             *(
                 f"{arm}: {_fmt(res.val('c', arm))} ({100 * res.gap('c', arm):+.2f}% vs fp32), skipped "
-                f"{'/'.join(str(r.skipped) for r in res.of('c', arm))}"
+                f"{_skips_text(res.of('c', arm))}"
                 for arm in GEO_ARMS
             ),
         ]
@@ -609,12 +611,12 @@ def target_report(res: Results, tasks: Sequence[str], config: Config, device: st
     details, ok = [], True
     for arm in GEO_ARMS:
         pooled = [v for task in ab for v in res.step_ratios(task, arm)]
-        median = _median(pooled) if pooled else math.nan
-        ok &= not math.isnan(median) and median <= 1 + OVERHEAD_TARGET
+        pooled_median = median(pooled) if pooled else math.nan
+        ok &= not math.isnan(pooled_median) and pooled_median <= 1 + OVERHEAD_TARGET
         cpu = [v for task in ab for v in res.step_ratios(task, arm, cpu_time=True)]
-        cpu_text = f"; thread CPU time x{_fmt(_median(cpu), 3)}" if device == "cpu" and cpu else ""
+        cpu_text = f"; thread CPU time x{_fmt(median(cpu), 3)}" if device == "cpu" and cpu else ""
         details.append(
-            f"{arm}: median of {len(pooled)} paired ratios x{_fmt(median, 3)} (range "
+            f"{arm}: median of {len(pooled)} paired ratios x{_fmt(pooled_median, 3)} (range "
             f"{_fmt(min(pooled, default=math.nan), 3)}..{_fmt(max(pooled, default=math.nan), 3)}){cpu_text}"
         )
     for task in ab:
@@ -694,10 +696,8 @@ def main() -> None:
     corpus = load_corpus(None)
     bench = Bench(corpus, config, args.device)
     log(f"{config.describe()}; {args.device}; seeds {seeds}; tasks {','.join(tasks)}")
-    runs: dict[tuple[str, str], list[Run]] = {}
 
     def record(run: Run) -> Run:
-        runs.setdefault((run.task, run.arm), []).append(run)
         extra = f", promoted {run.promoted}" if run.promoted else ""
         if run.skipped_at:
             shown = run.skipped_at[:8]
@@ -710,6 +710,11 @@ def main() -> None:
         )
         return run
 
+    def tuning_run(lr: float) -> Run:
+        run = bench.run("a", FP32, 0, lr)
+        log(f"  lr {lr:g}: val {_fmt(run.val_loss)} ({run.seconds:.0f} s)")
+        return run
+
     # The normal LR: tuned for fp32 on seed 0 of task a (that run is reused).
     tuning: dict[float, float] = {}
     reused: Run | None = None
@@ -717,35 +722,33 @@ def main() -> None:
     needs_normal = any(t in tasks for t in ("a", "b", "c"))
     if needs_normal and normal_lr is None:
         log("LR tuning (fp32, task a, seed 0):")
-        tuned = {}
-        for lr in LR_GRID:
-            run = bench.run("a", FP32, 0, lr)
-            tuned[lr] = run
-            tuning[lr] = run.val_loss
-            log(f"  lr {lr:g}: val {_fmt(run.val_loss)} ({run.seconds:.0f} s)")
-        normal_lr = min(LR_GRID, key=lambda lr: math.inf if math.isnan(tuning[lr]) else tuning[lr])
-        reused = tuned[normal_lr]
+        tuned = tune_lr(tuning_run, LR_GRID, score=lambda run: -math.inf if math.isnan(run.val_loss) else -run.val_loss)
+        normal_lr, reused = tuned.best, tuned.runs[tuned.best]
+        tuning = {lr: run.val_loss for lr, run in tuned.runs.items()}
         log(f"  chosen: {normal_lr:g}")
 
+    def task_runs(task: str, lr: float) -> dict[str, list[Run]]:
+        def run(arm: str, seed: int) -> Run:
+            if task == "a" and arm == FP32 and seed == 0 and reused is not None:
+                return record(reused)
+            return record(bench.run(task, arm, seed, lr))
+
+        # Arms back to back, so slow phases of a shared machine hit every arm alike; the fp16 arms' order
+        # rotates with the seed, so no arm always runs right after fp32.
+        return run_seeds(ARMS, range(seeds), run, order=lambda seed: (FP32, *rotated(ARMS[1:], seed)))
+
+    runs: dict[tuple[str, str], list[Run]] = {}
     for task in tasks:
         lr = HIGH_LR if task == "a_high" else normal_lr
         assert lr is not None
         task_started = time.perf_counter()
         log(f"task {task}: {TASK_TITLES[task]}, LR {lr:g}")
-        for seed in range(seeds):
-            # Arms back to back, so slow phases of a shared machine hit every arm alike; the fp16 arms' order
-            # rotates with the seed, so no arm always runs right after fp32.
-            k = seed % 3
-            for arm in (FP32, *ARMS[1 + k :], *ARMS[1 : 1 + k]):
-                if task == "a" and arm == FP32 and seed == 0 and reused is not None:
-                    record(reused)
-                    continue
-                record(bench.run(task, arm, seed, lr))
+        runs.update({(task, arm): arm_runs for arm, arm_runs in task_runs(task, lr).items()})
         log(f"  ({time.perf_counter() - task_started:.0f} s)")
 
     elapsed = time.perf_counter() - started
     results = Results(runs)
-    command = " ".join(["python benchmarks/precision.py", *sys.argv[1:]])
+    command = command_line(__file__)
     report_start = log.mark()
     log()
     log(f"$ {command}")
@@ -802,9 +805,7 @@ def main() -> None:
     for line in target_report(results, tasks, config, args.device):
         log(line)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(log.since(report_start).lstrip("\n") + "\n")
-        print(f"\nwritten to {out}")
+        write_results(out, log.since(report_start), version=version)
 
 
 if __name__ == "__main__":

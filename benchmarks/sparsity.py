@@ -84,7 +84,20 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from bench_common import Transcript, code_version, keep_freed_memory, quiet_lightning, verdict
+from bench_common import (
+    Transcript,
+    by_seed,
+    code_version,
+    command_line,
+    keep_freed_memory,
+    median,
+    quiet_lightning,
+    spread,
+    verdict,
+    worse_by,
+    write_results,
+)
+from bench_harness import Sweep, ladder, sweep
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
@@ -563,16 +576,11 @@ class Task:
     def reaches(self, value: float, target: float) -> bool:
         return not math.isnan(value) and (value >= target if self.higher_is_better else value <= target)
 
-
-def ladder(lr: float, up: bool) -> float:
-    """The neighbour of ``lr`` on the LR ladder ..., 0.01, 0.03, 0.1, 0.3, ... (steps of ~3.16x)."""
-    exponent = math.floor(math.log10(lr) + 1e-9)
-    ones = lr / 10**exponent < 2  # 1e-k rather than 3e-k
-    if up:
-        value = 3 * 10**exponent if ones else 10 ** (exponent + 1)
-    else:
-        value = 10**exponent if not ones else 3 * 10 ** (exponent - 1)
-    return float(f"{value:.3g}")
+    def score(self, run: Run) -> float:
+        """For picking the LR: higher is better, NaN is worst (the order of :meth:`better`)."""
+        if math.isnan(run.final):
+            return -math.inf
+        return run.final if self.higher_is_better else -run.final
 
 
 def _grid(center: float) -> tuple[float, float, float]:
@@ -725,52 +733,16 @@ class Bench:
         )
 
 
-def tune(bench: Bench, arm: str, log: Callable[[str], None]) -> tuple[float, dict[float, Run], bool]:
-    """Seed-0 runs over the arm's grid, widened at an edge; returns (best LR, runs by LR, best still at edge)."""
-    task = bench.task
-    runs = {lr: bench.run(arm, lr, seed=0) for lr in task.grids[arm]}
-    for _ in range(MAX_WIDENINGS + 1):
-        lrs = sorted(runs)
-        best = _best_lr(task, runs)
-        log(f"  tune {arm:<25} " + "  ".join(f"{lr:.3g}:{runs[lr].final:.4f}" for lr in lrs) + f"  -> {best:.3g}")
-        if best == lrs[0]:
-            new = ladder(lrs[0], up=False)
-        elif best == lrs[-1]:
-            new = ladder(lrs[-1], up=True)
-        else:
-            return best, runs, False
-        if len(runs) >= len(task.grids[arm]) + MAX_WIDENINGS:
-            return best, runs, True
-        runs[new] = bench.run(arm, new, seed=0)
-    return _best_lr(task, runs), runs, True
-
-
-def _best_lr(task: Task, runs: dict[float, Run]) -> float:
-    best = min(runs)
-    for lr in sorted(runs):
-        if task.better(runs[lr].final, runs[best].final):
-            best = lr
-    return best
-
-
 # ------------------------------------------------------------------------------------- reporting
 def steps_to(task: Task, run: Run, target: float) -> float:
     """First validation step at which ``run`` is at least as good as ``target`` (inf if never)."""
     return next((s for s, m, _ in run.history if task.reaches(m, target)), math.inf)
 
 
-def _median(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return statistics.median(finite) if finite else float("nan")
-
-
 @dataclass
 class Summary:
     task: Task
-    chosen: dict[str, float]
-    at_edge: dict[str, bool]
-    tuning: dict[str, dict[float, Run]]
-    runs: dict[str, list[Run]]
+    sweep: Sweep[Run]  # the LR tuning and the runs at each arm's chosen LR
     pairs: list[tuple[float, float]]  # (AdamW, AdamW+SparsityAwareLR) median step ms of back-to-back runs
     best_baseline: str = ""
     target: float = float("nan")
@@ -778,28 +750,28 @@ class Summary:
 
     def __post_init__(self) -> None:
         task = self.task
-        finals = {arm: self.final(arm) for arm in self.runs}
-        baselines = [arm for arm in self.runs if arm not in GEO_ARMS]
+        finals = {arm: self.final(arm) for arm in self.sweep.runs}
+        baselines = [arm for arm in self.sweep.runs if arm not in GEO_ARMS]
         self.best_baseline = baselines[0]
         for arm in baselines:
             if task.better(finals[arm], finals[self.best_baseline]):
                 self.best_baseline = arm
         self.target = finals[self.best_baseline]
-        self.steps = {arm: [steps_to(task, r, self.target) for r in runs] for arm, runs in self.runs.items()}
+        self.steps = {arm: [steps_to(task, r, self.target) for r in runs] for arm, runs in self.sweep.runs.items()}
 
     def final(self, arm: str) -> float:
-        return _median([r.final for r in self.runs[arm]])
+        return median([r.final for r in self.sweep.runs[arm]], skip_nan=True)
 
     def median_steps(self, arm: str) -> float:
         return statistics.median(self.steps[arm])
 
     def step_ms(self, arm: str) -> float:
-        return _median([r.step_ms for r in self.runs[arm]])
+        return median([r.step_ms for r in self.sweep.runs[arm]], skip_nan=True)
 
     def table(self) -> str:
         task = self.task
         best_steps = self.median_steps(self.best_baseline)
-        adamw_ms = self.step_ms("AdamW") if "AdamW" in self.runs else float("nan")
+        adamw_ms = self.step_ms("AdamW") if "AdamW" in self.sweep.runs else float("nan")
         rare_name = "rare acc" if task.higher_is_better else "rare loss"
         headers = [
             "arm",
@@ -814,22 +786,22 @@ class Summary:
             "x AdamW",
         ]
         rows = []
-        for arm, runs in self.runs.items():
+        for arm, runs in self.sweep.runs.items():
             steps = self.median_steps(arm)
-            per_seed = "/".join(_steps_text(s, task.steps) for s in self.steps[arm])
+            per_seed = by_seed(self.steps[arm], lambda s: _steps_text(s, task.steps))
             finals = [r.final for r in runs]
             mark = "*" if arm == self.best_baseline else ""
-            edge = " (edge)" if self.at_edge[arm] else ""
+            edge = " (edge)" if self.sweep.at_edge[arm] else ""
             rows.append(
                 [
                     arm + mark,
-                    f"{self.chosen[arm]:.3g}{edge}",
+                    f"{self.sweep.chosen[arm]:.3g}{edge}",
                     f"{_steps_text(steps, task.steps)} [{per_seed}]",
                     f"{steps / best_steps:.2f}" if math.isfinite(steps) and math.isfinite(best_steps) else "-",
                     f"{self.final(arm):.4f}",
-                    f"{min(finals):.4f}..{max(finals):.4f}",
-                    f"{_median([r.final_rare for r in runs]):.4f}",
-                    f"{100 * _median([r.drift for r in runs]):.1f}%",
+                    spread(finals),
+                    f"{median([r.final_rare for r in runs], skip_nan=True):.4f}",
+                    f"{100 * median([r.drift for r in runs], skip_nan=True):.1f}%",
                     f"{self.step_ms(arm):.2f}",
                     f"{self.step_ms(arm) / adamw_ms:.3f}",
                 ]
@@ -837,11 +809,7 @@ class Summary:
         return format_table(headers, rows)
 
     def tuning_table(self) -> str:
-        rows = []
-        for arm, runs in self.tuning.items():
-            grid = "  ".join(f"{lr:.3g}: {runs[lr].final:.4f}" for lr in sorted(runs))
-            rows.append([arm, grid, f"{self.chosen[arm]:.3g}" + (" (at edge)" if self.at_edge[arm] else "")])
-        return format_table(["arm", f"LR: seed-0 final {self.task.metric}", "chosen"], rows)
+        return self.sweep.tuning_table(self.task.metric, lambda run: f"{run.final:.4f}", edge_mark=" (at edge)")
 
 
 def _steps_text(steps: float, max_steps: int) -> str:
@@ -871,7 +839,7 @@ def target_report(summaries: list[Summary]) -> list[str]:
     worst, details = -math.inf, []
     for s in summaries:
         geo, adamw = s.final("GeoAdamW"), s.final("AdamW")
-        worse = (adamw - geo) / abs(adamw) if s.task.higher_is_better else (geo - adamw) / abs(adamw)
+        worse = worse_by(geo, adamw, higher_is_better=s.task.higher_is_better)
         worst = max(worst, worse)
         comparison = f"{100 * worse:.2f}% worse" if worse > 0 else f"{100 * -worse:.2f}% better"
         details.append(
@@ -884,11 +852,12 @@ def target_report(summaries: list[Summary]) -> list[str]:
     direct, end_to_end, details = [], [], []
     for s in summaries:
         adamw_ms = s.step_ms("AdamW")
-        hooks = _median([r.hook_ms for r in s.runs[CALLBACK_ARM] if r.hook_ms is not None])
-        once = _median([r.hook_once_ms for r in s.runs[CALLBACK_ARM] if r.hook_once_ms is not None])
+        runs = s.sweep.runs[CALLBACK_ARM]
+        hooks = median([r.hook_ms for r in runs if r.hook_ms is not None], skip_nan=True)
+        once = median([r.hook_once_ms for r in runs if r.hook_once_ms is not None], skip_nan=True)
         direct.append(hooks / adamw_ms)
         ratios = [callback / adamw - 1.0 for adamw, callback in s.pairs]
-        end_to_end.append(_median(ratios))
+        end_to_end.append(median(ratios, skip_nan=True))
         details.append(
             f"task {s.task.key}: hooks {hooks:.3f} ms/step = {100 * direct[-1]:.2f}% of AdamW's {adamw_ms:.2f} ms step "
             f"(set-up hooks: {once:.1f} ms once per fit); {len(ratios)} back-to-back pairs of "
@@ -945,26 +914,32 @@ def main() -> None:
         bench = Bench(task)
         log(f"task {task.title}")
         log(f"  data: {bench.data.describe()}; {task.steps} steps, batch {task.batch_size}")
-        chosen, at_edge, tuning = {}, {}, {}
-        for arm in ARMS:
-            chosen[arm], tuning[arm], at_edge[arm] = tune(bench, arm, log)
-        runs = {arm: [tuning[arm][chosen[arm]]] for arm in ARMS}
-        for seed in range(1, args.seeds):
-            for arm in ARMS:  # arms interleaved, so slow phases of a shared machine hit every arm alike
-                runs[arm].append(bench.run(arm, chosen[arm], seed))
+        result = sweep(
+            ARMS,
+            bench.run,
+            grids=task.grids,
+            score=task.score,
+            seeds=args.seeds,
+            widen=MAX_WIDENINGS,
+            on_round=lambda arm, runs, best: log(
+                f"  tune {arm:<25} "
+                + "  ".join(f"{lr:.3g}:{runs[lr].final:.4f}" for lr in sorted(runs))
+                + f"  -> {best:.3g}"
+            ),
+        )
         # The overhead target compares step times of separate runs; back-to-back pairs see the same machine load.
-        pairs = []
+        pairs, chosen = [], result.chosen
         for seed in range(task.timing_pairs):
             adamw = bench.run("AdamW", chosen["AdamW"], seed, steps=task.timing_steps, validate=False)
             callback = bench.run(CALLBACK_ARM, chosen[CALLBACK_ARM], seed, steps=task.timing_steps, validate=False)
             pairs.append((adamw.step_ms, callback.step_ms))
-        summary = Summary(task, chosen, at_edge, tuning, runs, pairs)
+        summary = Summary(task, result, pairs)
         summaries.append(summary)
         log(f"  ({time.perf_counter() - task_started:.0f} s)")
         log()
 
     elapsed = time.perf_counter() - started
-    command = " ".join(["python benchmarks/sparsity.py", *sys.argv[1:]])
+    command = command_line(__file__)
     report_start = log.mark()
     log(f"$ {command}")
     log(
@@ -986,9 +961,7 @@ def main() -> None:
     for line in target_report(summaries):
         log(line)
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(log.since(report_start) + "\n")
-        print(f"\nwritten to {RESULTS}")
+        write_results(RESULTS, log.since(report_start), version=version)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main() -> None:
             tuner = GeoTuner(space, monitor="val/loss", max_trials=args.trials, pruner=None, log_dir=scratch,
                              study_name=arm, seed=args.seed, verbose=False)
             tuner.search(train)
-            best[arm] = tuner.best_params()
+            best[arm] = tuner.best_params
             log(f"{arm}: best {json.dumps(best[arm])}")
     log(f"\nDEMO_LEARNING_RATES = {{'plain': {best['plain']['lr']:.3g}, 'geo': {best['recipe']['lr']:.3g}}}")
     log(f"DEMO_WARMUP_SHARES = {{'plain': {best['plain']['warmup_share']:.3g}, "

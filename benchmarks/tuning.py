@@ -97,7 +97,6 @@ import functools
 import math
 import os
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -109,7 +108,8 @@ import numpy as np
 import optuna
 import torch
 import torch.nn.functional as F
-from bench_common import code_version, keep_freed_memory, quiet_lightning, verdict
+from bench_common import code_version, command_line, keep_freed_memory, median, quiet_lightning, spread, verdict
+from bench_harness import rotated, run_seeds
 
 from lightning_geo.tuning.optimizer import BayesianOptimizer
 from lightning_geo.tuning.space import Categorical, Config, Float, Int, SearchSpace
@@ -599,13 +599,27 @@ def run_study(problem: Problem, arm: str, seed: int, trials: int) -> Run:
     return run
 
 
+def run_problem(problem: Problem, seeds: int, trials: int) -> ProblemResult:
+    """Every arm on seeds ``0..seeds-1``, printing each seed's best values."""
+
+    def report(seed: int, runs: dict[str, Run]) -> None:
+        parts = [f"{arm} {_fmt(run.best_at(trials))} ({run.seconds:.1f} s)" for arm, run in runs.items()]
+        print(f"  {problem.name} seed {seed}: " + ", ".join(parts), flush=True)
+
+    runs = run_seeds(
+        ARMS,
+        range(seeds),
+        lambda arm, seed: run_study(problem, arm, seed, trials),
+        # arms back to back per seed, in an order that rotates, so slow phases of the machine hit all alike
+        order=lambda seed: rotated(ARMS, seed),
+        on_seed=report,
+    )
+    return ProblemResult(problem, runs, trials)
+
+
 # ---------------------------------------------------------------------------------------------- summary
 def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else math.nan
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -650,7 +664,7 @@ def detail_table(results: Sequence[ProblemResult]) -> str:
                     arm,
                     _fmt(_mean(bests)),
                     _fmt(statistics.pstdev(bests) if len(bests) > 1 else 0.0, 2),
-                    f"{_fmt(min(bests))}..{_fmt(max(bests))}",
+                    spread(bests, _fmt),
                     f"{res.score(arm):.1f}",
                     f"{res.score(arm, res.trials // 2):.1f}",
                     sum(r.failed for r in res.runs[arm]),
@@ -713,13 +727,13 @@ def main_latency_table(results: Sequence[ProblemResult]) -> tuple[str, dict[str,
         later = [s for res in results for r in res.runs[arm] for s in r.ask_seconds[STARTUP:]]
         later_cpu = [s for res in results for r in res.runs[arm] for s in r.ask_cpu_seconds[STARTUP:]]
         every = [s for res in results for r in res.runs[arm] for s in r.ask_seconds]
-        per_problem = [_median([s for r in res.runs[arm] for s in r.ask_seconds[STARTUP:]]) for res in results]
-        overall[arm] = _median(later)
+        per_problem = [median([s for r in res.runs[arm] for s in r.ask_seconds[STARTUP:]]) for res in results]
+        overall[arm] = median(later)
         rows.append(
             [
                 arm,
-                f"{_median(later):.3f}",
-                f"{_median(later_cpu):.3f}",
+                f"{median(later):.3f}",
+                f"{median(later_cpu):.3f}",
                 f"{np.percentile(later, 90):.3f}" if later else "nan",
                 f"{max(every):.3f}" if every else "nan",
                 f"{min(per_problem):.3f}..{max(per_problem):.3f}" if per_problem else "nan",
@@ -742,7 +756,7 @@ class LatencyStudy:
         """Median wall (or CPU) time of asks ``first..last`` (1-based), NaN if the study was shorter."""
         if len(self.ask_seconds) < last:
             return math.nan
-        return _median((self.ask_cpu_seconds if cpu else self.ask_seconds)[first - 1 : last])
+        return median((self.ask_cpu_seconds if cpu else self.ask_seconds)[first - 1 : last])
 
 
 def latency_table(studies: Sequence[LatencyStudy]) -> str:
@@ -921,7 +935,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     version = code_version()
     started = time.perf_counter()
-    command = " ".join(["python benchmarks/tuning.py", *sys.argv[1:]])
+    command = command_line(__file__)
     print(f"$ {command}")
     print(
         f"{version}; torch {torch.__version__}, lightning {pl.__version__}, optuna {optuna.__version__}; "
@@ -942,19 +956,7 @@ def main() -> None:
     results: list[ProblemResult] = []
     for problem in problems:
         problem_started = time.perf_counter()
-        runs: dict[str, list[Run]] = {arm: [] for arm in ARMS}
-        for seed in range(seeds):
-            # arms back to back per seed, in an order that rotates, so slow phases of the machine hit all alike
-            order = ARMS[seed % len(ARMS) :] + ARMS[: seed % len(ARMS)]
-            parts = []
-            for arm in order:
-                run = run_study(problem, arm, seed, trials)
-                runs[arm].append(run)
-            for arm in ARMS:
-                run = runs[arm][-1]
-                parts.append(f"{arm} {_fmt(run.best_at(trials))} ({run.seconds:.1f} s)")
-            print(f"  {problem.name} seed {seed}: " + ", ".join(parts), flush=True)
-        results.append(ProblemResult(problem, runs, trials))
+        results.append(run_problem(problem, seeds, trials))
         print(f"  ({time.perf_counter() - problem_started:.0f} s)", flush=True)
 
     studies: list[LatencyStudy] = []

@@ -28,6 +28,7 @@ from lightning_geo.demo.config import (
     DEMO_LEARNING_RATES,
     DEMO_VAL_POINTS,
     DEMO_VAL_SAMPLES,
+    DEMO_WARMUP_SHARES,
     GEO_PARTS_IN_DEMO,
     MIXED_PRECISIONS,
     PRECISIONS,
@@ -120,8 +121,13 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         f"{_DEFAULTS['lr']:g} with --tokenizer char)")
     add("--geo-lr", type=pos_float, default=None, help="the GEO arm's learning rate when both arms run "
         f"(default: {DEMO_LEARNING_RATES['geo']:g}; --lr with --tokenizer char)")
-    add("--warmup-share", type=_positive(float, allow_zero=True), default=_DEFAULTS["warmup_share"],
-        help="with a budget: LR warmup as a share of it")
+    add("--warmup-share", type=_positive(float, allow_zero=True), default=None,
+        help=f"with a budget: LR warmup as a share of it, of the plain arm or of the one arm --arm trains (default: "
+        f"tuned per arm: {DEMO_WARMUP_SHARES['plain']:g} plain, {DEMO_WARMUP_SHARES['geo']:g} GEO; "
+        f"{_DEFAULTS['warmup_share']:g} with --tokenizer char)")
+    add("--geo-warmup-share", type=_positive(float, allow_zero=True), default=None,
+        help=f"the GEO arm's warmup share when both arms run (default: {DEMO_WARMUP_SHARES['geo']:g}; --warmup-share "
+        "with --tokenizer char)")
     add("--seq-len-warmup", type=pos_float, default=_DEFAULTS["seq_len_warmup"],
         help="GEO arm: share of the budget over which sequences grow to full length")
     add("--exclude", default="", help="GEO arm: recipe parts to leave out, comma-separated "
@@ -282,9 +288,14 @@ def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
     tuned = args.tokenizer == "bpe"
     if args.lr is None:
         options["lr"] = DEMO_LEARNING_RATES["geo" if arm == "geo" else "plain"] if tuned else _DEFAULTS["lr"]
+    if args.warmup_share is None:
+        options["warmup_share"] = (DEMO_WARMUP_SHARES["geo" if arm == "geo" else "plain"] if tuned
+                                   else _DEFAULTS["warmup_share"])
     if arm == "both":
         options["geo_lr"] = args.geo_lr if args.geo_lr is not None else (
-            DEMO_LEARNING_RATES["geo"] if tuned and args.lr is None else options["lr"])
+            DEMO_LEARNING_RATES["geo"] if tuned else options["lr"])
+        options["geo_warmup_share"] = args.geo_warmup_share if args.geo_warmup_share is not None else (
+            DEMO_WARMUP_SHARES["geo"] if tuned else options["warmup_share"])
         if args.steps is not None:
             options.setdefault("val_every", 25)
     options["name"] = args.name or ("compare" if arm == "both" else _DEFAULTS["name"])

@@ -109,19 +109,20 @@ def test_geo_flag_at_32_true_says_the_precision_part_is_not_used(tmp_path, text_
 
 
 def test_geo_flag_trains_every_part_together_in_bf16_mixed_by_default_on_a_cpu(tmp_path, text_folder, capsys):
-    """`--geo` alone: geo_hybrid (a single-device plan here), PredictiveScalingPrecision at --geo's default
-    precision (bf16-mixed on a CPU, where fp16 is emulated), the curriculum and the sparsity part, each logging
-    under geo/<part>/; the summary names them and the plan."""
+    """`--geo` alone: lightning_geo.recipe(): geo_hybrid (a single-device plan here), Lightning's bf16-mixed (on a
+    CPU, where fp16 is emulated; bf16 has no loss scale for PredictiveScalingPrecision to predict), the curriculum
+    and the sparsity part, each logging under geo/<part>/; the summary names them and the plan."""
     summary = tmp_path / "summary.json"
     argv = _demo_argv(text_folder, tmp_path / "runs", "--geo", "--accelerator", "cpu", "--summary-json", str(summary))
     code, out, err = _run_main(argv, capsys)
     assert code == 0, err
     assert "strategy: geo_hybrid (single device on 1 device(s))" in out
-    assert "PredictiveScalingPrecision('bf16-mixed')" in out and "precision                  bf16-mixed" in out
+    assert "precision: Lightning's bf16-mixed" in out and "precision                  bf16-mixed" in out
     (log_dir,) = (tmp_path / "runs" / "demo").iterdir()
     tags = set(read_scalars(log_dir))
-    for part in ("strategy", "precision", "curriculum", "sparsity"):
+    for part in ("strategy", "curriculum", "sparsity"):
         assert any(t.startswith(f"geo/{part}/") for t in tags), part
+    assert not any(t.startswith("geo/precision/") for t in tags)  # Lightning's bf16-mixed: nothing to decide
     result = DemoResult.from_json(summary.read_text())
     assert result.precision == "bf16-mixed" and result.skipped_steps == 0 and result.peak_memory_bytes > 0
     assert [step for step, _, _ in result.val_curve] == [5, 10, 12]
@@ -248,7 +249,7 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder, geo)
     assert proc.stdout.count("best val loss") == 1  # only rank 0 summarises
     if geo:
         assert "strategy: geo_hybrid (DDP on 2 device(s))" in proc.stdout
-        assert "PredictiveScalingPrecision('bf16-mixed')" in proc.stdout
+        assert "precision: Lightning's bf16-mixed" in proc.stdout
     else:
         assert re.search(r"tokens \(characters\) seen +3,072", proc.stdout)  # 12 steps x 2 ranks x 4 samples x 32
 

@@ -50,7 +50,7 @@ def parts_in(kwargs: dict[str, Any]) -> set[str]:
     callbacks = kwargs["callbacks"]
     found = {
         "strategy": isinstance(strategy, GeoHybridStrategy) or (isinstance(strategy, str) and strategy == "geo_hybrid"),
-        "precision": any(isinstance(p, PredictiveScalingPrecision) for p in kwargs.get("plugins", [])),
+        "precision": _mixed_precision(kwargs) is not None,
         "seq_len_warmup": any(isinstance(c, DynamicCurriculum) and c.mode == "seq_len" for c in callbacks),
         "sparsity": any(isinstance(c, SparsityAwareLR) for c in callbacks),
     }
@@ -69,13 +69,24 @@ def _precision_plugin(kwargs: dict[str, Any]) -> PredictiveScalingPrecision:
     return plugin
 
 
+def _mixed_precision(kwargs: dict[str, Any]) -> str | None:
+    """The mixed precision a ``recipe()`` result trains in: ``"16-mixed"`` through PredictiveScalingPrecision,
+    ``"bf16-mixed"`` through Lightning's own flag (never both); None when it sets none."""
+    plugins = [p for p in kwargs.get("plugins", []) if isinstance(p, PredictiveScalingPrecision)]
+    assert not (plugins and "precision" in kwargs), "a precision plugin and a precision flag together"
+    if plugins:
+        return plugins[0].precision
+    flag = kwargs.get("precision")
+    return flag if flag in ("16-mixed", "bf16-mixed") else None
+
+
 # ----------------------------------------------------------------------------------- merging rules
 
 
 def test_defaults_switch_on_the_default_parts_with_fresh_objects():
     kwargs, again = recipe(), recipe()
     assert parts_in(kwargs) == set(DEFAULT_RECIPE_PARTS)
-    assert not {"accelerator", "devices", "precision"} & kwargs.keys()  # precision: the plugin's, never both
+    assert not {"accelerator", "devices"} & kwargs.keys()
     assert all(a is not b for a, b in zip(kwargs["callbacks"] + kwargs.get("plugins", []),
                                           again["callbacks"] + again.get("plugins", []), strict=True))
 
@@ -116,8 +127,10 @@ def test_your_other_plugins_are_kept():
     kwargs = recipe(plugins=[io])
     assert [p for p in kwargs["plugins"] if p is io] == [io]
     if "precision" in DEFAULT_RECIPE_PARTS:
-        _precision_plugin(kwargs)
+        assert _mixed_precision(kwargs) is not None
     assert recipe(plugins=io, exclude=["precision"])["plugins"] == [io]  # one plugin, not in a list
+    fp16 = recipe(plugins=[io], precision="16-mixed")["plugins"]
+    assert io in fp16 and len(fp16) == 2
 
 
 def test_accelerator_and_devices_pass_through_only_when_given():
@@ -156,11 +169,21 @@ def test_excluding_every_part_is_plain_lightning():
     ],
 )
 def test_default_precision_follows_the_accelerator(monkeypatch, accelerator, cuda, expected):
-    """16-mixed where training runs on CUDA, bf16-mixed elsewhere; the fp16 plugin builds without a GPU."""
+    """16-mixed with PredictiveScalingPrecision where training runs on CUDA (the plugin builds without a GPU);
+    bf16-mixed with Lightning's own plugin elsewhere: bf16 has no loss scale to predict."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     kwargs = recipe(accelerator=accelerator, exclude=[p for p in RECIPE_PARTS if p != "precision"])
-    assert _precision_plugin(kwargs).precision == expected
-    assert "precision" not in kwargs
+    assert _mixed_precision(kwargs) == expected
+    if expected == "16-mixed":
+        assert _precision_plugin(kwargs).precision == "16-mixed" and "precision" not in kwargs
+    else:
+        assert kwargs["precision"] == "bf16-mixed" and "plugins" not in kwargs
+
+
+def test_your_predictive_plugin_replaces_the_recipes_choice():
+    yours = PredictiveScalingPrecision("bf16-mixed", per_block=False)
+    kwargs = recipe(accelerator="cpu", plugins=[yours])
+    assert kwargs["plugins"] == [yours] and "precision" not in kwargs
 
 
 def test_your_mixed_precision_wins_over_the_default():
@@ -257,13 +280,13 @@ def test_recipe_trains_the_demo_model_and_every_part_logs(tmp_path):
     trainer, model = _fit(tmp_path, steps=6)
     assert trainer.global_step == 6
     assert isinstance(trainer.strategy, GeoHybridStrategy) and trainer.strategy.plan.name == "single device"
-    assert isinstance(trainer.precision_plugin, PredictiveScalingPrecision)
+    assert not isinstance(trainer.precision_plugin, PredictiveScalingPrecision)  # bf16: Lightning's own
     assert trainer.precision_plugin.precision == "bf16-mixed"
     assert all(not torch.equal(a, b) for a, b in zip(initial, model.parameters(), strict=True))  # all trained
     tags = read_scalars(tmp_path / "tb")
     losses = [value for _, value in tags["train/loss"]]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
-    for part in DEFAULT_RECIPE_PARTS:
+    for part in set(DEFAULT_RECIPE_PARTS) - {"precision"}:  # in bf16 the precision part has nothing to decide
         assert any(tag.startswith(f"geo/{LOGGED_AS[part]}/") for tag in tags), (part, sorted(tags))
     if "seq_len_warmup" in DEFAULT_RECIPE_PARTS:
         seq_lens = [value for _, value in tags["geo/curriculum/seq_len"]]
@@ -274,25 +297,27 @@ def test_resume_from_a_mid_epoch_checkpoint_continues_exactly(tmp_path):
     """24 steps (of an epoch of ~50 shuffled batches) straight through, against a run resumed from the straight
     run's checkpoint after step 12: the same batches, losses, weights and GEO decisions, bit for bit.
 
-    Every part is on, bf16-mixed on the CPU. The warmup is stretched to 75% of the steps so that the checkpoint
-    falls inside it, and the checkpoint falls between two of SparsityAwareLR's reads (every 10 steps), so that
-    the row counts it has accumulated since must be restored."""
+    Every part is on, in 16-mixed (real fp16 on the CPU, so that PredictiveScalingPrecision scales and its state
+    counts). The warmup is stretched to 75% of the steps so that the checkpoint falls inside it, and the checkpoint
+    falls between two of SparsityAwareLR's reads (every 10 steps), so that the row counts it has accumulated since
+    must be restored."""
     steps, half = 24, 12
     straight_record, resumed_record = Recorder(), Recorder()
     straight_trainer, straight = _fit(tmp_path / "straight", steps=steps, callbacks=[straight_record],
-                                      checkpoint_every=half, seq_len_warmup=0.75)
+                                      checkpoint_every=half, seq_len_warmup=0.75, precision="16-mixed")
     assert parts_in(recipe()) == set(RECIPE_PARTS), "this test needs every part on: turn the missing ones on here"
-    assert straight_trainer.precision_plugin.precision == "bf16-mixed"
+    assert isinstance(straight_trainer.precision_plugin, PredictiveScalingPrecision)
+    assert straight_trainer.precision_plugin.precision == "16-mixed"
     assert straight_record.seq_lens[half] < SEQ_LEN  # mid-warmup at the checkpoint
     ckpt = tmp_path / "straight" / "ckpt" / f"epoch=0-step={half}.ckpt"
     assert ckpt.exists()
     _, resumed = _fit(tmp_path / "resumed", steps=steps, callbacks=[resumed_record], ckpt_path=ckpt,
-                      seq_len_warmup=0.75)
+                      seq_len_warmup=0.75, precision="16-mixed")
     assert resumed_record.seq_lens == straight_record.seq_lens[half:]
     assert resumed_record.losses == straight_record.losses[half:]
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b), name
-    # bf16 is never scaled, so the precision plugin's state (amax history) shows only in what it logs
+    # the precision plugin's state (scale, amax history) shows in the weights above and in what it logs
     straight_tags, resumed_tags = read_scalars(tmp_path / "straight" / "tb"), read_scalars(tmp_path / "resumed" / "tb")
     decisions = [tag for tag in straight_tags if tag.startswith(("geo/precision/", "geo/curriculum/", "geo/sparsity/"))]
     assert "geo/precision/predicted_amax" in decisions
@@ -315,7 +340,7 @@ def test_yaml_form_is_the_recipe(tmp_path, text_folder, monkeypatch):
     got = cli.trainer
     assert type(got.strategy) is type(expected.strategy)
     assert type(got.precision_plugin) is type(expected.precision_plugin)
-    assert init_args(got.precision_plugin) == init_args(expected.precision_plugin)
+    assert got.precision_plugin.precision == expected.precision_plugin.precision == "bf16-mixed"
     geo_got = [c for c in got.callbacks if isinstance(c, GEO_CALLBACKS)]
     geo_expected = [c for c in expected.callbacks if isinstance(c, GEO_CALLBACKS)]
     assert [type(c) for c in geo_got] == [type(c) for c in geo_expected]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from lightning_geo.tuning import Float, GeoTuner, SearchSpace, TrialState  # noqa: E402
+from lightning_geo.tuning import Float, GeoTuner, SearchSpace, TrialPruned, TrialState  # noqa: E402
+from lightning_geo.tuning.optuna_pruner import GeoCurvePruner  # noqa: E402
 from tests.test_tuner import SPACE, quadratic_train_fn  # noqa: E402
 
 
@@ -97,3 +100,49 @@ def test_a_study_file_can_name_an_optuna_storage(tmp_path):
     assert options["storage"] == url
     tuner = GeoTuner(space, log_dir=tmp_path, verbose=False, **options)
     assert type(tuner.storage).__name__ == "OptunaStorage"
+
+
+def staged(finals: dict[int, float]):
+    """Trial ``n`` reports ``finals[n] + 1 / step`` at steps 1-3 and asks the pruner after steps 1 and 2."""
+
+    def train_fn(config, trial):
+        if trial.number == 3:  # as a subprocess or a ddp_spawn rank gets it: its pruner opens the study again
+            trial = pickle.loads(pickle.dumps(trial))
+        for step in (1, 2, 3):
+            trial.report(finals[trial.number] + 1.0 / step, step=step)
+            if step < 3 and trial.should_prune():
+                raise TrialPruned
+        return finals[trial.number]
+
+    return train_fn
+
+
+@pytest.mark.filterwarnings("ignore:GeoTuner. max_trials=5 is too small")
+@pytest.mark.parametrize(
+    "pruner", [optuna.pruners.MedianPruner(n_startup_trials=3), GeoCurvePruner(n_startup_trials=3)],
+    ids=["optuna-median", "geo-curve"],
+)
+def test_an_optuna_pruner_prunes_a_geotuner_study_on_sqlite(tmp_path, pruner):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    tuner = GeoTuner(SPACE, max_trials=5, num_initial=5, storage=url, log_dir=tmp_path, pruner=pruner, verbose=False)
+    tuner.search(staged({0: 1.0, 1: 1.1, 2: 1.2, 3: 10.0, 4: 0.5}))  # trial 3 is hopeless, trial 4 the best
+    assert [t.state for t in tuner.trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED, TrialState.COMPLETE]
+    assert tuner.trials[3].values == (11.0,) and tuner.best_value == 0.5
+    trials = optuna.load_study(study_name="study", storage=url).trials
+    assert trials[3].state == optuna.trial.TrialState.PRUNED and trials[3].intermediate_values == {1: 11.0}
+    assert trials[4].state == optuna.trial.TrialState.COMPLETE and len(trials[4].intermediate_values) == 3
+
+
+@pytest.mark.parametrize(
+    ("pruner", "sqlite", "match"),
+    [
+        (42, True, r"pruner=42 is not one of \['median', 'curve', None\]"),
+        (optuna.pruners.MedianPruner, True, r"pruner=<class .*pass an instance, e.g. MedianPruner\(\)"),
+        (optuna.pruners.MedianPruner(), False, r"pruner=.*MedianPruner.* is an Optuna pruner.*storage='sqlite:"),
+    ],
+    ids=["number", "class", "optuna-pruner-without-optuna-storage"],
+)
+def test_a_bad_pruner_is_refused_naming_pruner(tmp_path, pruner, sqlite, match):
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if sqlite else None
+    with pytest.raises(ValueError, match=match):
+        GeoTuner(SPACE, storage=storage, pruner=pruner, log_dir=tmp_path, verbose=False)

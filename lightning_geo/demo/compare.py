@@ -140,7 +140,8 @@ def _arm_argv(config: DemoConfig, summary: Path) -> list[str]:
         "sample_chars": 0,  # the comparison shows the table, not samples
     }
     if config.budget is not None:
-        flags.update(budget=config.budget, warmup_share=config.warmup_share, val_points=config.val_points)
+        warmup = config.geo_warmup_share if config.geo and config.geo_warmup_share is not None else config.warmup_share
+        flags.update(budget=config.budget, warmup_share=warmup, val_points=config.val_points)
     else:
         flags.update(steps=config.steps, max_minutes=config.max_minutes, val_every=config.val_every)
     if config.geo:
@@ -159,8 +160,8 @@ def run_compare(config: DemoConfig, *, quiet: bool = False) -> CompareResult:
     """Train the demo plain and with GEO on the same budget and plot both; returns both summaries.
 
     Args:
-        config: The settings of both arms (``geo`` is ignored: one arm each; the GEO arm trains at ``geo_lr``
-            when it is set). Logs go to
+        config: The settings of both arms (``geo`` is ignored: one arm each; the GEO arm trains at ``geo_lr`` and
+            ``geo_warmup_share`` where they are set). Logs go to
             ``<out>/<name>/lightning`` and ``<out>/<name>/geo``, the PNG to ``<out>/<name>/loss_curves.png``.
         quiet: Hide the arms' own output (progress bars, summaries); errors are shown either way.
 

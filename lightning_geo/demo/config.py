@@ -14,22 +14,22 @@ SPARSITY_IN_DEMO = "sparsity: SparsityAwareLR"
 
 GEO_PARTS_IN_DEMO: tuple[str, ...] = (
     "strategy: geo_hybrid (its plan for --devices; one device: a plain single-device run)",
-    "precision: PredictiveScalingPrecision (16-mixed on a GPU, bf16-mixed on a CPU, unless --precision says "
-    "otherwise)",
+    "precision: 16-mixed with PredictiveScalingPrecision on a GPU; Lightning's bf16-mixed on a CPU (no loss scale "
+    "to predict)",
     CURRICULUM_IN_DEMO,
     SPARSITY_IN_DEMO,
 )
 """What ``--geo`` (``lightning_geo.recipe()``) adds to the plain Lightning run, one entry per GEO part (the tuner
 runs many Trainers: ``tune``)."""
 
-DEMO_BUDGET = "40s"
+DEMO_BUDGET = "30s"
 """The demo's budget per arm: seconds in training batches (``make demo`` runs two arms within 3 minutes)."""
 
-DEMO_LEARNING_RATES: dict[str, float] = {"plain": 3e-3, "geo": 3e-3}
+DEMO_LEARNING_RATES: dict[str, float] = {"plain": 0.00394, "geo": 0.0131}
 """Each arm's peak learning rate on the demo's BPE model and budget, tuned with the same budget per arm (see
 ``docs/demo.md`` for the command and the trials)."""
 
-DEMO_WARMUP_SHARES: dict[str, float] = {"plain": 0.05, "geo": 0.05}
+DEMO_WARMUP_SHARES: dict[str, float] = {"plain": 0.211, "geo": 0.259}
 """Each arm's LR warmup, a share of the budget, tuned with its learning rate (see ``DEMO_LEARNING_RATES``)."""
 
 DEMO_VAL_POINTS = 10
@@ -74,17 +74,23 @@ def default_mixed_precision(accelerator: str) -> str:
     return GEO_DEFAULT_PRECISION if on_gpu else GEO_DEFAULT_CPU_PRECISION
 
 
-def geo_parts_used(config: DemoConfig, plan: str | None = None) -> tuple[str, ...]:
+def geo_parts_used(config: DemoConfig, plan: str | None = None, predictive: bool | None = None) -> tuple[str, ...]:
     """The GEO parts a demo run with ``config`` uses, as shown in its summary (empty without ``--geo``).
 
     Args:
         config: The run's settings.
         plan: The plan ``geo_hybrid`` chose (e.g. ``"DDP"``), when known.
+        predictive: Whether the run trained with ``PredictiveScalingPrecision``; default: as ``recipe()`` decides
+            (in 16-mixed only).
     """
     if not config.geo:
         return ()
-    if config.resolved_precision in MIXED_PRECISIONS:
+    predictive = config.resolved_precision == "16-mixed" if predictive is None else predictive
+    if predictive:
         precision = f"precision: PredictiveScalingPrecision({config.resolved_precision!r})"
+    elif config.resolved_precision in MIXED_PRECISIONS:
+        precision = (f"precision: Lightning's {config.resolved_precision} (bf16 has no loss scale to predict; "
+                     "PredictiveScalingPrecision acts in 16-mixed)")
     else:
         precision = (f"precision: not used at --precision {config.resolved_precision} "
                      "(it needs 16-mixed or bf16-mixed)")
@@ -108,6 +114,7 @@ class DemoConfig:
     n_embd: int = 128  # model width
     lr: float = 3e-3  # peak AdamW learning rate
     geo_lr: float | None = None  # the GEO arm's peak learning rate in a comparison (None: lr)
+    geo_warmup_share: float | None = None  # the GEO arm's warmup_share in a comparison (None: warmup_share)
     warmup_steps: int | None = None  # LR warmup; None: 10% of the steps, at most 100
     grad_clip: float = 1.0  # gradient-norm clipping threshold
     precision: str | None = None  # one of PRECISIONS; None: see resolved_precision
@@ -126,7 +133,7 @@ class DemoConfig:
     max_train_chars: int | None = 12_000_000  # BPE: characters of training text encoded (None: all of it)
     budget: str | None = None  # "60s", "2M" tokens, "300 steps": replaces `steps`/`max_minutes` (see demo.budget)
     warmup_share: float = 0.05  # with a budget: LR warmup as a share of it
-    seq_len_warmup: float = 0.3  # with geo: share of the budget (or of the steps) over which sequences grow
+    seq_len_warmup: float = 0.5  # with geo: share of the budget (or steps) over which sequences grow (recipe's)
     val_points: int = 12  # with a budget: validations spread over it, the last at its end
     exclude: tuple[str, ...] = ()  # with geo: recipe parts to leave out (lightning_geo.recipes.RECIPE_PARTS)
 

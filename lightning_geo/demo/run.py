@@ -31,6 +31,7 @@ from lightning_geo.demo.corpus import Corpus, load_corpus
 from lightning_geo.demo.data import CharDataModule
 from lightning_geo.demo.model import LN2, CharLanguageModel
 from lightning_geo.demo.plot import plot_budget_curves, plot_loss_curves, read_scalars
+from lightning_geo.precision import PredictiveScalingPrecision
 from lightning_geo.strategies import GeoHybridStrategy
 from lightning_geo.utils.table import format_table
 
@@ -187,7 +188,7 @@ def seq_len_warmup_deadline(config: DemoConfig) -> float | str:
     return f"{max(1.0, config.seq_len_warmup * budget.amount):.6g} {budget.unit}"
 
 
-def _trainer_parts(config: DemoConfig, callbacks: list[Callback]) -> dict[str, Any]:
+def _trainer_parts(config: DemoConfig, callbacks: list[Callback], plugins: list[Any] | None = None) -> dict[str, Any]:
     """``strategy``, ``plugins``, ``precision`` and ``callbacks`` of the run: ``lightning_geo.recipe()`` with
     ``--geo``; else Lightning's own ``MixedPrecision`` where the precision is mixed."""
     if config.geo:
@@ -197,7 +198,7 @@ def _trainer_parts(config: DemoConfig, callbacks: list[Callback]) -> dict[str, A
         exclude = set(config.exclude)
         if precision not in MIXED_PRECISIONS:
             exclude.add("precision")  # the precision part needs a mixed precision: say so in the summary
-        kwargs = recipe(callbacks=callbacks, precision=precision, exclude=exclude,
+        kwargs = recipe(callbacks=callbacks, plugins=plugins, precision=precision, exclude=exclude,
                         seq_len_warmup=seq_len_warmup_deadline(config))
         kwargs.setdefault("strategy", "auto")
         return kwargs
@@ -221,7 +222,9 @@ def _precision_plugins(config: DemoConfig) -> list[Any]:
     return [MixedPrecision(precision, accelerator_device_type(config.accelerator))]  # type: ignore[arg-type]
 
 
-def _build_trainer(config: DemoConfig, logger: TensorBoardLogger, callbacks: list[Callback]) -> pl.Trainer:
+def _build_trainer(
+    config: DemoConfig, logger: TensorBoardLogger, callbacks: list[Callback], plugins: list[Any] | None = None
+) -> pl.Trainer:
     budget = Budget.parse(config.budget) if config.budget is not None else None
     if budget is None:
         limits: dict[str, Any] = dict(
@@ -232,7 +235,7 @@ def _build_trainer(config: DemoConfig, logger: TensorBoardLogger, callbacks: lis
     else:  # BudgetedTraining validates and stops; Lightning's own validation loop is off
         limits = dict(max_steps=int(budget.amount) if budget.unit == "steps" else -1, max_epochs=-1,
                       limit_val_batches=0, enable_checkpointing=False)
-    parts = _trainer_parts(config, [*callbacks, LearningRateMonitor(logging_interval="step")])
+    parts = _trainer_parts(config, [*callbacks, LearningRateMonitor(logging_interval="step")], plugins)
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
@@ -277,7 +280,11 @@ def load_demo_corpus(config: DemoConfig) -> Corpus | SubwordCorpus:
 
 
 def run_demo(
-    config: DemoConfig, corpus: Corpus | SubwordCorpus | None = None, *, callbacks: list[Callback] | None = None
+    config: DemoConfig,
+    corpus: Corpus | SubwordCorpus | None = None,
+    *,
+    callbacks: list[Callback] | None = None,
+    plugins: list[Any] | None = None,
 ) -> DemoResult | None:
     """Train the demo model and return its summary (``None`` on ranks other than 0).
 
@@ -286,6 +293,8 @@ def run_demo(
         corpus: An already loaded corpus; default: :func:`load_demo_corpus`.
         callbacks: More callbacks for the Trainer (with ``geo``, one of a recipe part's class replaces the
             recipe's, as ``recipe()`` merges). Default none.
+        plugins: With ``geo``: plugins for ``recipe()`` (a ``PredictiveScalingPrecision`` replaces its precision
+            choice). Default none.
 
     Raises:
         CorpusError: if the corpus is missing, empty, binary or too short for one batch.
@@ -315,7 +324,7 @@ def run_demo(
     counter: ThroughputTimer | BudgetedTraining = (
         ThroughputTimer() if budget is None else BudgetedTraining(budget, val_points=config.val_points)
     )
-    trainer = _build_trainer(config, logger, [counter, skips, *(callbacks or [])])
+    trainer = _build_trainer(config, logger, [counter, skips, *(callbacks or [])], plugins)
     if accelerator_device_type(config.accelerator) == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -366,7 +375,7 @@ def run_demo(
         log_dir=log_dir,
         plot_path=plot_path,
         sample=sample,
-        geo_parts=geo_parts_used(config, plan),
+        geo_parts=geo_parts_used(config, plan, isinstance(trainer.precision_plugin, PredictiveScalingPrecision)),
         precision=config.resolved_precision,
         skipped_steps=skips.skipped,
         peak_memory_bytes=memory,

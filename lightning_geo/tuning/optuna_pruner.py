@@ -4,7 +4,8 @@ The rule of :class:`~lightning_geo.tuning.CurvePruner`: forecast a running trial
 the study's finished trials still improved after the same step, and prune only when even an optimistic
 forecast cannot beat the best final value so far. It prunes later than Optuna's ``MedianPruner`` and kills
 fewer trials that would have won. Works with anything that calls ``trial.report``/``trial.should_prune``,
-e.g. optuna-integration's ``PyTorchLightningPruningCallback``.
+e.g. optuna-integration's ``PyTorchLightningPruningCallback``, and as the pruner of a ``GeoTuner`` study on an
+Optuna storage (``GeoTuner(pruner=GeoCurvePruner(), storage="sqlite:///tuning/study.db")``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class GeoCurvePruner(BasePruner):
 
     def __init__(self, *, optimism: float = 0.9, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
         self.rule = CurvePruner(optimism=optimism, n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
+
+    @property
+    def n_startup_trials(self) -> int:
+        """Finished trials needed before anything is pruned."""
+        return self.rule.n_startup_trials
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         """Whether ``trial`` (running, with its latest report) should stop; never for multi-objective studies."""

@@ -4,32 +4,56 @@
 lines file: ``optuna.load_study(study_name=..., storage=...)`` and ``optuna-dashboard`` open it as an ordinary
 Optuna study (params with their distributions, values, intermediate values as learning curves, states). The
 resume contract is the JSON file's: every trial is created ``RUNNING`` when it starts and set ``COMPLETE``,
-``PRUNED`` or ``FAIL`` in one transaction when it ends; on resume, finished trials are replayed and trials
-still ``RUNNING`` (the tuner died) are run again with the same number and config, into the same Optuna trial.
+``PRUNED`` or ``FAIL`` when it ends; on resume, finished trials are replayed and trials still ``RUNNING`` whose
+process is gone are run again with the same number and config, into the same Optuna trial.
+
+Several ``GeoTuner`` processes can share one study (the same script started on several machines or GPUs):
+Optuna numbers the trials, so numbers never collide; each running trial names its process (``geo:owner``,
+``host:pid``), so a process never takes a trial another live process is running for an interrupted one; each
+process sees the others' finished trials (the GP learns from them, the pruner compares with them) and their
+running configs (pending points), and together they stop at ``max_trials`` finished trials. A trial whose
+process is gone is run again by the next process that opens the study: at once on the same machine (its pid is
+checked), and for another machine's process only once that process let it go (``search`` ended with an
+error or a ``KeyboardInterrupt``), since a pid cannot be checked across machines. Should two processes still
+run one trial (both took it for interrupted at the same moment), the first result counts and the second is
+dropped with a warning: a trial may run twice, it is never counted twice.
 
 GEO's own fields ride along as trial user attributes (``geo:x``: the encoded config; ``geo:params``: the
-config as JSON; ``geo:values``: a pruned trial's last report; ``geo:seconds``, ``geo:error``), and the
-study's space, monitor and mode as the study user attribute ``geo:header``, which a resume checks.
+config as JSON; ``geo:values``: a pruned trial's last report; ``geo:seconds``, ``geo:error``, ``geo:owner``), and
+the study's space, monitor and mode as the study user attribute ``geo:header``, which a resume checks.
+:class:`OptunaTrialPruner` lets any Optuna pruner (``optuna.pruners.MedianPruner()``, ``GeoCurvePruner()``)
+prune the trials of such a study: ``GeoTuner(pruner=optuna.pruners.MedianPruner(), storage="sqlite:///...")``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import socket
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
+from lightning_geo.tuning.pruners import Curve, FinishedCurve
 from lightning_geo.tuning.space import Categorical, Float, Int, SearchSpace
-from lightning_geo.tuning.storage import StoredStudy
+from lightning_geo.tuning.storage import FinishedTrials, RunningTrials, StoredStudy, TrialStorage
 from lightning_geo.tuning.trial import TrialRecord, TrialState
 
 _STATES = {TrialState.COMPLETE: OptunaState.COMPLETE, TrialState.PRUNED: OptunaState.PRUNED,
            TrialState.FAILED: OptunaState.FAIL}
 _OPTUNA_CHOICE = (type(None), bool, int, float, str)
+_OWNER = "geo:owner"  # user attribute of a running trial: "host:pid" of the process running it ("" once let go)
+SQLITE_TIMEOUT_S = 60.0
+"""How long a SQLite write waits for another process's write before 'database is locked' (Python's default: 5 s)."""
 
 
 def is_optuna_storage(storage: Any) -> bool:
@@ -51,8 +75,40 @@ def _distribution(dim: Float | Int | Categorical) -> BaseDistribution | None:
     return FloatDistribution(dim.low, dim.high, log=dim.log)
 
 
-class OptunaStorage:
-    """A ``GeoTuner`` study kept as an Optuna study.
+def connect(storage: str | Any) -> Any:
+    """The Optuna storage to open: a SQLite URL gets a :data:`SQLITE_TIMEOUT_S` busy timeout, so that processes
+    sharing the file wait for each other's writes; other URLs and storage instances are used as they are."""
+    if isinstance(storage, str) and storage.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+    return storage
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process ``owner`` (``"host:pid"``) may still be running its trial: not when it let the trial go
+    (``""``, or no owner: a study written before owners were kept), nor when it ran on this machine and its process
+    is gone or is this one (an earlier ``search`` here); another machine's process cannot be checked from here."""
+    host, _, pid = owner.rpartition(":")
+    if not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    if int(pid) == os.getpid() or os.name == "nt":  # on Windows, os.kill(pid, 0) would send a Ctrl-C: one writer
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class OptunaStorage(TrialStorage):
+    """A ``GeoTuner`` study kept as an Optuna study, which several ``GeoTuner`` processes may share.
 
     Args:
         storage: An Optuna storage URL (``"sqlite:///tuning/study.db"``) or ``optuna.storages.BaseStorage``
@@ -60,8 +116,6 @@ class OptunaStorage:
         study_name: The Optuna study's name.
         space: The tuner's search space (for the parameters' distributions).
         mode: ``"min"``/``"max"`` per monitored metric (the study's directions).
-
-    One tuner process writes a study at a time (several processes would pick the same trial numbers).
     """
 
     def __init__(self, storage: str | Any, study_name: str, space: SearchSpace, mode: Sequence[str]) -> None:
@@ -73,6 +127,7 @@ class OptunaStorage:
         self.directions = ["minimize" if m == "min" else "maximize" for m in mode]
         self._study: optuna.Study | None = None
         self._trial_ids: dict[int, int] = {}  # GEO trial number -> Optuna trial id
+        self._mine: set[int] = set()  # trials this process runs (started, or claimed as interrupted), unfinished
 
     @property
     def path(self) -> str:
@@ -86,13 +141,14 @@ class OptunaStorage:
         return self._study
 
     def open(self, header: dict[str, Any]) -> StoredStudy:
-        """Create the study with ``header``, or check that an existing one is the same study and read it.
+        """Create the study with ``header``, or check that an existing one is the same study and read it; claim
+        the interrupted trials (``RUNNING``, their process gone) to run them again.
 
         Raises:
             ValueError: if the existing study was made for a different space, monitor or mode.
         """
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self._study = optuna.create_study(storage=self.url, study_name=self.study_name,
+        self._study = optuna.create_study(storage=connect(self.url), study_name=self.study_name,
                                           directions=self.directions, load_if_exists=True)
         header = json.loads(json.dumps(header, default=repr))
         stored = self._study.user_attrs.get("geo:header")
@@ -109,42 +165,84 @@ class OptunaStorage:
                 continue  # not a GeoTuner trial (e.g. added by hand): not ours to replay
             self._trial_ids[trial.number] = trial._trial_id
             params, x = json.loads(trial.user_attrs["geo:params"]), list(trial.user_attrs["geo:x"])
-            if trial.state == OptunaState.RUNNING:
+            if trial.state == OptunaState.RUNNING and not _alive(trial.user_attrs.get(_OWNER, "")):
+                self._mine.add(trial.number)
+                self.study._storage.set_trial_user_attr(trial._trial_id, _OWNER, _this_process())
                 unfinished.append((trial.number, params, x))
-            elif trial.state in (OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.FAIL):
+            elif trial.state.is_finished():
                 finished.append((self._record(trial, params), x))
         return StoredStudy(finished, unfinished)
 
-    def start(self, number: int, params: dict[str, Any], x: list[float]) -> None:
-        """Create trial ``number`` as a ``RUNNING`` Optuna trial with its params (a re-run reuses its trial)."""
-        if number in self._trial_ids:
-            return
+    def start(self, number: int | None, params: dict[str, Any], x: list[float]) -> int:
+        """Create a new trial (``number=None``; Optuna numbers it) as a ``RUNNING`` Optuna trial with its params and
+        GEO fields, in one write; a re-run (``number`` given) already has its trial. Returns the trial's number."""
+        if number is not None:
+            assert number in self._mine, f"trial {number} was not claimed by open()"
+            return number
+        distributions = {name: d for name, dim in self.space.dimensions.items()
+                         if name in params and (d := _distribution(dim)) is not None}
+        template = FrozenTrial(
+            number=-1, state=OptunaState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+            params={name: params[name] for name in distributions}, distributions=distributions,
+            user_attrs={"geo:params": json.dumps(params, default=repr), "geo:x": list(x), _OWNER: _this_process()},
+            system_attrs={}, intermediate_values={}, trial_id=-1,
+        )
         storage = self.study._storage
-        trial_id = storage.create_new_trial(self.study._study_id)
-        created = storage.get_trial_number_from_id(trial_id)
-        if created != number:
-            raise RuntimeError(f"{self.path}: Optuna numbered the new trial {created}, GeoTuner {number}: another "
-                               "process is writing this study; run one GeoTuner per study")
+        trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
+        number = storage.get_trial_number_from_id(trial_id)
         self._trial_ids[number] = trial_id
-        for name, dim in self.space.dimensions.items():
-            distribution = _distribution(dim)
-            if name in params and distribution is not None:
-                storage.set_trial_param(trial_id, name, distribution.to_internal_repr(params[name]), distribution)
-        storage.set_trial_user_attr(trial_id, "geo:params", json.dumps(params, default=repr))
-        storage.set_trial_user_attr(trial_id, "geo:x", list(x))
+        self._mine.add(number)
+        return number
 
-    def finish(self, record: TrialRecord, x: list[float]) -> None:
-        """Write a finished trial's reports, fields and state (the state last: it is what resume trusts)."""
+    def finish(self, record: TrialRecord, x: list[float]) -> bool:
+        """Write a finished trial's reports, fields and state (the state last: it is what resume trusts).
+
+        Returns:
+            ``False`` if another process finished this trial first (then its result stands, not this one).
+        """
         storage = self.study._storage
         trial_id = self._trial_ids[record.number]
-        for step, value in record.reports:
-            if math.isfinite(value):
-                storage.set_trial_intermediate_value(trial_id, step, value)
-        storage.set_trial_user_attr(trial_id, "geo:seconds", record.seconds)
-        storage.set_trial_user_attr(trial_id, "geo:error", record.error)
-        storage.set_trial_user_attr(trial_id, "geo:values", None if record.values is None else list(record.values))
-        state = _STATES[record.state]  # a COMPLETE record always has values (run_trial makes NaN a FAILED one)
-        storage.set_trial_state_values(trial_id, state, list(record.values) if state == OptunaState.COMPLETE else None)
+        self._mine.discard(record.number)
+        try:
+            for step, value in record.reports:
+                if math.isfinite(value):
+                    storage.set_trial_intermediate_value(trial_id, step, value)
+            storage.set_trial_user_attr(trial_id, "geo:seconds", record.seconds)
+            storage.set_trial_user_attr(trial_id, "geo:error", record.error)
+            storage.set_trial_user_attr(trial_id, "geo:values", None if record.values is None else list(record.values))
+            state = _STATES[record.state]  # a COMPLETE record always has values (run_trial makes NaN a FAILED one)
+            storage.set_trial_state_values(trial_id, state,
+                                           list(record.values) if state == OptunaState.COMPLETE else None)
+        except UpdateFinishedTrialError:
+            return False
+        return True
+
+    def sync(self, known: set[int]) -> tuple[FinishedTrials, RunningTrials]:
+        """The GeoTuner trials other processes finished that are not in ``known``, and the configs of those they
+        are running now (a trial whose process is gone holds no place)."""
+        finished: FinishedTrials = []
+        running: RunningTrials = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            if "geo:x" not in trial.user_attrs or trial.number in known or trial.number in self._mine:
+                continue
+            self._trial_ids[trial.number] = trial._trial_id
+            params, x = json.loads(trial.user_attrs["geo:params"]), list(trial.user_attrs["geo:x"])
+            if trial.state == OptunaState.RUNNING and _alive(trial.user_attrs.get(_OWNER, "")):
+                running[trial.number] = (params, x)
+            elif trial.state.is_finished():
+                finished.append((self._record(trial, params), x))
+        return finished, running
+
+    def release(self) -> None:
+        """Let go of this process's unfinished trials, so that the next process to open the study runs them."""
+        for number in sorted(self._mine):
+            with contextlib.suppress(UpdateFinishedTrialError):  # another process ran it too and finished it
+                self.study._storage.set_trial_user_attr(self._trial_ids[number], _OWNER, "")
+        self._mine.clear()
+
+    def trial_pruner(self, pruner: BasePruner, number: int) -> OptunaTrialPruner:
+        """``pruner`` deciding for trial ``number`` of this study."""
+        return OptunaTrialPruner(pruner, self.url, self.study_name, number, study=self.study)
 
     @staticmethod
     def _record(trial: optuna.trial.FrozenTrial, params: dict[str, Any]) -> TrialRecord:
@@ -160,3 +258,46 @@ class OptunaStorage:
             seconds=float(trial.user_attrs.get("geo:seconds") or 0.0),
             error=trial.user_attrs.get("geo:error"),
         )
+
+
+class OptunaTrialPruner:
+    """An Optuna pruner deciding for one ``GeoTuner`` trial of an Optuna study.
+
+    ``GeoTuner(pruner=optuna.pruners.MedianPruner(), storage="sqlite:///tuning/study.db")`` gives each trial one
+    of these. After each report, ``trial.should_prune()`` writes the new reports to the study as the trial's
+    intermediate values (``optuna-dashboard`` shows the running curve) and asks ``pruner.prune(study, trial)``,
+    which sees the study as Optuna does, the trials of other processes included. It travels with the trial
+    (pickled) to a subprocess, a ``ddp_spawn`` rank or a Ray worker, which opens the study again.
+
+    Args:
+        pruner: Any ``optuna.pruners.BasePruner`` (``MedianPruner``, ``PercentilePruner``,
+            ``SuccessiveHalvingPruner``, GEO's ``GeoCurvePruner``...).
+        storage: The study's Optuna storage URL or ``optuna.storages`` instance.
+        study_name: The study's name.
+        number: The trial's number in the study.
+        study: The study, where it is open in this process already (it is not pickled).
+    """
+
+    def __init__(self, pruner: BasePruner, storage: str | Any, study_name: str, number: int, *,
+                 study: optuna.Study | None = None) -> None:
+        self.pruner = pruner
+        self.storage = storage
+        self.study_name = study_name
+        self.number = number
+        self._study = study
+        self._written = 0  # reports already in the study
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}
+
+    def should_prune(self, reports: Curve, finished: Sequence[FinishedCurve], mode: str) -> bool:
+        """Write the reports not written yet and ask the Optuna pruner; ``finished`` and ``mode`` are not used (the
+        pruner reads the study itself)."""
+        if self._study is None:
+            self._study = optuna.load_study(study_name=self.study_name, storage=connect(self.storage))
+        storage = self._study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self._study._study_id, self.number)
+        for step, value in reports[self._written:]:
+            storage.set_trial_intermediate_value(trial_id, step, value)
+        self._written = len(reports)
+        return bool(self.pruner.prune(self._study, storage.get_trial(trial_id)))

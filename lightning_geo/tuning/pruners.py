@@ -17,6 +17,7 @@ import statistics
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 Curve = Sequence[tuple[int, float]]
 """Intermediate reports of one trial: ``(step, value)`` pairs in reporting order."""
@@ -36,6 +37,14 @@ def _best_until(curve: Curve, step: int, sign: float) -> float | None:
     if not values:
         return None
     return min(values) if sign < 0 else max(values)
+
+
+class PruningRule(Protocol):
+    """What a running trial asks after a report: a :class:`Pruner`, or an Optuna pruner bound to one trial of an
+    Optuna study (:class:`~lightning_geo.tuning.optuna_storage.OptunaTrialPruner`)."""
+
+    def should_prune(self, reports: Curve, finished: Sequence[FinishedCurve], mode: str) -> bool:
+        """Whether the trial with ``reports`` (its latest last) should stop."""
 
 
 class Pruner(ABC):
@@ -131,10 +140,16 @@ class CurvePruner(Pruner):
 
 
 def make_pruner(pruner: str | Pruner | None) -> Pruner | None:
-    """Turn ``"median"``, ``"curve"``, ``None`` or a :class:`Pruner` into a pruner (``None``: never prune)."""
+    """Turn ``"median"``, ``"curve"``, ``None`` or a :class:`Pruner` into a pruner (``None``: never prune).
+
+    Raises:
+        ValueError: for anything else; ``GeoTuner`` takes Optuna pruners before calling this.
+    """
     if pruner is None or isinstance(pruner, Pruner):
         return pruner
     rules = {"median": MedianPruner, "curve": CurvePruner}
-    if pruner not in rules:
-        raise ValueError(f"pruner={pruner!r} is not one of {[*rules, None]} or a Pruner instance")
+    if not isinstance(pruner, str) or pruner not in rules:
+        hint = f" (a class: pass an instance, e.g. {pruner.__name__}())" if isinstance(pruner, type) else ""
+        raise ValueError(f"pruner={pruner!r} is not one of {[*rules, None]}, a Pruner instance or, with an Optuna "
+                         f"storage, an optuna.pruners.BasePruner instance{hint}")
     return rules[pruner]()

@@ -5,6 +5,9 @@ launched and a ``finish`` line when it ends. Killing the tuner at any moment los
 written: a torn last line is cut off when the file is opened again. On resume, trials with a ``finish`` line
 are replayed (never run again), and trials with only a ``start`` line, the ones that were running when the
 tuner died, are run again with the same number and the same config (a crash does not count as a failure).
+
+:class:`TrialStorage` is what ``GeoTuner`` needs of a storage; the JSON-lines file has one writer, an Optuna
+storage (:class:`~lightning_geo.tuning.optuna_storage.OptunaStorage`) can have several at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import time
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +24,17 @@ from typing import Any
 from lightning_geo.tuning.trial import TrialRecord, TrialState
 
 FORMAT_VERSION = 1
+FinishedTrials = list[tuple[TrialRecord, list[float]]]
+"""Finished trials, each with its encoded row (what the optimiser is told)."""
+RunningTrials = dict[int, tuple[dict[str, Any], list[float]]]
+"""Running trials by number: their config and its encoded row."""
 
 
 @dataclass
 class StoredStudy:
     """What a storage file holds: finished trials in finishing order and trials that never finished."""
 
-    finished: list[tuple[TrialRecord, list[float]]]  # each with its encoded row
+    finished: FinishedTrials
     unfinished: list[tuple[int, dict[str, Any], list[float]]]  # (number, params, encoded row)
 
     @property
@@ -36,8 +44,37 @@ class StoredStudy:
         return max(numbers, default=-1) + 1
 
 
-class JsonlStorage:
-    """Trials of one study in a JSON-lines file.
+class TrialStorage(ABC):
+    """Where a study's trials live: ``GeoTuner`` opens it, starts and finishes trials in it, and (with several
+    processes on one study) syncs with what the others did."""
+
+    path: Any  # where the study lives, for messages
+
+    @abstractmethod
+    def open(self, header: dict[str, Any]) -> StoredStudy:
+        """Create the study with ``header`` or check that the stored one matches it; its finished trials, and the
+        interrupted ones this process is to run again (now claimed by it)."""
+
+    @abstractmethod
+    def start(self, number: int | None, params: dict[str, Any], x: list[float]) -> int:
+        """Record a launched trial: ``number`` for a re-run, ``None`` for a new trial numbered by the storage;
+        returns the trial's number."""
+
+    @abstractmethod
+    def finish(self, record: TrialRecord, x: list[float]) -> bool:
+        """Record a finished trial; ``False`` if another process had already finished it (then it is not ours)."""
+
+    def sync(self, known: set[int]) -> tuple[FinishedTrials, RunningTrials]:
+        """Trials other processes finished that are not in ``known`` (each with its encoded row), and the configs
+        (with their rows) of the trials they are running now, by number."""
+        return [], {}
+
+    def release(self) -> None:  # noqa: B027 (optional hook; nothing to release with one writer)
+        """Let another process run this one's unfinished trials again (called when ``search`` ends)."""
+
+
+class JsonlStorage(TrialStorage):
+    """Trials of one study in a JSON-lines file (one process writes it at a time).
 
     Args:
         path: The file; its folder is created. Default name used by ``GeoTuner``: ``<study dir>/trials.jsonl``.
@@ -45,6 +82,7 @@ class JsonlStorage:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._next_number = 0
 
     def open(self, header: dict[str, Any]) -> StoredStudy:
         """Create the file with ``header``, or check that an existing file belongs to the same study and read it.
@@ -56,6 +94,7 @@ class JsonlStorage:
         header = {"event": "study", "format": FORMAT_VERSION, **header}
         if not self.path.exists() or self.path.stat().st_size == 0:
             self._append(header)
+            self._next_number = 0
             return StoredStudy([], [])
         self._cut_torn_tail()
         lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -88,14 +127,20 @@ class JsonlStorage:
                 )
                 finished.append((record, x))
         unfinished = [(n, p, x) for n, (p, x) in started.items() if n not in done]
-        return StoredStudy(finished, unfinished)
+        stored = StoredStudy(finished, unfinished)
+        self._next_number = stored.next_number
+        return stored
 
-    def start(self, number: int, params: dict[str, Any], x: list[float]) -> None:
-        """Record that trial ``number`` was launched with ``params`` (encoded as ``x``)."""
+    def start(self, number: int | None, params: dict[str, Any], x: list[float]) -> int:
+        """Record that trial ``number`` (``None``: the next new number) was launched with ``params`` (encoded as
+        ``x``); returns its number."""
+        number = self._next_number if number is None else number
+        self._next_number = max(self._next_number, number + 1)
         self._append({"event": "start", "number": number, "params": params, "x": x, "time": time.time()})
+        return number
 
-    def finish(self, record: TrialRecord, x: list[float]) -> None:
-        """Record a finished trial."""
+    def finish(self, record: TrialRecord, x: list[float]) -> bool:
+        """Record a finished trial (always ours: one process writes the file)."""
         self._append(
             {
                 "event": "finish",
@@ -110,6 +155,7 @@ class JsonlStorage:
                 "time": time.time(),
             }
         )
+        return True
 
     def _append(self, event: dict[str, Any]) -> None:
         line = json.dumps(event, default=repr, allow_nan=True) + "\n"

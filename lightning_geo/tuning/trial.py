@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_geo.tuning.pruners import FinishedCurve, Pruner
+from lightning_geo.tuning.pruners import FinishedCurve, PruningRule
 from lightning_geo.tuning.reporter import TrialReporter
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ class Trial:
         monitor: The metric names the study optimises (``callback_metrics`` keys), first one used for pruning.
         mode: ``"min"`` or ``"max"`` for each monitored metric.
         log_dir: The trial's folder: its TensorBoard run and its reports.
-        pruner: The study's pruning rule (``None``: never prune).
+        pruner: The study's pruning rule (``None``: never prune): a ``Pruner``, or the study's Optuna pruner
+            bound to this trial.
         finished: The study's finished trials when this one started (what the pruner compares with).
     """
 
@@ -60,7 +61,7 @@ class Trial:
     monitor: tuple[str, ...]
     mode: tuple[str, ...]
     log_dir: str
-    pruner: Pruner | None = None
+    pruner: PruningRule | None = None
     finished: tuple[FinishedCurve, ...] = ()
     reports: list[tuple[int, float]] = field(default_factory=list)
     pruned: bool = False

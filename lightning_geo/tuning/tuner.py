@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +27,11 @@ from lightning_geo.tuning.storage import JsonlStorage
 from lightning_geo.tuning.study_log import StudyWriter, plot_study, progress_line, results_table
 from lightning_geo.tuning.trial import Trial, TrialRecord, TrialState
 
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
+
+    from lightning_geo.tuning.optuna_storage import OptunaStorage
+
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -39,7 +45,9 @@ class GeoTuner:
 
     Every finished trial is written at once to ``storage`` (JSON lines, fsynced): run the same script again
     after a crash or a kill and the study continues where it stopped, without losing or repeating a finished
-    trial; trials that were running are run again with the same config.
+    trial; trials that were running are run again with the same config. On an Optuna storage, several processes
+    (the same script on several machines) can run one study together: each sees the others' trials, and they stop
+    together at ``max_trials`` finished trials.
 
     Args:
         space: What to search over.
@@ -47,19 +55,23 @@ class GeoTuner:
             sequence of names makes a multi-objective study (e.g. ``("val_loss", "step_time")``), whose result
             is a Pareto front; such trials are not pruned.
         mode: ``"min"`` (default) or ``"max"``, or one per monitored metric.
-        max_trials: Trials in the study, failed and pruned ones included (resumed trials count). Default 20.
+        max_trials: Trials in the study, failed and pruned ones included (resumed trials count, and so do those of
+            other processes sharing an Optuna study). Default 20.
         n_parallel: Trials at once (needs ``executor="subprocess"`` or your own executor). Default 1.
         executor: ``"in_process"`` (default), ``"subprocess"`` (each trial in a fresh process, isolated from
             crashes and out-of-memory kills, one device each), or a :class:`TrialExecutor` (e.g.
             :class:`~lightning_geo.tuning.ray_executor.RayExecutor`: each trial a Ray task).
         devices: With ``executor="subprocess"``: the ``CUDA_VISIBLE_DEVICES`` value of each parallel slot.
-        pruner: ``"median"`` (default), ``"curve"``, ``None`` (never prune) or a :class:`Pruner`.
+        pruner: ``"median"`` (default), ``"curve"``, ``None`` (never prune) or a :class:`Pruner`; on an Optuna
+            ``storage``, also an Optuna pruner (``optuna.pruners.MedianPruner(n_startup_trials=5)``,
+            ``GeoCurvePruner()``, any ``optuna.pruners.BasePruner``), which then decides on the Optuna study.
         log_dir: Root folder of the study's TensorBoard runs and storage. Default ``"tuning"``.
         study_name: The study's folder under ``log_dir``: ``<log_dir>/<study_name>/``. Default ``"study"``.
         storage: The trial file; default ``<log_dir>/<study_name>/trials.jsonl``. An Optuna storage URL
             (``"sqlite:///tuning/study.db"``) or ``optuna.storages`` instance (``JournalStorage`` for a shared file
             system) keeps the study as the Optuna study ``study_name`` there instead, which ``optuna.load_study``
-            and ``optuna-dashboard`` open (needs ``pip install lightning-geo[optuna]``); same resume contract.
+            and ``optuna-dashboard`` open (needs ``pip install lightning-geo[optuna]``); same resume contract,
+            and several processes may share that study.
         resume: Continue the study in an existing ``storage`` (default). With ``False``, an existing file with
             trials is an error, so a new study never mixes with an old one by accident.
         seed: Seeds the optimiser. Default 0.
@@ -92,7 +104,7 @@ class GeoTuner:
         n_parallel: int = 1,
         executor: str | TrialExecutor = "in_process",
         devices: Sequence[int | str] | None = None,
-        pruner: str | Pruner | None = "median",
+        pruner: str | Pruner | BasePruner | None = "median",
         log_dir: str | Path = "tuning",
         study_name: str = "study",
         storage: str | Path | Any | None = None,
@@ -119,7 +131,6 @@ class GeoTuner:
             raise ValueError(f"study_name={study_name!r} must be a folder name of letters, digits, '_', '.', '-'")
         self.space = space
         self.max_trials = max_trials
-        self.pruner = make_pruner(pruner)
         self.executor = make_executor(executor, n_parallel, devices)
         if isinstance(executor, TrialExecutor) and n_parallel not in (1, executor.n_parallel):
             raise ValueError(
@@ -132,6 +143,7 @@ class GeoTuner:
             self.storage: JsonlStorage | OptunaStorage = OptunaStorage(storage, study_name, space, modes)
         else:
             self.storage = JsonlStorage(storage if storage is not None else self.study_dir / "trials.jsonl")
+        self.pruner = self._check_pruner(pruner)
         self.resume = resume
         self.max_consecutive_failures = max_consecutive_failures
         self.verbose = verbose
@@ -141,15 +153,28 @@ class GeoTuner:
         self.trials: list[TrialRecord] = []
         self._warn_if_too_small()
 
+    def _check_pruner(self, pruner: Any) -> Pruner | BasePruner | None:
+        """A GEO pruner (built from its name), or an Optuna pruner where the study is an Optuna study."""
+        optuna = sys.modules.get("optuna")  # an Optuna pruner comes with optuna imported
+        if optuna is None or not isinstance(pruner, optuna.pruners.BasePruner):
+            return make_pruner(pruner)
+        if isinstance(self.storage, JsonlStorage):
+            raise ValueError(
+                f"pruner={pruner!r} is an Optuna pruner, which prunes through an Optuna study: pass an Optuna "
+                "storage too (storage='sqlite:///tuning/study.db'), or use pruner='median' or 'curve'"
+            )
+        return pruner
+
     def _warn_if_too_small(self) -> None:
         """One warning when the study cannot use the GP or the pruner at all (e.g. a 4-trial smoke test)."""
         problems = []
         if self.max_trials <= self.num_initial:
             problems.append(f"all {self.max_trials} trials are quasi-random (num_initial={self.num_initial}): the GP "
                             "is never fitted")
-        if self.pruner is not None and len(self.monitor) == 1 and self.max_trials <= self.pruner.n_startup_trials:
-            problems.append(f"the pruner waits for {self.pruner.n_startup_trials} finished trials "
-                            f"(n_startup_trials), so no trial is ever pruned")
+        startup = getattr(self.pruner, "n_startup_trials", None)  # GEO's pruners and GeoCurvePruner say
+        if startup is not None and len(self.monitor) == 1 and self.max_trials <= startup:
+            problems.append(f"the pruner waits for {startup} finished trials (n_startup_trials), so no trial is "
+                            "ever pruned")
         if problems:
             warnings.warn(f"GeoTuner: max_trials={self.max_trials} is too small: " + "; ".join(problems) + ".",
                           UserWarning, stacklevel=3)
@@ -215,10 +240,16 @@ class GeoTuner:
         stale = trial_dir / "reports.jsonl"
         if stale.exists():  # reports of an interrupted earlier run of this trial
             stale.unlink()
-        return Trial(number, dict(params), self.monitor, self.mode, str(trial_dir), self.pruner, finished)
+        rule = self.pruner
+        if rule is not None and not isinstance(rule, Pruner):  # an Optuna pruner: it decides on the Optuna study
+            rule = self.storage.trial_pruner(rule, number)
+        return Trial(number, dict(params), self.monitor, self.mode, str(trial_dir), rule, finished)
 
     def search(self, train_fn: TrainFn) -> Config | None:
         """Run the study (or continue it from its storage) until ``max_trials`` trials have finished.
+
+        With other processes on the same Optuna study, it returns once this process has nothing left to run
+        (their last trials may still be running).
 
         Args:
             train_fn: ``train_fn(config, trial)``; see the class docstring. With ``executor="subprocess"`` it
@@ -242,33 +273,43 @@ class GeoTuner:
         for record, x in stored.finished:
             record.params = self._stored_params(record.params, x)
             self._record(record, x)
-        requeue = [(n, self._stored_params(params, x)) for n, params, x in stored.unfinished]
-        next_number = stored.next_number
+        requeue: list[tuple[int | None, Config]] = [
+            (n, self._stored_params(params, x)) for n, params, x in stored.unfinished
+        ]
         writer = StudyWriter(self.study_dir, self.monitor)
         if self.verbose and (stored.finished or requeue):
             print(f"GeoTuner: resuming {self.storage.path}: {len(stored.finished)} finished trials, "
                   f"{len(requeue)} interrupted ones run again")
         running: dict[int, tuple[Trial, list[float], float | None]] = {}
+        elsewhere: dict[int, Config] = {}  # trials that other processes sharing the study run now
         failures = 0
         try:
-            while len(self.trials) < self.max_trials:
-                while len(running) < self.executor.n_parallel and len(self.trials) + len(running) < self.max_trials:
+            while True:
+                while len(running) < self.executor.n_parallel:
+                    elsewhere = self._sync(elsewhere)
+                    if len(self.trials) + len(running) + len(elsewhere) >= self.max_trials:
+                        break
                     ask_seconds = None
                     if requeue:
                         number, params = requeue.pop(0)
                         self.optimizer.mark_pending(params)
                     else:
-                        number, params = next_number, self.optimizer.ask()
-                        next_number += 1
+                        number, params = None, self.optimizer.ask()  # the storage numbers a new trial
                         ask_seconds = self.optimizer.ask_seconds[-1]
-                    trial = self._trial(number, params)
                     x = self.space.encode([params])[0].tolist()
-                    self.storage.start(number, trial.params, x)
+                    number = self.storage.start(number, dict(params), x)
+                    trial = self._trial(number, params)
                     running[number] = (trial, x, ask_seconds)
                     self.executor.submit(train_fn, trial)
+                if not running:
+                    break  # this process has nothing left to run (others may still finish their last trials)
                 for record in self.executor.wait():
                     _, x, ask_seconds = running.pop(record.number)
-                    self.storage.finish(record, x)
+                    if not self.storage.finish(record, x):
+                        warnings.warn(f"GeoTuner: trial {record.number} was run by another process too, which "
+                                      "finished it first; its result counts, this one is dropped", stacklevel=2)
+                        self.optimizer.forget_pending(record.params)
+                        continue
                     self._record(record, x)
                     writer.trial_finished(record, best=self.best_value, trial_dir=self._trial_dir(record.number),
                                           ask_seconds=ask_seconds, counts=self._counts())
@@ -284,8 +325,10 @@ class GeoTuner:
                             f"{failures} trials failed in a row; the last one (trial {record.number}) with:\n"
                             f"{record.error}"
                         )
+            self._sync(elsewhere)  # the trials other processes finished meanwhile
         finally:
             self.executor.shutdown()
+            self.storage.release()
             if self.trials:
                 writer.text("results", "```\n" + self.results_table() + "\n```")
             writer.close()
@@ -299,6 +342,21 @@ class GeoTuner:
             if name in config and name in params and not isinstance(dim, Categorical):
                 config[name] = type(config[name])(params[name])
         return config
+
+    def _sync(self, elsewhere: dict[int, Config]) -> dict[int, Config]:
+        """Take in the trials that other processes sharing the study finished, and hold the configs they run now
+        (``elsewhere`` before, the return value after) as pending points, so that asks avoid them."""
+        finished, running = self.storage.sync({t.number for t in self.trials})
+        for record, x in finished:
+            record.params = self._stored_params(record.params, x)
+            self._record(record, x)
+        now = {number: self._stored_params(params, x) for number, (params, x) in running.items()}
+        for number, params in elsewhere.items():
+            if number not in now:
+                self.optimizer.forget_pending(params)
+        for params in now.values():
+            self.optimizer.mark_pending(params)
+        return now
 
     def _counts(self) -> dict[str, int]:
         return {state.value.lower(): sum(t.state is state for t in self.trials)

@@ -1,0 +1,75 @@
+"""Two ``GeoTuner`` processes run one SQLite study at the same time: no trial lost, none run or counted twice."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from lightning_geo.tuning import Float, GeoTuner, SearchSpace, TrialState  # noqa: E402
+
+SPACE = SearchSpace({"x": Float(-1.0, 1.0), "y": Float(-1.0, 1.0)})
+MAX_TRIALS = 12  # of the study, both processes together
+
+
+def _tuner(url: str, log_dir: str | Path) -> GeoTuner:
+    # num_initial=MAX_TRIALS: quasi-random trials only, so no process spends seconds fitting a GP
+    return GeoTuner(SPACE, max_trials=MAX_TRIALS, num_initial=MAX_TRIALS, storage=url, study_name="shared",
+                    log_dir=log_dir, pruner=None, verbose=False)
+
+
+def _worker(url: str, log_dir: str, barrier, out: str) -> None:
+    """One tuner process (module level: spawned processes import it). Its first trial waits for the other
+    process's first trial, so both surely run trials at the same time."""
+    ran: list[int] = []
+
+    def train_fn(config, trial):
+        if not ran:
+            barrier.wait(timeout=120)
+        ran.append(trial.number)
+        value = (config["x"] - 0.3) ** 2 + (config["y"] + 0.2) ** 2
+        for step in (1, 2):
+            trial.report(value + 1.0 / step, step=step)
+        time.sleep(0.02)
+        return value
+
+    _tuner(url, log_dir).search(train_fn)
+    Path(out).write_text(json.dumps({"pid": os.getpid(), "ran": ran}))
+
+
+@pytest.mark.filterwarnings("ignore:GeoTuner. max_trials=12 is too small")
+def test_two_processes_share_one_sqlite_study_without_losing_or_repeating_a_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"  # a new file: the two processes also race to create the study
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    outs = [tmp_path / f"worker{i}.json" for i in range(2)]
+    workers = [context.Process(target=_worker, args=(url, str(tmp_path), barrier, str(out))) for out in outs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=240)
+    assert [w.exitcode for w in workers] == [0, 0]
+    results = [json.loads(out.read_text()) for out in outs]
+    ran = [set(r["ran"]) for r in results]
+    assert all(ran) and not ran[0] & ran[1]  # both worked; no trial ran in both
+    assert sum(len(r["ran"]) for r in results) == MAX_TRIALS and ran[0] | ran[1] == set(range(MAX_TRIALS))
+
+    study = optuna.load_study(study_name="shared", storage=url)  # an ordinary Optuna study
+    assert sorted(t.number for t in study.trials) == list(range(MAX_TRIALS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for result in results:  # each trial names the process that ran it
+        assert {t.number for t in study.trials if t.user_attrs["geo:owner"].endswith(f":{result['pid']}")} == set(
+            result["ran"])
+
+    calls: list[int] = []
+    again = _tuner(url, tmp_path)  # the study is complete: a third process replays it and runs nothing
+    again.search(lambda config, trial: calls.append(trial.number))
+    assert calls == [] and sorted(t.number for t in again.trials) == list(range(MAX_TRIALS))
+    assert all(t.state is TrialState.COMPLETE for t in again.trials)
+    assert again.best_value == pytest.approx(study.best_value)
