@@ -1,7 +1,8 @@
 """Does ``lightning_geo.recipe()`` train faster than plain Lightning, end to end, on wall-clock time?
 
 ``python benchmarks/end_to_end.py [--budgets 30s,120s,480s] [--seeds 0,1,2] [--corpora stdlib,kjv]
-[--ablation-budget 30s] [--ablation-corpora stdlib] [--long-seeds 0,1,2] [--long-corpora stdlib,kjv] [--reuse]``
+[--ablation-budget 30s] [--ablation-corpora stdlib] [--long-seeds 0,1,2] [--long-corpora stdlib,kjv]
+[--limit kjv:120s:0] [--reuse]``
 
 The model is the demo's (``lightning-geo demo``): a GPT-2-shaped LM (4 blocks, width 128, 4 heads, untied head,
 context 128, batch 32) on a byte-level BPE of 4,096 tokens learned on each corpus, AdamW (betas 0.9/0.95, weight
@@ -22,8 +23,8 @@ Arms (each its own ``python`` process, one after the other, so that neither warm
   one device ``geo_hybrid`` is a single-device run, nothing to remove;
 - ``random-order``: the curriculum's control: the same sequence lengths as the recipe's linear warmup, drawn in
   random order over the warmup instead of shortest first (so the same tokens, not the same order);
-- ``deadline=0.15``, ``deadline=0.3``: the pacing sweep: the recipe with its warmup over 15% or 30% of the budget
-  instead of 50% (``--pacing-budgets`` runs ``deadline=0.3`` at more budgets).
+- ``deadline=0.15``, ``deadline=0.5``: the pacing sweep: the recipe with its warmup over 15% or 50% of the budget
+  instead of 30% (``--pacing-budgets`` runs ``deadline=0.5`` at more budgets).
 
 Learning rates and LR warmups: ``DEMO_LEARNING_RATES`` and ``DEMO_WARMUP_SHARES`` (each arm tuned with the same
 budget of ``GeoTuner`` trials at the demo's budget: ``python benchmarks/tune_demo_lr.py``), or ``--lr-plain`` /
@@ -54,14 +55,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_common import Transcript, code_version, verdict
-
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "build" / "end_to_end"
 RESULTS = ROOT / "benchmarks" / "results" / "end_to_end_cpu.txt"
 ABLATIONS: tuple[str, ...] = ("-seq_len_warmup", "-sparsity", "+bf16-plugin", "random-order", "deadline=0.15",
-                              "deadline=0.3")
-PACING_ARM = "deadline=0.3"
+                              "deadline=0.5")
+PACING_ARM = "deadline=0.5"
 """The pacing arm also run at ``--pacing-budgets`` (the recipe's own deadline against the runner-up's)."""
 
 
@@ -137,7 +136,7 @@ def _worker(spec: RunSpec, out: Path) -> None:
     geo = effective["geo"]
     exclude = (effective["exclude"],) if effective["exclude"] else ()
     config = DemoConfig(
-        seq_len_warmup=effective["deadline"] or 0.5,
+        seq_len_warmup=effective["deadline"] or 0.3,
         corpus=corpus_path(spec.corpus), tokenizer="bpe", max_train_chars=None, budget=spec.budget, geo=geo,
         exclude=exclude, lr=spec.lr, warmup_share=spec.warmup_share, seed=spec.seed, val_points=spec.val_points,
         val_samples=spec.val_samples,
@@ -159,7 +158,7 @@ def _worker(spec: RunSpec, out: Path) -> None:
     out.write_text(result.to_json())
 
 
-def run(spec: RunSpec, reuse: bool, log: Transcript) -> dict[str, Any]:
+def run(spec: RunSpec, reuse: bool, log: Any) -> dict[str, Any]:
     """The result of ``spec``: from its run file when ``reuse`` and it exists, else trained in a fresh process."""
     path = RUNS / f"{spec.key()}.json"
     if not (reuse and path.is_file()):
@@ -248,6 +247,8 @@ def main() -> None:
     parser.add_argument("--corpora", default="stdlib,kjv")
     parser.add_argument("--ablation-budget", default="30s", help="budget of the ablation arms ('' for none)")
     parser.add_argument("--ablation-corpora", default="stdlib")
+    parser.add_argument("--limit", action="append", default=[], metavar="CORPUS:BUDGET:SEEDS",
+                        help="run only these seeds at this corpus and budget, e.g. kjv:120s:0 (repeatable)")
     parser.add_argument("--pacing-budgets", default="", help=f"more budgets at which {PACING_ARM} runs")
     parser.add_argument("--lr-plain", type=float, default=None)
     parser.add_argument("--lr-recipe", type=float, default=None)
@@ -260,6 +261,8 @@ def main() -> None:
     if args.worker:
         _worker(RunSpec(**json.loads(args.worker[0])), Path(args.worker[1]))
         return
+    # here, not at the top: a worker process needs none of it
+    from bench_common import Transcript, code_version, verdict
 
     from lightning_geo.demo.config import DEMO_LEARNING_RATES, DEMO_WARMUP_SHARES
 
@@ -278,6 +281,7 @@ def main() -> None:
     log(f"learning rates: plain {lrs['plain']:g}, recipe and ablations {lrs['recipe']:g}; LR warmup (share of the "
         f"budget): plain {warmups['plain']:g}, recipe and ablations {warmups['recipe']:g}")
     sweep = Sweep()
+    limits = {tuple(item.split(":")[:2]): [int(s) for s in item.split(":")[2].split(",")] for item in args.limit}
     for corpus in corpora:
         for budget in budgets:
             longest = budget == budgets[-1] and len(budgets) > 1
@@ -288,7 +292,7 @@ def main() -> None:
                 arms += list(ABLATIONS)
             elif budget in args.pacing_budgets.split(",") and corpus in ablation_corpora:
                 arms.append(PACING_ARM)
-            for seed in (long_seeds if longest else seeds):
+            for seed in limits.get((corpus, budget), long_seeds if longest else seeds):
                 results = {}
                 for arm in arms:
                     tuned = "plain" if arm == "plain" else "recipe"

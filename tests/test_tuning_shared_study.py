@@ -31,7 +31,7 @@ def _worker(url: str, log_dir: str, barrier, out: str) -> None:
 
     def train_fn(config, trial):
         if not ran:
-            barrier.wait(timeout=120)
+            barrier.wait(timeout=60)
         ran.append(trial.number)
         value = (config["x"] - 0.3) ** 2 + (config["y"] + 0.2) ** 2
         for step in (1, 2):

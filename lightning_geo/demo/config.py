@@ -133,7 +133,7 @@ class DemoConfig:
     max_train_chars: int | None = 12_000_000  # BPE: characters of training text encoded (None: all of it)
     budget: str | None = None  # "60s", "2M" tokens, "300 steps": replaces `steps`/`max_minutes` (see demo.budget)
     warmup_share: float = 0.05  # with a budget: LR warmup as a share of it
-    seq_len_warmup: float = 0.5  # with geo: share of the budget (or steps) over which sequences grow (recipe's)
+    seq_len_warmup: float = 0.3  # with geo: share of the budget (or steps) over which sequences grow (recipe's)
     val_points: int = 12  # with a budget: validations spread over it, the last at its end
     exclude: tuple[str, ...] = ()  # with geo: recipe parts to leave out (lightning_geo.recipes.RECIPE_PARTS)
 

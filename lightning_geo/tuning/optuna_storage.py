@@ -32,6 +32,7 @@ import json
 import math
 import os
 import socket
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
+from sqlalchemy.exc import SQLAlchemyError
 
 from lightning_geo.tuning.pruners import Curve, FinishedCurve
 from lightning_geo.tuning.space import Categorical, Float, Int, SearchSpace
@@ -54,6 +56,8 @@ _OPTUNA_CHOICE = (type(None), bool, int, float, str)
 _OWNER = "geo:owner"  # user attribute of a running trial: "host:pid" of the process running it ("" once let go)
 SQLITE_TIMEOUT_S = 60.0
 """How long a SQLite write waits for another process's write before 'database is locked' (Python's default: 5 s)."""
+CONNECT_TRIES = 5
+"""Tries to open a database URL while other processes create its tables (see :func:`connect`)."""
 
 
 def is_optuna_storage(storage: Any) -> bool:
@@ -76,11 +80,22 @@ def _distribution(dim: Float | Int | Categorical) -> BaseDistribution | None:
 
 
 def connect(storage: str | Any) -> Any:
-    """The Optuna storage to open: a SQLite URL gets a :data:`SQLITE_TIMEOUT_S` busy timeout, so that processes
-    sharing the file wait for each other's writes; other URLs and storage instances are used as they are."""
-    if isinstance(storage, str) and storage.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    return storage
+    """The Optuna storage to open (an ``optuna.storages`` instance is used as it is).
+
+    A URL becomes an ``RDBStorage``; for SQLite with a :data:`SQLITE_TIMEOUT_S` busy timeout, so that processes
+    sharing the file wait for each other's writes. Creating it is tried up to :data:`CONNECT_TRIES` times:
+    processes that open a new database at the same moment race to create its tables, and the losers fail with
+    "table ... already exists" or a unique-constraint error on the schema version (seen with 3 processes).
+    """
+    if not isinstance(storage, str):
+        return storage
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if storage.startswith("sqlite:") else {}
+    for attempt in range(1, CONNECT_TRIES):
+        try:
+            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+        except SQLAlchemyError:
+            time.sleep(0.2 * attempt)  # the other process finishes the tables meanwhile
+    return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)  # the last try raises its error
 
 
 def _this_process() -> str:
