@@ -76,7 +76,7 @@ class DemoResult:
             ["precision", self.precision + (f", {self.skipped_steps} step(s) skipped" if self.skipped_steps else "")],
             ["budget", self.budget],
             ["steps", f"{self.steps:,}" + (" (stopped by --max-minutes)" if self.stopped_early else "")],
-            [f"tokens ({unit}s) seen", f"{self.tokens:,}"],
+            ["tokens seen" if unit == "token" else "tokens (characters) seen", f"{self.tokens:,}"],
             ["train throughput", f"{self.tokens_per_second:,.0f} tokens/s"],
             ["fit wall time", f"{self.wall_seconds:.1f} s"],
             ["final train loss", loss(self.final_train_loss)],
