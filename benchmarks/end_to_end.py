@@ -179,18 +179,6 @@ def run(spec: RunSpec, reuse: bool, log: Any) -> dict[str, Any]:
     return result
 
 
-def _reach(xs: list[float], losses: list[float], target: float) -> float | None:
-    previous: tuple[float, float] | None = None
-    for x, loss in zip(xs, losses, strict=True):
-        if loss <= target:
-            if previous is None or previous[1] == loss:
-                return float(x)
-            x0, l0 = previous
-            return x0 + (l0 - target) / (l0 - loss) * (x - x0)
-        previous = (x, loss)
-    return None
-
-
 @dataclass
 class Comparison:
     """One arm against the same seed's plain run."""
@@ -203,6 +191,8 @@ class Comparison:
 
 
 def compare(plain: dict[str, Any], arm: dict[str, Any]) -> Comparison:
+    from lightning_geo.demo.compare import first_reach as _reach
+
     target = plain["final_val_loss"]
     losses = {name: [point[2] for point in r["val_curve"]] for name, r in (("plain", plain), ("arm", arm))}
     seconds = _reach(arm["val_seconds"], losses["arm"], target)
