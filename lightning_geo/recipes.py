@@ -165,9 +165,11 @@ def recipe(
 
     geo_callbacks: list[Callback] = []
     user_curriculum = next((c for c in user_callbacks if isinstance(c, DynamicCurriculum)), None)
-    if "seq_len_warmup" not in excluded and user_curriculum is None:
+    if "seq_len_warmup" in excluded:
+        pass
+    elif user_curriculum is None:
         geo_callbacks.append(DynamicCurriculum(mode="seq_len", pacing="linear", deadline=seq_len_warmup))
-    elif "seq_len_warmup" not in excluded and user_curriculum.mode != "seq_len":
+    elif user_curriculum.mode != "seq_len":
         rank_zero_info(
             f"recipe(): your DynamicCurriculum(mode={user_curriculum.mode!r}) replaces the recipe's sequence-length "
             "warmup (one DynamicCurriculum per Trainer); seq_len_warmup is not used"
