@@ -38,6 +38,7 @@ from lightning_geo.demo.config import (
 
 if TYPE_CHECKING:
     from lightning_geo.strategies.topology import NodeTopology
+    from lightning_geo.tuning.executors import TrainFn
 
 _DEFAULTS = {f.name: f.default for f in fields(DemoConfig)}
 LIGHTNING_CLI_COMMANDS: tuple[str, ...] = ("fit", "validate", "test")
@@ -381,6 +382,7 @@ def _compare(config: DemoConfig) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from lightning_geo.tuning import GeoTuner, TuningError
 
+    train_fn: TrainFn
     try:
         if args.config:
             from lightning_geo.tuning.config_file import load_study_file
@@ -406,7 +408,9 @@ def _tune(args: argparse.Namespace) -> int:
         return _fail(err, "tune")
     print("\n" + tuner.results_table())
     if best is not None:
-        print(f"\nbest {tuner.monitor[0]} = {tuner.best_value:.5g} (trial {tuner.best_trial.number}): {best}")
+        best_trial = tuner.best_trial
+        assert best_trial is not None  # best is its params
+        print(f"\nbest {tuner.monitor[0]} = {tuner.best_value:.5g} (trial {best_trial.number}): {best}")
     else:
         print(f"\nPareto front: trials {[t.number for t in tuner.pareto_front()]}")
     print(f"plot: {tuner.plot()}\nsee the study with: tensorboard --logdir {tuner.study_dir}")

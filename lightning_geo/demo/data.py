@@ -10,12 +10,17 @@ curriculum) can choose samples by index and a resumed run sees the same data.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_geo.demo.corpus import Corpus, CorpusError, load_corpus
+
+if TYPE_CHECKING:
+    from lightning_geo.demo.bpe import SubwordCorpus
 
 
 class CharWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -49,7 +54,8 @@ class CharDataModule(pl.LightningDataModule):
     the loss on it under ``test/`` (the demo has no third split).
 
     Args:
-        corpus: The encoded corpus.
+        corpus: The encoded corpus (of characters, or of subword tokens: a
+            :class:`~lightning_geo.demo.bpe.SubwordCorpus`).
         seq_len: Characters per sample. Default 128.
         batch_size: Samples per batch and per device. Default 32.
         val_samples: Validation windows, spread evenly over the validation text; at most all of them.
@@ -59,7 +65,9 @@ class CharDataModule(pl.LightningDataModule):
         CorpusError: if the training or validation text is shorter than one batch of samples.
     """
 
-    def __init__(self, corpus: Corpus, *, seq_len: int = 128, batch_size: int = 32, val_samples: int = 256) -> None:
+    def __init__(
+        self, corpus: Corpus | SubwordCorpus, *, seq_len: int = 128, batch_size: int = 32, val_samples: int = 256
+    ) -> None:
         super().__init__()
         self.corpus = corpus
         self.seq_len = seq_len
@@ -80,8 +88,9 @@ class CharDataModule(pl.LightningDataModule):
         self.val_set = CharWindows(corpus.val, seq_len, indices=[i * num_val // count for i in range(count)])
 
     @property
-    def vocab(self) -> str:
-        """The corpus's characters by id (what the model's ``vocab`` must be)."""
+    def vocab(self) -> str | int:
+        """The corpus's characters by id, or a subword corpus's vocabulary size (what the model's ``vocab`` must
+        be)."""
         return self.corpus.vocab
 
     @override

@@ -97,7 +97,9 @@ class CharGPT(nn.Module):
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the stream's variance stays put.
         for block in self.blocks:
+            assert isinstance(block, Block)  # a ModuleList yields plain Modules
             for proj in (block.attn.proj, block.mlp[2]):
+                assert isinstance(proj, nn.Linear)  # the attention's and the MLP's output projections
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
@@ -258,24 +260,25 @@ class CharLanguageModel(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for module in self.model.modules():
             for name, param in module.named_parameters(recurse=False):
                 (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(param)
-        optimizer_class = GeoAdamW if self.hparams.optimizer == "geo_adamw" else torch.optim.AdamW
+        optimizer_class = GeoAdamW if self.hparams["optimizer"] == "geo_adamw" else torch.optim.AdamW
         optimizer = optimizer_class(
             [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": decay, "weight_decay": self.hparams["weight_decay"]},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=self.hparams.lr,
+            lr=self.hparams["lr"],
             betas=(0.9, 0.95),
         )
 
         def schedule(step: int) -> float:
             if self.training_progress is not None:
-                return budget_warmup_cosine(self.training_progress, warmup_share=self.hparams.warmup_share)
-            return warmup_cosine(step, warmup_steps=self.hparams.warmup_steps, total_steps=self.hparams.max_steps)
+                return budget_warmup_cosine(self.training_progress, warmup_share=self.hparams["warmup_share"])
+            return warmup_cosine(step, warmup_steps=self.hparams["warmup_steps"], total_steps=self.hparams["max_steps"])
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

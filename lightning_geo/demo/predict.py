@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -155,11 +155,12 @@ def score_folder(
     if precision not in PREDICT_PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(PREDICT_PRECISIONS)}")
     model = CharLanguageModel.load_from_checkpoint(str(checkpoint), map_location="cpu")
-    if not isinstance(model.hparams.vocab, str):
+    vocab = model.hparams["vocab"]
+    if not isinstance(vocab, str):
         raise ValueError(f"{checkpoint} is a subword-vocabulary model; predict scores character models "
                          "(train one with --tokenizer char)")
     paths, texts = read_folder(folder)
-    dataset = TextPieces(texts, model.hparams.vocab, model.config.seq_len + 1)
+    dataset = TextPieces(texts, vocab, model.config.seq_len + 1)
     bucketing = LengthBucketing(max_tokens=max_tokens)
     plugins: list[Any] = []
     if precision != "32-true":
@@ -169,7 +170,10 @@ def score_folder(
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[bucketing], plugins=plugins)
     start = time.perf_counter()
-    batches = trainer.predict(PieceScorer(model), DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate))
+    # one dataloader, predictions returned: a list of PieceScorer.predict_step's dicts
+    batches = cast("list[dict[str, torch.Tensor]]", trainer.predict(
+        PieceScorer(model), DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate)
+    ))
     seconds = time.perf_counter() - start
     loss_sum = torch.cat([b["loss_sum"] for b in batches]).double()
     targets = torch.cat([b["targets"] for b in batches]).double()

@@ -20,7 +20,7 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from lightning_geo.tuning.trial import Trial, TrialPruned, TrialRecord, TrialState, values_from_result
 
@@ -171,7 +171,8 @@ class SubprocessExecutor(TrialExecutor):
         """Block until a trial process ends; its record, or a ``FAILED`` one if the process died."""
         if not self._running:
             return []
-        ready = multiprocessing.connection.wait(list(self._running))
+        # waited on process sentinels (ints), so the ready ones are ints too
+        ready = cast("list[int]", multiprocessing.connection.wait(list(self._running)))
         records = []
         for sentinel in ready:
             process, receive, trial, _, started = self._running.pop(sentinel)

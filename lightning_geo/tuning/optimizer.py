@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast, overload
 
 import torch
 
@@ -110,11 +110,12 @@ def default_num_initial(d: int, budget: int | None = None) -> int:
     return default if budget is None else min(default, max(2, budget // 2))
 
 
-def _modes(mode: Mode | Sequence[Mode]) -> tuple[str, ...]:
+def _modes(mode: str | Sequence[str]) -> tuple[Mode, ...]:
+    """``mode`` as a tuple of checked modes (any string comes in: this is where modes are validated)."""
     modes = (mode,) if isinstance(mode, str) else tuple(mode)
     if not modes or any(m not in ("min", "max") for m in modes):
         raise ValueError(f"mode={mode!r} must be 'min', 'max' or a sequence of them (one per objective)")
-    return modes
+    return cast("tuple[Mode, ...]", modes)  # checked just above
 
 
 class BayesianOptimizer:
@@ -165,7 +166,7 @@ class BayesianOptimizer:
         self.num_initial = num_initial if num_initial is not None else default_num_initial(space.d)
         self.num_candidates = num_candidates
         self.observations: list[Observation] = []
-        self._pending: dict[str, Config] = {}
+        self._pending: dict[tuple[float, ...], Config] = {}  # SearchSpace.key -> config
         self._warm_start: dict[str, torch.Tensor] | None = None  # hyperparameters of the last fit
         self._fitted_on = 0  # trials that fit saw
         self._pending_elsewhere = 0
@@ -182,6 +183,15 @@ class BayesianOptimizer:
     def pending(self) -> list[Config]:
         """Configs asked for and not yet told."""
         return list(self._pending.values())
+
+    @overload
+    def ask(self, n: None = None) -> Config: ...
+
+    @overload
+    def ask(self, n: int) -> list[Config]: ...
+
+    @overload
+    def ask(self, n: int | None) -> Config | list[Config]: ...
 
     def ask(self, n: int | None = None) -> Config | list[Config]:
         """Propose the next config, or a batch of ``n`` distinct configs to evaluate in parallel.
@@ -361,6 +371,7 @@ class BayesianOptimizer:
         n = X.shape[0]
         bounded = self._warm_start is not None and n >= BOUNDED_FIT_FROM
         if bounded and self._fitted_on <= n < self._fitted_on * (1 + REFIT_GROWTH):
+            assert self._warm_start is not None  # bounded: a previous fit left its hyperparameters
             self._model = condition_surrogate(X, Y, cat_dims=self.space.cat_dims, hyperparameters=self._warm_start)
             return self._model
         iterations = WARM_FIT_ITERATIONS if bounded else FIT_ITERATIONS
@@ -425,7 +436,10 @@ class BayesianOptimizer:
         if m == 1:
             from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 
-            objective = GenericMCObjective(lambda Z, X=None: Z[..., 0]) if constraints else None
+            def first_output(Z: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+                return Z[..., 0]
+
+            objective = GenericMCObjective(first_output) if constraints else None
             return qLogNoisyExpectedImprovement(
                 model, X_baseline=X, sampler=sampler, prune_baseline=True, X_pending=X_pending,
                 objective=objective, constraints=constraints,
@@ -438,10 +452,10 @@ class BayesianOptimizer:
         Y_done = self._maximisation_values(done)
         low, high = Y_done.min(dim=0).values, Y_done.max(dim=0).values
         ref_point = low - 0.1 * (high - low).clamp(min=1e-9)
-        objective = IdentityMCMultiOutputObjective(outcomes=list(range(m))) if constraints else None
+        mo_objective = IdentityMCMultiOutputObjective(outcomes=list(range(m))) if constraints else None
         return qLogNoisyExpectedHypervolumeImprovement(
             model, ref_point=ref_point.tolist(), X_baseline=X, sampler=sampler, prune_baseline=True,
-            X_pending=X_pending, objective=objective, constraints=constraints,
+            X_pending=X_pending, objective=mo_objective, constraints=constraints,
         )
 
     def _candidates(self, centres: torch.Tensor, sigmas: Sequence[float], per_centre: int, num_global: int,
@@ -491,9 +505,9 @@ class BayesianOptimizer:
         if m == 1:
             top = X[torch.topk(Y[:, 0] - 1e6 * infeasible, min(5, len(Y))).indices]
         else:
-            rows = self._pareto_rows(Y[~infeasible, :m]) if (~infeasible).any() else self._pareto_rows(Y[:, :m])
-            top = (X[~infeasible] if (~infeasible).any() else X)[rows][:5]
-        rows = [row for row in chosen]
+            front = self._pareto_rows(Y[~infeasible, :m]) if (~infeasible).any() else self._pareto_rows(Y[:, :m])
+            top = (X[~infeasible] if (~infeasible).any() else X)[front][:5]
+        rows: list[torch.Tensor] = [row for row in chosen]
         seen = self._seen_keys()  # told and pending configs; fixed during this ask (rows chosen now: _exclude)
         pending_base = self.space.encode(list(self._pending.values())) if self._pending else chosen[:0]
         with warnings.catch_warnings():

@@ -29,7 +29,7 @@ import random
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
@@ -37,7 +37,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_geo.tuning.optimizer import BayesianOptimizer, TuningError
+from lightning_geo.tuning.optimizer import BayesianOptimizer, Mode, TuningError
 from lightning_geo.tuning.space import Categorical, Dimension, Float, Int, SearchSpace
 
 _PENDING_KEY = "geo:relative_params"  # the relative params of a running trial, for other workers' pending points
@@ -64,7 +64,7 @@ def dimension_of(distribution: BaseDistribution) -> Dimension:
     raise TypeError(f"GeoSampler cannot search {distribution!r}: expected a Float, Int or Categorical distribution")
 
 
-def _stepped(distribution: BaseDistribution) -> bool:
+def _stepped(distribution: BaseDistribution) -> TypeGuard[IntDistribution | FloatDistribution]:
     return isinstance(distribution, IntDistribution | FloatDistribution) and distribution.step not in (None, 1)
 
 
@@ -79,10 +79,12 @@ def from_geo(distribution: BaseDistribution, value: Any) -> Any:
     """A value of :func:`dimension_of` as the Optuna parameter value (inside the distribution's bounds)."""
     if isinstance(distribution, CategoricalDistribution):
         return value
-    if _stepped(distribution):
-        value = distribution.low + value * distribution.step
-    kind = int if isinstance(distribution, IntDistribution) else float
-    return kind(min(distribution.high, max(distribution.low, value)))
+    # not categorical: an Int or Float distribution (the other kinds dimension_of searches)
+    numeric = cast("IntDistribution | FloatDistribution", distribution)
+    if _stepped(numeric):
+        value = numeric.low + value * numeric.step
+    kind = int if isinstance(numeric, IntDistribution) else float
+    return kind(min(numeric.high, max(numeric.low, value)))
 
 
 def centre_of(distribution: BaseDistribution) -> Any:
@@ -193,7 +195,7 @@ class GeoSampler(BaseSampler):
         if not search_space:
             return {}
         space = SearchSpace({name: dimension_of(d) for name, d in search_space.items()})
-        modes = ["min" if d == StudyDirection.MINIMIZE else "max" for d in study.directions]
+        modes: list[Mode] = ["min" if d == StudyDirection.MINIMIZE else "max" for d in study.directions]
         optimizer = BayesianOptimizer(
             space, seed=self.seed, mode=modes, num_initial=self.num_initial, num_candidates=self.num_candidates
         )

@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -139,7 +139,9 @@ class OptunaStorage(TrialStorage):
         self.url = storage
         self.study_name = study_name
         self.space = space
-        self.directions = ["minimize" if m == "min" else "maximize" for m in mode]
+        self.directions: list[Literal["minimize", "maximize"]] = [
+            "minimize" if m == "min" else "maximize" for m in mode
+        ]
         self._study: optuna.Study | None = None
         self._trial_ids: dict[int, int] = {}  # GEO trial number -> Optuna trial id
         self._mine: set[int] = set()  # trials this process runs (started, or claimed as interrupted), unfinished
@@ -225,9 +227,12 @@ class OptunaStorage(TrialStorage):
             storage.set_trial_user_attr(trial_id, "geo:seconds", record.seconds)
             storage.set_trial_user_attr(trial_id, "geo:error", record.error)
             storage.set_trial_user_attr(trial_id, "geo:values", None if record.values is None else list(record.values))
-            state = _STATES[record.state]  # a COMPLETE record always has values (run_trial makes NaN a FAILED one)
-            storage.set_trial_state_values(trial_id, state,
-                                           list(record.values) if state == OptunaState.COMPLETE else None)
+            state = _STATES[record.state]
+            values = None
+            if state == OptunaState.COMPLETE:
+                assert record.values is not None  # a COMPLETE record always has values (run_trial makes NaN FAILED)
+                values = list(record.values)
+            storage.set_trial_state_values(trial_id, state, values)
         except UpdateFinishedTrialError:
             return False
         return True

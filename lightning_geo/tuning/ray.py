@@ -105,7 +105,8 @@ class GeoSearch(Searcher):
             mode = list(mode)
         if mode is not None:
             _modes(mode)  # raises ValueError for anything but min/max
-        super().__init__(metric=metric, mode=mode)
+        # Ray's Searcher takes lists of metrics and modes (multi-objective) though its hints say str
+        super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]
         self.seed = seed
         self.num_initial = num_initial
         self.num_candidates = num_candidates
@@ -132,8 +133,8 @@ class GeoSearch(Searcher):
         """The next config (GEO's ask, with every running trial as a pending point)."""
         optimizer = self._ensure_optimizer()
         config = optimizer.ask()
-        self._live[trial_id] = config  # type: ignore[assignment]
-        return dict(config)  # type: ignore[arg-type]
+        self._live[trial_id] = config
+        return dict(config)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tell the trial's last reported metric(s); an error or a missing/NaN metric is a failed trial."""

@@ -77,9 +77,10 @@ class RayExecutor(TrialExecutor):
     def submit(self, train_fn: TrainFn, trial: Trial) -> None:
         """Start the trial as a Ray task (queued by Ray until a worker with its resources is free)."""
         if self._task is None:
+            # no custom resources: the option left out (Ray's default, None), as its type hints want a dict
+            extra: dict[str, Any] = {"resources": self.resources} if self.resources else {}
             self._task = ray.remote(
-                num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
-                resources=self.resources or None,
+                num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries, **extra
             )(_run_on_worker)
         self._running[self._task.remote(train_fn, trial)] = (trial, time.perf_counter())
 

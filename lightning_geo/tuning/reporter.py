@@ -16,8 +16,11 @@ class ReportingTrial(Protocol):
     this, not on the trial module, so the two do not import each other."""
 
     number: int
-    monitor: Sequence[str]
     pruned: bool
+
+    @property
+    def monitor(self) -> Sequence[str]:
+        """The monitored metric names, the reported one first (read-only here: a tuple satisfies it)."""
 
     def report(self, value: float, step: int) -> None:
         """Record the monitored metric's ``value`` at optimizer ``step``."""

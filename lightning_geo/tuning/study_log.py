@@ -138,7 +138,7 @@ def plot_study(
     ax.set_title("optimisation history" + (f" ({len(failed)} failed: red lines)" if failed else ""))
     ax.legend()
     if importance:
-        names = sorted(importance, key=importance.get)
+        names = sorted(importance, key=importance.__getitem__)
         axes[0][1].barh(names, [importance[n] for n in names])
         axes[0][1].set_xlabel("importance (share of the GP mean's variation)")
         axes[0][1].set_title("parameter importance")

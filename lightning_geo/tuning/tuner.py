@@ -20,7 +20,7 @@ from lightning_geo.tuning.optimizer import (
     default_num_initial,
     pareto_mask,
 )
-from lightning_geo.tuning.pruners import Pruner, make_pruner
+from lightning_geo.tuning.pruners import Pruner, PruningRule, make_pruner
 from lightning_geo.tuning.reporter import MONITOR_MISSING
 from lightning_geo.tuning.space import Categorical, Config, SearchSpace
 from lightning_geo.tuning.storage import JsonlStorage
@@ -240,9 +240,14 @@ class GeoTuner:
         stale = trial_dir / "reports.jsonl"
         if stale.exists():  # reports of an interrupted earlier run of this trial
             stale.unlink()
-        rule = self.pruner
-        if rule is not None and not isinstance(rule, Pruner):  # an Optuna pruner: it decides on the Optuna study
-            rule = self.storage.trial_pruner(rule, number)
+        pruner = self.pruner
+        rule: PruningRule | None
+        if pruner is not None and not isinstance(pruner, Pruner):  # an Optuna pruner: it decides on the Optuna study
+            storage = self.storage
+            assert not isinstance(storage, JsonlStorage)  # _check_pruner takes an Optuna pruner with an Optuna storage
+            rule = storage.trial_pruner(pruner, number)
+        else:
+            rule = pruner
         return Trial(number, dict(params), self.monitor, self.mode, str(trial_dir), rule, finished)
 
     def search(self, train_fn: TrainFn) -> Config | None:
