@@ -61,10 +61,14 @@ def test_two_processes_share_one_sqlite_study_without_losing_or_repeating_a_tria
     assert sum(len(r["ran"]) for r in results) == MAX_TRIALS and ran[0] | ran[1] == set(range(MAX_TRIALS))
 
     study = optuna.load_study(study_name="shared", storage=url)  # an ordinary Optuna study
-    assert sorted(t.number for t in study.trials) == list(range(MAX_TRIALS))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # a trial started over max_trials when both processes took the last place at once: FAIL, never run
+    surplus = [t for t in study.trials if t.user_attrs.get("geo:surplus")]
+    assert all(t.state == optuna.trial.TrialState.FAIL and t.number >= MAX_TRIALS for t in surplus)
+    trials = [t for t in study.trials if t not in surplus]
+    assert sorted(t.number for t in trials) == list(range(MAX_TRIALS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     for result in results:  # each trial names the process that ran it
-        assert {t.number for t in study.trials if t.user_attrs["geo:owner"].endswith(f":{result['pid']}")} == set(
+        assert {t.number for t in trials if t.user_attrs["geo:owner"].endswith(f":{result['pid']}")} == set(
             result["ran"])
 
     calls: list[int] = []
@@ -73,3 +77,25 @@ def test_two_processes_share_one_sqlite_study_without_losing_or_repeating_a_tria
     assert calls == [] and sorted(t.number for t in again.trials) == list(range(MAX_TRIALS))
     assert all(t.state is TrialState.COMPLETE for t in again.trials)
     assert again.best_value == pytest.approx(study.best_value)
+
+
+def test_a_trial_started_over_max_trials_by_a_race_is_not_run(tmp_path):
+    """Two processes that both counted 11 of 12 trials start one each: the one Optuna numbered later is surplus,
+    marked FAIL with ``geo:surplus``, not run, and skipped when the study is read again."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first, second = _tuner(url, tmp_path), _tuner(url, tmp_path)
+    for tuner in (first, second):
+        tuner.storage.open(tuner._header())
+    x = SPACE.encode([{"x": 0.0, "y": 0.0}])[0].tolist()
+    assert first.storage.start(None, {"x": 0.0, "y": 0.0}, x, max_trials=1) == 0
+    assert second.storage.start(None, {"x": 0.0, "y": 0.0}, x, max_trials=1) is None  # the study was full
+    for tuner in (first, second):
+        tuner.storage.release()
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert [(t.number, t.state.name, t.user_attrs.get("geo:surplus")) for t in study.trials] == [
+        (0, "RUNNING", None), (1, "FAIL", True)]
+    calls: list[int] = []
+    again = GeoTuner(SPACE, max_trials=1, num_initial=1, storage=url, study_name="shared", log_dir=tmp_path,
+                     pruner=None, verbose=False)
+    again.search(lambda config, trial: calls.append(trial.number) or 0.5)
+    assert calls == [0] and [t.number for t in again.trials] == [0]  # trial 0 run again; trial 1 never

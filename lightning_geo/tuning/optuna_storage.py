@@ -11,15 +11,21 @@ Several ``GeoTuner`` processes can share one study (the same script started on s
 Optuna numbers the trials, so numbers never collide; each running trial names its process (``geo:owner``,
 ``host:pid``), so a process never takes a trial another live process is running for an interrupted one; each
 process sees the others' finished trials (the GP learns from them, the pruner compares with them) and their
-running configs (pending points), and together they stop at ``max_trials`` finished trials. A trial whose
-process is gone is run again by the next process that opens the study: at once on the same machine (its pid is
-checked), and for another machine's process only once that process let it go (``search`` ended with an
-error or a ``KeyboardInterrupt``), since a pid cannot be checked across machines. Should two processes still
-run one trial (both took it for interrupted at the same moment), the first result counts and the second is
+running configs (pending points), and together they stop at ``max_trials`` trials: should two processes start
+the study's last trial at the same moment, the one Optuna numbered later is marked ``FAIL`` with ``geo:surplus``
+and not run (every GEO reader skips it). A trial whose process is gone is run again by a process of the study
+(one opening it, or one running it, at its next ask): on the same machine as soon as its pid is gone; from
+another machine, where a pid cannot be checked, once that process let it go (``search`` ended with an error or
+a ``KeyboardInterrupt``) or once its heartbeat stopped: every process writes the time (``geo:heartbeat``, its
+clock's seconds since the epoch) to each trial it runs every ``heartbeat_s`` seconds, and a trial whose last
+beat is :data:`STALE_AFTER_BEATS` beats old (5 minutes by default) is taken for interrupted; this assumes the
+machines' clocks agree to well within that (NTP). Should two processes still run one trial (both took it for
+interrupted at the same moment, or a stalled process came back), the first result counts and the second is
 dropped with a warning: a trial may run twice, it is never counted twice.
 
 GEO's own fields ride along as trial user attributes (``geo:x``: the encoded config; ``geo:params``: the
-config as JSON; ``geo:values``: a pruned trial's last report; ``geo:seconds``, ``geo:error``, ``geo:owner``), and
+config as JSON; ``geo:values``: a pruned trial's last report; ``geo:seconds``, ``geo:error``, ``geo:owner``,
+``geo:heartbeat``, ``geo:heartbeat_s``, ``geo:surplus``), and
 the study's space, monitor and mode as the study user attribute ``geo:header``, which a resume checks.
 :class:`OptunaTrialPruner` lets any Optuna pruner (``optuna.pruners.MedianPruner()``, ``GeoCurvePruner()``)
 prune the trials of such a study: ``GeoTuner(pruner=optuna.pruners.MedianPruner(), storage="sqlite:///...")``.
@@ -32,6 +38,7 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -47,13 +54,28 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lightning_geo.tuning.pruners import Curve, FinishedCurve
 from lightning_geo.tuning.space import Categorical, Float, Int, SearchSpace
-from lightning_geo.tuning.storage import FinishedTrials, RunningTrials, StoredStudy, TrialStorage
+from lightning_geo.tuning.storage import (
+    FinishedTrials,
+    InterruptedTrials,
+    RunningTrials,
+    StoredStudy,
+    TrialStorage,
+    check_heartbeat_s,
+)
 from lightning_geo.tuning.trial import TrialRecord, TrialState
 
 _STATES = {TrialState.COMPLETE: OptunaState.COMPLETE, TrialState.PRUNED: OptunaState.PRUNED,
            TrialState.FAILED: OptunaState.FAIL}
 _OPTUNA_CHOICE = (type(None), bool, int, float, str)
 _OWNER = "geo:owner"  # user attribute of a running trial: "host:pid" of the process running it ("" once let go)
+HEARTBEAT = "geo:heartbeat"
+"""User attribute of a running trial: when its process last said it runs it (``time.time()`` of that machine)."""
+_HEARTBEAT_EVERY = "geo:heartbeat_s"  # the owner's heartbeat interval, so that any reader judges its beats alike
+_SURPLUS = "geo:surplus"  # a trial started over max_trials by a race between processes: FAIL, never run, skipped
+HEARTBEAT_S = 30.0
+"""Default seconds between two heartbeats of a running trial (``GeoTuner(heartbeat_s=...)``)."""
+STALE_AFTER_BEATS = 10
+"""A trial on another machine whose last heartbeat is this many of its beats old is taken for interrupted."""
 SQLITE_TIMEOUT_S = 60.0
 """How long a SQLite write waits for another process's write before 'database is locked' (Python's default: 5 s)."""
 CONNECT_TRIES = 5
@@ -102,15 +124,19 @@ def _this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(owner: str) -> bool:
-    """Whether the process ``owner`` (``"host:pid"``) may still be running its trial: not when it let the trial go
-    (``""``, or no owner: a study written before owners were kept), nor when it ran on this machine and its process
-    is gone or is this one (an earlier ``search`` here); another machine's process cannot be checked from here."""
+def _alive(trial: FrozenTrial) -> bool:
+    """Whether the process that owns running ``trial`` may still be running it: not when it let the trial go
+    (owner ``""``, or none: a study written before owners were kept), nor when it ran on this machine and its
+    process is gone or is this one (an earlier ``search`` here), nor when it runs on another machine and its
+    heartbeat is :data:`STALE_AFTER_BEATS` beats old (a trial without heartbeats, written before they were kept,
+    cannot be judged: alive)."""
+    owner = trial.user_attrs.get(_OWNER, "")
     host, _, pid = owner.rpartition(":")
     if not pid.isdigit():
         return False
     if host != socket.gethostname():
-        return True
+        beat, every = trial.user_attrs.get(HEARTBEAT), trial.user_attrs.get(_HEARTBEAT_EVERY, HEARTBEAT_S)
+        return beat is None or time.time() - float(beat) < STALE_AFTER_BEATS * float(every)
     if int(pid) == os.getpid() or os.name == "nt":  # on Windows, os.kill(pid, 0) would send a Ctrl-C: one writer
         return False
     try:
@@ -122,6 +148,11 @@ def _alive(owner: str) -> bool:
     return True
 
 
+def _is_geo_trial(trial: FrozenTrial) -> bool:
+    """A trial GeoTuner runs (not one added by hand or by another sampler, nor a surplus one it never ran)."""
+    return "geo:x" in trial.user_attrs and not trial.user_attrs.get(_SURPLUS)
+
+
 class OptunaStorage(TrialStorage):
     """A ``GeoTuner`` study kept as an Optuna study, which several ``GeoTuner`` processes may share.
 
@@ -131,11 +162,20 @@ class OptunaStorage(TrialStorage):
         study_name: The Optuna study's name.
         space: The tuner's search space (for the parameters' distributions).
         mode: ``"min"``/``"max"`` per monitored metric (the study's directions).
+        heartbeat_s: Seconds between two heartbeats of each trial this process runs. Default :data:`HEARTBEAT_S`.
+
+    Raises:
+        ValueError: for a ``storage`` that is not an Optuna one, or a ``heartbeat_s`` that is not a positive number.
     """
 
-    def __init__(self, storage: str | Any, study_name: str, space: SearchSpace, mode: Sequence[str]) -> None:
+    def __init__(self, storage: str | Any, study_name: str, space: SearchSpace, mode: Sequence[str], *,
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
         if not is_optuna_storage(storage):
             raise ValueError(f"storage={storage!r} must be an Optuna storage URL or optuna.storages instance")
+        self.heartbeat_s = check_heartbeat_s(heartbeat_s)
+        self._beating: threading.Thread | None = None
+        self._stop_beating = threading.Event()
+        self._lock = threading.Lock()  # guards _mine between the search and the heartbeat thread
         self.url = storage
         self.study_name = study_name
         self.space = space
@@ -176,39 +216,49 @@ class OptunaStorage(TrialStorage):
                 if stored.get(key) != header.get(key):
                     raise ValueError(f"{self.path} holds a study with a different {key} ({stored.get(key)!r}, now "
                                      f"{header.get(key)!r}); use another study name or storage")
-        finished, unfinished = [], []
+        finished: FinishedTrials = []
+        unfinished: InterruptedTrials = []
         for trial in self._study.get_trials(deepcopy=False):
-            if "geo:x" not in trial.user_attrs:
+            if not _is_geo_trial(trial):
                 continue  # not a GeoTuner trial (e.g. added by hand): not ours to replay
             self._trial_ids[trial.number] = trial._trial_id
             params, x = json.loads(trial.user_attrs["geo:params"]), list(trial.user_attrs["geo:x"])
-            if trial.state == OptunaState.RUNNING and not _alive(trial.user_attrs.get(_OWNER, "")):
-                self._mine.add(trial.number)
-                self.study._storage.set_trial_user_attr(trial._trial_id, _OWNER, _this_process())
+            if trial.state == OptunaState.RUNNING and not _alive(trial):
+                self._claim(trial.number)
                 unfinished.append((trial.number, params, x))
             elif trial.state.is_finished():
                 finished.append((self._record(trial, params), x))
+        self._start_beating()
         return StoredStudy(finished, unfinished)
 
-    def start(self, number: int | None, params: dict[str, Any], x: list[float]) -> int:
+    def start(self, number: int | None, params: dict[str, Any], x: list[float], *, max_trials: int) -> int | None:
         """Create a new trial (``number=None``; Optuna numbers it) as a ``RUNNING`` Optuna trial with its params and
-        GEO fields, in one write; a re-run (``number`` given) already has its trial. Returns the trial's number."""
+        GEO fields, in one write; a re-run (``number`` given) already has its trial. Returns the trial's number, or
+        ``None`` when other processes had started ``max_trials`` trials before this one (it is then marked
+        ``FAIL`` with ``geo:surplus`` and is not to be run)."""
         if number is not None:
-            assert number in self._mine, f"trial {number} was not claimed by open()"
+            assert number in self._mine, f"trial {number} was not claimed by open() or sync()"
             return number
         distributions = {name: d for name, dim in self.space.dimensions.items()
                          if name in params and (d := _distribution(dim)) is not None}
         template = FrozenTrial(
             number=-1, state=OptunaState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
             params={name: params[name] for name in distributions}, distributions=distributions,
-            user_attrs={"geo:params": json.dumps(params, default=repr), "geo:x": list(x), _OWNER: _this_process()},
+            user_attrs={"geo:params": json.dumps(params, default=repr), "geo:x": list(x), _OWNER: _this_process(),
+                        HEARTBEAT: time.time(), _HEARTBEAT_EVERY: self.heartbeat_s},
             system_attrs={}, intermediate_values={}, trial_id=-1,
         )
         storage = self.study._storage
         trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
         number = storage.get_trial_number_from_id(trial_id)
         self._trial_ids[number] = trial_id
-        self._mine.add(number)
+        before = sum(_is_geo_trial(t) and t.number < number for t in self.study.get_trials(deepcopy=False))
+        if before >= max_trials:  # another process took the study's last place between our count and this write
+            storage.set_trial_user_attr(trial_id, _SURPLUS, True)
+            storage.set_trial_state_values(trial_id, OptunaState.FAIL)
+            return None
+        with self._lock:
+            self._mine.add(number)
         return number
 
     def finish(self, record: TrialRecord, x: list[float]) -> bool:
@@ -219,7 +269,8 @@ class OptunaStorage(TrialStorage):
         """
         storage = self.study._storage
         trial_id = self._trial_ids[record.number]
-        self._mine.discard(record.number)
+        with self._lock:
+            self._mine.discard(record.number)
         try:
             for step, value in record.reports:
                 if math.isfinite(value):
@@ -237,28 +288,71 @@ class OptunaStorage(TrialStorage):
             return False
         return True
 
-    def sync(self, known: set[int]) -> tuple[FinishedTrials, RunningTrials]:
-        """The GeoTuner trials other processes finished that are not in ``known``, and the configs of those they
-        are running now (a trial whose process is gone holds no place)."""
+    def sync(self, known: set[int]) -> tuple[FinishedTrials, RunningTrials, InterruptedTrials]:
+        """The GeoTuner trials other processes finished that are not in ``known``, the configs of those they are
+        running now, and those whose process is gone (pid gone, or heartbeat stale), now claimed by this process
+        to run again."""
         finished: FinishedTrials = []
         running: RunningTrials = {}
+        interrupted: InterruptedTrials = []
         for trial in self.study.get_trials(deepcopy=False):
-            if "geo:x" not in trial.user_attrs or trial.number in known or trial.number in self._mine:
+            if not _is_geo_trial(trial) or trial.number in known or trial.number in self._mine:
                 continue
             self._trial_ids[trial.number] = trial._trial_id
             params, x = json.loads(trial.user_attrs["geo:params"]), list(trial.user_attrs["geo:x"])
-            if trial.state == OptunaState.RUNNING and _alive(trial.user_attrs.get(_OWNER, "")):
-                running[trial.number] = (params, x)
+            if trial.state == OptunaState.RUNNING:
+                if _alive(trial):
+                    running[trial.number] = (params, x)
+                elif self._claim(trial.number):
+                    interrupted.append((trial.number, params, x))
             elif trial.state.is_finished():
                 finished.append((self._record(trial, params), x))
-        return finished, running
+        return finished, running, interrupted
 
     def release(self) -> None:
-        """Let go of this process's unfinished trials, so that the next process to open the study runs them."""
-        for number in sorted(self._mine):
+        """Stop the heartbeats and let go of this process's unfinished trials, so that the next process to open the
+        study runs them."""
+        self._stop_beating.set()
+        if self._beating is not None:
+            self._beating.join()
+            self._beating = None
+        with self._lock:
+            mine, self._mine = sorted(self._mine), set()
+        for number in mine:
             with contextlib.suppress(UpdateFinishedTrialError):  # another process ran it too and finished it
                 self.study._storage.set_trial_user_attr(self._trial_ids[number], _OWNER, "")
-        self._mine.clear()
+
+    def _claim(self, number: int) -> bool:
+        """Make this process the owner of interrupted trial ``number`` (``False``: another process finished it
+        meanwhile)."""
+        storage, trial_id = self.study._storage, self._trial_ids[number]
+        try:
+            storage.set_trial_user_attr(trial_id, _OWNER, _this_process())
+            storage.set_trial_user_attr(trial_id, _HEARTBEAT_EVERY, self.heartbeat_s)
+            storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+        except UpdateFinishedTrialError:
+            return False
+        with self._lock:
+            self._mine.add(number)
+        return True
+
+    def _start_beating(self) -> None:
+        """Start the thread that writes the heartbeat of this process's running trials (once per ``open``)."""
+        if self._beating is not None:
+            return
+        self._stop_beating.clear()
+        self._beating = threading.Thread(target=self._beat, name="geo-tuner-heartbeat", daemon=True)
+        self._beating.start()
+
+    def _beat(self) -> None:
+        storage = self.study._storage
+        while not self._stop_beating.wait(self.heartbeat_s):
+            with self._lock:
+                mine = [self._trial_ids[n] for n in self._mine]
+            for trial_id in mine:
+                # a trial another process finished, or a moment the database is locked: the next beat tries again
+                with contextlib.suppress(UpdateFinishedTrialError, SQLAlchemyError, OSError):
+                    storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
 
     def trial_pruner(self, pruner: BasePruner, number: int) -> OptunaTrialPruner:
         """``pruner`` deciding for trial ``number`` of this study."""

@@ -13,6 +13,7 @@ storage (:class:`~lightning_geo.tuning.optuna_storage.OptunaStorage`) can have s
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -28,6 +29,15 @@ FinishedTrials = list[tuple[TrialRecord, list[float]]]
 """Finished trials, each with its encoded row (what the optimiser is told)."""
 RunningTrials = dict[int, tuple[dict[str, Any], list[float]]]
 """Running trials by number: their config and its encoded row."""
+InterruptedTrials = list[tuple[int, dict[str, Any], list[float]]]
+"""Trials to run again, each as (number, params, encoded row)."""
+
+
+def check_heartbeat_s(heartbeat_s: Any) -> float:
+    """``heartbeat_s`` as a float, or ``ValueError`` naming it if it is not a positive, finite number of seconds."""
+    if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or not 0 < heartbeat_s < math.inf:
+        raise ValueError(f"heartbeat_s={heartbeat_s!r} must be a positive, finite number of seconds")
+    return float(heartbeat_s)
 
 
 @dataclass
@@ -35,7 +45,7 @@ class StoredStudy:
     """What a storage file holds: finished trials in finishing order and trials that never finished."""
 
     finished: FinishedTrials
-    unfinished: list[tuple[int, dict[str, Any], list[float]]]  # (number, params, encoded row)
+    unfinished: InterruptedTrials
 
     @property
     def next_number(self) -> int:
@@ -56,18 +66,20 @@ class TrialStorage(ABC):
         interrupted ones this process is to run again (now claimed by it)."""
 
     @abstractmethod
-    def start(self, number: int | None, params: dict[str, Any], x: list[float]) -> int:
+    def start(self, number: int | None, params: dict[str, Any], x: list[float], *, max_trials: int) -> int | None:
         """Record a launched trial: ``number`` for a re-run, ``None`` for a new trial numbered by the storage;
-        returns the trial's number."""
+        returns the trial's number, or ``None`` when the new trial would be one more than the study's
+        ``max_trials`` (another process started the last one at the same moment): then it is not to be run."""
 
     @abstractmethod
     def finish(self, record: TrialRecord, x: list[float]) -> bool:
         """Record a finished trial; ``False`` if another process had already finished it (then it is not ours)."""
 
-    def sync(self, known: set[int]) -> tuple[FinishedTrials, RunningTrials]:
-        """Trials other processes finished that are not in ``known`` (each with its encoded row), and the configs
-        (with their rows) of the trials they are running now, by number."""
-        return [], {}
+    def sync(self, known: set[int]) -> tuple[FinishedTrials, RunningTrials, InterruptedTrials]:
+        """Trials other processes finished that are not in ``known`` (each with its encoded row), the configs
+        (with their rows) of the trials they are running now, by number, and the trials whose process is gone,
+        now claimed by this one to run again."""
+        return [], {}, []
 
     def release(self) -> None:  # noqa: B027 (optional hook; nothing to release with one writer)
         """Let another process run this one's unfinished trials again (called when ``search`` ends)."""
@@ -131,9 +143,9 @@ class JsonlStorage(TrialStorage):
         self._next_number = stored.next_number
         return stored
 
-    def start(self, number: int | None, params: dict[str, Any], x: list[float]) -> int:
+    def start(self, number: int | None, params: dict[str, Any], x: list[float], *, max_trials: int) -> int | None:
         """Record that trial ``number`` (``None``: the next new number) was launched with ``params`` (encoded as
-        ``x``); returns its number."""
+        ``x``); returns its number (one writer: never over ``max_trials``, which the tuner checked)."""
         number = self._next_number if number is None else number
         self._next_number = max(self._next_number, number + 1)
         self._append({"event": "start", "number": number, "params": params, "x": x, "time": time.time()})

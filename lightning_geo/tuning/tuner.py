@@ -23,7 +23,7 @@ from lightning_geo.tuning.optimizer import (
 from lightning_geo.tuning.pruners import Pruner, PruningRule, make_pruner
 from lightning_geo.tuning.reporter import MONITOR_MISSING
 from lightning_geo.tuning.space import Categorical, Config, SearchSpace
-from lightning_geo.tuning.storage import JsonlStorage
+from lightning_geo.tuning.storage import JsonlStorage, check_heartbeat_s
 from lightning_geo.tuning.study_log import StudyWriter, plot_study, progress_line, results_table
 from lightning_geo.tuning.trial import Trial, TrialRecord, TrialState
 
@@ -81,6 +81,9 @@ class GeoTuner:
         max_consecutive_failures: Stop with :class:`TuningError` when this many trials fail in a row (a bug in
             ``train_fn`` should not burn the whole budget). Default 5.
         verbose: Print one line per finished trial. Default ``True``.
+        heartbeat_s: On an Optuna storage, seconds between two heartbeats this process writes to each trial it
+            runs; a trial of a process on another machine whose last heartbeat is 10 of its beats old is taken for
+            interrupted and run again by a process of the study. Default 30 (5 minutes to take over).
 
     Example::
 
@@ -113,6 +116,7 @@ class GeoTuner:
         num_initial: int | None = None,
         max_consecutive_failures: int = 5,
         verbose: bool = True,
+        heartbeat_s: float = 30.0,
     ) -> None:
         self.monitor = (monitor,) if isinstance(monitor, str) else tuple(monitor)
         if not self.monitor or not all(isinstance(m, str) and m for m in self.monitor):
@@ -140,8 +144,10 @@ class GeoTuner:
         if (isinstance(storage, str) and "://" in storage) or not isinstance(storage, str | Path | None):
             from lightning_geo.tuning.optuna_storage import OptunaStorage
 
-            self.storage: JsonlStorage | OptunaStorage = OptunaStorage(storage, study_name, space, modes)
+            self.storage: JsonlStorage | OptunaStorage = OptunaStorage(storage, study_name, space, modes,
+                                                                       heartbeat_s=heartbeat_s)
         else:
+            check_heartbeat_s(heartbeat_s)
             self.storage = JsonlStorage(storage if storage is not None else self.study_dir / "trials.jsonl")
         self.pruner = self._check_pruner(pruner)
         self.resume = resume
@@ -291,8 +297,9 @@ class GeoTuner:
         try:
             while True:
                 while len(running) < self.executor.n_parallel:
-                    elsewhere = self._sync(elsewhere)
-                    if len(self.trials) + len(running) + len(elsewhere) >= self.max_trials:
+                    elsewhere, interrupted = self._sync(elsewhere)
+                    requeue.extend((n, params) for n, params in interrupted if n not in running)
+                    if len(self.trials) + len(running) + len(elsewhere) >= self.max_trials and not requeue:
                         break
                     ask_seconds = None
                     if requeue:
@@ -302,7 +309,11 @@ class GeoTuner:
                         number, params = None, self.optimizer.ask()  # the storage numbers a new trial
                         ask_seconds = self.optimizer.ask_seconds[-1]
                     x = self.space.encode([params])[0].tolist()
-                    number = self.storage.start(number, dict(params), x)
+                    started = self.storage.start(number, dict(params), x, max_trials=self.max_trials)
+                    if started is None:  # another process started the study's last trial at the same moment
+                        self.optimizer.forget_pending(params)
+                        break
+                    number = started
                     trial = self._trial(number, params)
                     running[number] = (trial, x, ask_seconds)
                     self.executor.submit(train_fn, trial)
@@ -330,7 +341,7 @@ class GeoTuner:
                             f"{failures} trials failed in a row; the last one (trial {record.number}) with:\n"
                             f"{record.error}"
                         )
-            self._sync(elsewhere)  # the trials other processes finished meanwhile
+            self._sync(elsewhere)  # the trials other processes finished meanwhile (none left to run: see above)
         finally:
             self.executor.shutdown()
             self.storage.release()
@@ -348,10 +359,11 @@ class GeoTuner:
                 config[name] = type(config[name])(params[name])
         return config
 
-    def _sync(self, elsewhere: dict[int, Config]) -> dict[int, Config]:
+    def _sync(self, elsewhere: dict[int, Config]) -> tuple[dict[int, Config], list[tuple[int, Config]]]:
         """Take in the trials that other processes sharing the study finished, and hold the configs they run now
-        (``elsewhere`` before, the return value after) as pending points, so that asks avoid them."""
-        finished, running = self.storage.sync({t.number for t in self.trials})
+        (``elsewhere`` before, the first return value after) as pending points, so that asks avoid them. Also
+        returns the interrupted trials (their process gone) this process is now to run again."""
+        finished, running, interrupted = self.storage.sync({t.number for t in self.trials})
         for record, x in finished:
             record.params = self._stored_params(record.params, x)
             self._record(record, x)
@@ -361,7 +373,7 @@ class GeoTuner:
                 self.optimizer.forget_pending(params)
         for params in now.values():
             self.optimizer.mark_pending(params)
-        return now
+        return now, [(number, self._stored_params(params, x)) for number, params, x in interrupted]
 
     def _counts(self) -> dict[str, int]:
         return {state.value.lower(): sum(t.state is state for t in self.trials)
