@@ -5,15 +5,20 @@ The method, step by step (the same recipe as Ax's default, with HEBO's robustnes
 1. Initial design: the centre of the space, then scrambled Sobol points, ``num_initial`` in all (default
    ``min(10, max(5, d + 1))``; they count against the budget).
 2. Then, per ``ask``: a GP (:mod:`~lightning_geo.tuning.surrogate`) is fitted in double precision on the
-   normalised inputs and the copula-warped, standardised outcomes; failed trials are imputed at the worst
-   value seen, so the model steers away from where they failed.
+   normalised inputs and the robustly warped (bad tail compressed), standardised outcomes; failed trials are
+   imputed at the worst value seen, so the model steers away from where they failed.
 3. The acquisition is qLogNoisyExpectedImprovement (Ament et al. 2023; noisy-objective safe, as a training
    run's validation loss is), or qLogNoisyExpectedHypervolumeImprovement with several objectives. Outcome
    constraints told with the results (``tell(..., constraints=...)``, feasible when <= 0) are modelled by the
    same GP as extra outputs and weight the acquisition by the probability of feasibility. It is
    maximised over candidates: 1024 Sobol points, perturbations of the best trials, then a finer local pass
    around the best candidates; integers and categories are always on their grid, constraints and already
-   tried or pending configs are excluded.
+   tried or pending configs are excluded. With one objective and no constraints the winner is then polished
+   by gradient ascent (L-BFGS-B, categories held) from it and from the best trials, on the analytic LogEI
+   (:func:`~lightning_geo.tuning.surrogate.log_expected_improvement`; the MC acquisition where other points are
+   pending), snapped to the grid, and kept where the acquisition
+   says it is better: the candidate search alone lands a few percent short of the acquisition's peak in
+   continuous dimensions, which on smooth 5-6-d problems cost 10-35 points of benchmark score.
 4. ``ask(n)`` picks ``n`` points greedily, each one fantasised as pending for the next (q-batch). Trials
    asked but not yet told are pending for later asks too, so parallel workers get distinct points.
 
@@ -34,7 +39,13 @@ from typing import Any, Literal, cast, overload
 import torch
 
 from lightning_geo.tuning.space import Config, SearchSpace
-from lightning_geo.tuning.surrogate import condition_surrogate, copula_warp, fit_surrogate, mean_sensitivity
+from lightning_geo.tuning.surrogate import (
+    condition_surrogate,
+    fit_surrogate,
+    log_expected_improvement,
+    mean_sensitivity,
+    robust_warp,
+)
 
 Mode = Literal["min", "max"]
 FIT_ITERATIONS = 100  # L-BFGS-B iterations of a GP fit (warm-started from the previous ask's hyperparameters)
@@ -50,6 +61,8 @@ REFIT_GROWTH = 0.1
 # past this many trials the hyperparameters are fitted on a subset of this size (the model still conditions on
 # every trial): the fit's cost grows with n^3 and was 2.9 of 4.1 s per ask at 500 trials even when capped
 FIT_SUBSET = 200
+POLISH_STARTS = 3  # gradient polish starts: the candidate search's winner and the best trials
+POLISH_ITERATIONS = 50  # L-BFGS-B iterations per polish start
 
 
 class TuningError(RuntimeError):
@@ -349,7 +362,7 @@ class BayesianOptimizer:
             [worst if o.failed else self._maximisation_values([o])[0] for o in self.observations]
         )
         if self.num_objectives == 1:
-            Y = copula_warp(Y)
+            Y = robust_warp(Y)
         c = self.num_constraints
         if c:
             known = [o.constraints for o in self.observations if o.constraints is not None and len(o.constraints) == c]
@@ -524,8 +537,52 @@ class BayesianOptimizer:
                 fine = self._exclude(self._candidates(best, (0.005, 0.02), 128, 0, seen), rows)
                 if len(fine):
                     C, values = torch.cat([C, fine]), torch.cat([values, self._evaluate(acq, fine)])
-                rows.append(C[int(torch.argmax(values))])
+                winner, value = C[int(torch.argmax(values))], values.max()
+                if m == 1 and not self.num_constraints:
+                    winner = self._polish(acq, model, X, Y, winner, value, pending, seen, rows)
+                rows.append(winner)
         return torch.stack(rows[len(chosen):])
+
+    def _polish(self, acq: Any, model: Any, X: torch.Tensor, Y: torch.Tensor, winner: torch.Tensor,
+                value: torch.Tensor, pending: torch.Tensor, seen: set[tuple[float, ...]],
+                rows: list[torch.Tensor]) -> torch.Tensor:
+        """Gradient ascent of the acquisition over the continuous columns (categories held) from ``winner`` and the
+        best trials, all starts in one batched L-BFGS-B run; the best snapped, new, feasible result if ``acq``
+        rates it above ``winner``'s ``value``."""
+        from scipy.optimize import minimize
+
+        held = set(self.space.cat_dims)
+        free = [i for i in range(self.space.d) if i not in held]
+        if not free:
+            return winner
+        # the analytic EI cannot see pending points: with some, climb the MC acquisition, which does
+        climb = (lambda Z: acq(Z.unsqueeze(1))) if len(pending) else log_expected_improvement(model)
+        starts = torch.cat([winner.unsqueeze(0), X[torch.topk(Y[:, 0], min(POLISH_STARTS - 1, len(Y))).indices]])
+        shape = (len(starts), len(free))
+
+        def negative_acquisition(flat: Any) -> tuple[float, Any]:
+            moved = torch.tensor(flat, dtype=torch.double).reshape(shape).requires_grad_(True)
+            full = starts.clone()
+            full[:, free] = moved
+            loss = -climb(full).sum()  # the starts are independent: one sum, one backward
+            (gradient,) = torch.autograd.grad(loss, moved)
+            return float(loss), gradient.reshape(-1).numpy()
+
+        try:
+            result = minimize(negative_acquisition, starts[:, free].reshape(-1).numpy(), jac=True, method="L-BFGS-B",
+                              bounds=[(0.0, 1.0)] * (shape[0] * shape[1]), options={"maxiter": POLISH_ITERATIONS})
+        except (RuntimeError, ValueError):  # a numerically broken acquisition: keep the candidate search's winner
+            return winner
+        climbed = starts.clone()
+        climbed[:, free] = torch.tensor(result.x, dtype=torch.double).reshape(shape)
+        C = self._exclude(self.space.snap(climbed), rows)
+        C = C[[self.space.row_key(row) not in seen for row in C.tolist()]] if len(C) else C
+        if self.space.constraints and len(C):
+            C = C[torch.tensor([self.space.feasible(c) for c in self.space.decode(C)], dtype=torch.bool)]
+        if not len(C):
+            return winner
+        values = self._evaluate(acq, C)
+        return C[int(torch.argmax(values))] if values.max() > value else winner
 
     @staticmethod
     def _exclude(C: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
