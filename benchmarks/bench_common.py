@@ -137,6 +137,26 @@ def quiet_lightning(*messages: str) -> None:
         warnings.filterwarnings("ignore", message)
 
 
+QUIET_TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
+"""What every benchmark's Trainer shares: one CPU device, no logger, checkpoint, bar, summary or sanity check."""
+
+
+def quiet_trainer(**kwargs: Any) -> Any:
+    """A ``lightning.pytorch.Trainer`` with :data:`QUIET_TRAINER` and ``kwargs`` (which win), so each benchmark
+    writes only what its arm is about (steps, callbacks, precision, validation)."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(**{**QUIET_TRAINER, **kwargs})
+
+
 class Transcript:
     """Prints a benchmark's lines as they come and keeps them, so the report part can go to its results file.
 

@@ -91,6 +91,7 @@ from bench_common import (
     command_line,
     keep_freed_memory,
     quiet_lightning,
+    quiet_trainer,
     spread,
     verdict,
     worse_by,
@@ -252,19 +253,7 @@ class Run:
 
 
 def make_trainer(callbacks: list[Callback], max_steps: int) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        max_epochs=-1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    return quiet_trainer(max_steps=max_steps, max_epochs=-1, limit_val_batches=0, callbacks=callbacks)
 
 
 def fit(

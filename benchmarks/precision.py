@@ -107,6 +107,7 @@ from bench_common import (
     keep_freed_memory,
     median,
     quiet_lightning,
+    quiet_trainer,
     spread,
     verdict,
     worse_by,
@@ -391,18 +392,8 @@ class Bench:
         plugin = make_plugin(arm, self.device)
         recorder = Recorder(arm, cfg.sample_every, cuda=self.device == "cuda")
         precision: dict[str, Any] = {"plugins": [plugin]} if plugin is not None else {"precision": "32-true"}
-        trainer = pl.Trainer(
-            accelerator="gpu" if self.device == "cuda" else "cpu",
-            devices=1,
-            max_steps=cfg.steps,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            callbacks=[recorder],
-            **precision,
-        )
+        trainer = quiet_trainer(accelerator="gpu" if self.device == "cuda" else "cpu", max_steps=cfg.steps,
+                                callbacks=[recorder], **precision)
         result = Run(task=task, arm=arm, seed=seed, lr=lr)
         try:
             trainer.fit(model, train_dataloaders=data.train_dataloader())

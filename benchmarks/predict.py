@@ -47,7 +47,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from bench_common import Transcript, code_version, keep_freed_memory, quiet_lightning, verdict
+from bench_common import Transcript, code_version, keep_freed_memory, quiet_lightning, quiet_trainer, verdict
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -187,8 +187,7 @@ def _trainer(arm: str, max_tokens: int) -> pl.Trainer:
         kwargs["plugins"] = [PredictiveScalingPrecision("bf16-mixed")]
     elif arm == "+bf16 Lightning":
         kwargs["precision"] = "bf16-mixed"
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, **kwargs)
+    return quiet_trainer(**kwargs)
 
 
 def _module_for(arm: str, module: pl.LightningModule) -> pl.LightningModule:

@@ -92,6 +92,7 @@ from bench_common import (
     keep_freed_memory,
     median,
     quiet_lightning,
+    quiet_trainer,
     spread,
     verdict,
     worse_by,
@@ -704,19 +705,12 @@ class Bench:
             callback = SparsityAwareLR()
             timer = HookTimer(callback)
             callbacks.append(callback)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
+        trainer = quiet_trainer(
             max_steps=steps or self.task.steps,
             val_check_interval=self.task.eval_every,
             limit_val_batches=None if validate else 0,
             check_val_every_n_epoch=None,
-            num_sanity_val_steps=0,
             log_every_n_steps=self.task.eval_every,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             callbacks=[*callbacks, probe],
         )
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
