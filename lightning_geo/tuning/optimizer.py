@@ -505,7 +505,10 @@ class BayesianOptimizer:
                 random_cat = self._from_raw(torch.rand(per_centre, d, dtype=torch.double))
                 local = torch.where(is_cat & flip, random_cat, torch.where(is_cat, centre.expand_as(local), local))
             parts.append(self.space.snap(local))
-        C = torch.cat(parts)
+        return self._fresh(torch.cat(parts), seen)
+
+    def _fresh(self, C: torch.Tensor, seen: set[tuple[float, ...]]) -> torch.Tensor:
+        """The rows of snapped ``C`` that are new (not in ``seen``, not repeated) and feasible, in order."""
         keep = []
         unique: set[tuple[float, ...]] = set()
         for i, row in enumerate(C.tolist()):
@@ -590,10 +593,7 @@ class BayesianOptimizer:
             return winner
         climbed = starts.clone()
         climbed[:, free] = torch.tensor(result.x, dtype=torch.double).reshape(shape)
-        C = self._exclude(self.space.snap(climbed), rows)
-        C = C[[self.space.row_key(row) not in seen for row in C.tolist()]] if len(C) else C
-        if self.space.constraints and len(C):
-            C = C[torch.tensor([self.space.feasible(c) for c in self.space.decode(C)], dtype=torch.bool)]
+        C = self._fresh(self._exclude(self.space.snap(climbed), rows), seen)
         if not len(C):
             return winner
         values = self._evaluate(acq, C)

@@ -55,6 +55,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lightning_geo.tuning.pruners import Curve, FinishedCurve
 from lightning_geo.tuning.space import Categorical, Float, Int, SearchSpace
 from lightning_geo.tuning.storage import (
+    HEARTBEAT_S,
     FinishedTrials,
     InterruptedTrials,
     RunningTrials,
@@ -72,8 +73,6 @@ HEARTBEAT = "geo:heartbeat"
 """User attribute of a running trial: when its process last said it runs it (``time.time()`` of that machine)."""
 _HEARTBEAT_EVERY = "geo:heartbeat_s"  # the owner's heartbeat interval, so that any reader judges its beats alike
 _SURPLUS = "geo:surplus"  # a trial started over max_trials by a race between processes: FAIL, never run, skipped
-HEARTBEAT_S = 30.0
-"""Default seconds between two heartbeats of a running trial (``GeoTuner(heartbeat_s=...)``)."""
 STALE_AFTER_BEATS = 10
 """A trial on another machine whose last heartbeat is this many of its beats old is taken for interrupted."""
 SQLITE_TIMEOUT_S = 60.0

@@ -33,6 +33,10 @@ InterruptedTrials = list[tuple[int, dict[str, Any], list[float]]]
 """Trials to run again, each as (number, params, encoded row)."""
 
 
+HEARTBEAT_S = 30.0
+"""Default seconds between two heartbeats of a running trial on a shared study (``GeoTuner(heartbeat_s=...)``)."""
+
+
 def check_heartbeat_s(heartbeat_s: Any) -> float:
     """``heartbeat_s`` as a float, or ``ValueError`` naming it if it is not a positive, finite number of seconds."""
     if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or not 0 < heartbeat_s < math.inf:

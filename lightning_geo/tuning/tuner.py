@@ -23,7 +23,7 @@ from lightning_geo.tuning.optimizer import (
 from lightning_geo.tuning.pruners import Pruner, PruningRule, make_pruner
 from lightning_geo.tuning.reporter import MONITOR_MISSING
 from lightning_geo.tuning.space import Categorical, Config, SearchSpace
-from lightning_geo.tuning.storage import JsonlStorage, check_heartbeat_s
+from lightning_geo.tuning.storage import HEARTBEAT_S, JsonlStorage, check_heartbeat_s
 from lightning_geo.tuning.study_log import StudyWriter, plot_study, progress_line, results_table
 from lightning_geo.tuning.trial import Trial, TrialRecord, TrialState
 
@@ -116,7 +116,7 @@ class GeoTuner:
         num_initial: int | None = None,
         max_consecutive_failures: int = 5,
         verbose: bool = True,
-        heartbeat_s: float = 30.0,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self.monitor = (monitor,) if isinstance(monitor, str) else tuple(monitor)
         if not self.monitor or not all(isinstance(m, str) and m for m in self.monitor):
@@ -341,7 +341,9 @@ class GeoTuner:
                             f"{failures} trials failed in a row; the last one (trial {record.number}) with:\n"
                             f"{record.error}"
                         )
-            self._sync(elsewhere)  # the trials other processes finished meanwhile (none left to run: see above)
+            # the trials other processes finished meanwhile; a trial it finds interrupted now is claimed and let go
+            # again by release() below, for a process still searching or the next one to open the study
+            self._sync(elsewhere)
         finally:
             self.executor.shutdown()
             self.storage.release()
