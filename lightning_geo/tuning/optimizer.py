@@ -5,7 +5,8 @@ The method, step by step (the same recipe as Ax's default, with HEBO's robustnes
 1. Initial design: the centre of the space, then scrambled Sobol points, ``num_initial`` in all (default
    ``min(10, max(5, d + 1))``; they count against the budget).
 2. Then, per ``ask``: a GP (:mod:`~lightning_geo.tuning.surrogate`) is fitted in double precision on the
-   normalised inputs and the robustly warped (bad tail compressed), standardised outcomes; failed trials are
+   normalised inputs and the warped (mean of a robust, bad-tail-compressed scale and a rank scale),
+   standardised outcomes; failed trials are
    imputed at the worst value seen, so the model steers away from where they failed.
 3. The acquisition is qLogNoisyExpectedImprovement (Ament et al. 2023; noisy-objective safe, as a training
    run's validation loss is), or qLogNoisyExpectedHypervolumeImprovement with several objectives. Outcome
@@ -44,7 +45,7 @@ from lightning_geo.tuning.surrogate import (
     fit_surrogate,
     log_expected_improvement,
     mean_sensitivity,
-    robust_warp,
+    outcome_warp,
 )
 
 Mode = Literal["min", "max"]
@@ -366,7 +367,7 @@ class BayesianOptimizer:
             [worst if o.failed else self._maximisation_values([o])[0] for o in self.observations]
         )
         if self.num_objectives == 1:
-            Y = robust_warp(Y)
+            Y = outcome_warp(Y)
         c = self.num_constraints
         if c:
             known = [o.constraints for o in self.observations if o.constraints is not None and len(o.constraints) == c]
