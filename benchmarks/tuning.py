@@ -84,10 +84,10 @@ trials: the median over asks 41-50 ("at 50 trials"), 191-200 and 491-500. The lo
 start and the end: the test machine is shared, and other processes' load inflates wall times (the CPU time
 much less).
 
-The default run (10 problems x 3 arms x 5 seeds x 30 trials, then the latency studies) takes about 30
-minutes on a shared 2-core machine (31 minutes for the recorded run); ``--quick`` (2 seeds, 12 trials, no
-``demo_lm``, latency up to 60 trials) a few minutes. Results of the default run are in
-``benchmarks/results/tuning.txt``.
+The default run (10 problems x 5 arms x 5 seeds x 30 trials, then the latency studies) takes about 40
+minutes on a 2-core machine (the recorded run, with ``--latency-problems mixed_hp --latency-arms
+geo,geo-optuna``, 36 minutes, ``demo_lm`` 13.5 of them); ``--quick`` (2 seeds, 12 trials, no ``demo_lm``,
+latency up to 60 trials) a few minutes. Results of the recorded run are in ``benchmarks/results/tuning.txt``.
 """
 
 from __future__ import annotations
