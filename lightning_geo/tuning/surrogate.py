@@ -14,7 +14,7 @@ objective is first warped by :func:`outcome_warp`, the mean of two views of the 
   apart where the values are skewed: when the good ones are bunched at the top of a long spread, the robust
   view alone puts them within a few hundredths of each other and the GP sees a flat top.
 
-Each alone lost a problem of ``benchmarks/tuning.py`` by 20-90 points that the other won (the ranks on the
+Each alone lost a problem of ``benchmarks/tuning.py`` by 20-100 points that the other won (the ranks on the
 smooth test functions, the robust view on a skewed cross-validation error); their mean kept both. Outcomes are
 then standardised (BoTorch's ``Standardize``) as usual.
 
