@@ -86,6 +86,28 @@ def test_a_trial_whose_heartbeat_stops_during_a_search_is_taken_over(tmp_path):
     assert _states(url) == {n: "COMPLETE" for n in range(MAX_TRIALS)}
 
 
+def test_a_trial_finished_elsewhere_just_before_it_is_claimed_is_not_run_again(tmp_path, monkeypatch):
+    """The other machine's process finishes trial 0 between this process's read of the study (stale beat) and its
+    claim: the claim fails, and the trial is neither run again nor counted twice."""
+    from lightning_geo.tuning.optuna_storage import OptunaStorage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _trial_running_elsewhere(url, tmp_path, beat_age_s=3600.0)
+    claim = OptunaStorage._claim
+
+    def finished_first(self, number):
+        self.study._storage.set_trial_state_values(self._trial_ids[number], optuna.trial.TrialState.COMPLETE, [0.0])
+        return claim(self, number)
+
+    monkeypatch.setattr(OptunaStorage, "_claim", finished_first)
+    calls: list[int] = []
+    tuner = _tuner(url, tmp_path)
+    tuner.search(lambda config, trial: calls.append(trial.number) or 1.0)
+    assert calls == list(range(1, MAX_TRIALS))
+    assert _states(url) == {n: "COMPLETE" for n in range(MAX_TRIALS)}
+    assert sorted(t.number for t in tuner.trials) == list(range(MAX_TRIALS))
+
+
 def test_a_running_trial_beats_while_it_runs(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     beats: list[float] = []

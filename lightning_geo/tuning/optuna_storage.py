@@ -215,18 +215,7 @@ class OptunaStorage(TrialStorage):
                 if stored.get(key) != header.get(key):
                     raise ValueError(f"{self.path} holds a study with a different {key} ({stored.get(key)!r}, now "
                                      f"{header.get(key)!r}); use another study name or storage")
-        finished: FinishedTrials = []
-        unfinished: InterruptedTrials = []
-        for trial in self._study.get_trials(deepcopy=False):
-            if not _is_geo_trial(trial):
-                continue  # not a GeoTuner trial (e.g. added by hand): not ours to replay
-            self._trial_ids[trial.number] = trial._trial_id
-            params, x = json.loads(trial.user_attrs["geo:params"]), list(trial.user_attrs["geo:x"])
-            if trial.state == OptunaState.RUNNING and not _alive(trial):
-                self._claim(trial.number)
-                unfinished.append((trial.number, params, x))
-            elif trial.state.is_finished():
-                finished.append((self._record(trial, params), x))
+        finished, _, unfinished = self._read_trials(known=set())
         self._start_beating()
         return StoredStudy(finished, unfinished)
 
@@ -291,12 +280,18 @@ class OptunaStorage(TrialStorage):
         """The GeoTuner trials other processes finished that are not in ``known``, the configs of those they are
         running now, and those whose process is gone (pid gone, or heartbeat stale), now claimed by this process
         to run again."""
+        return self._read_trials(known)
+
+    def _read_trials(self, known: set[int]) -> tuple[FinishedTrials, RunningTrials, InterruptedTrials]:
+        """One read of the study's GeoTuner trials that are not in ``known`` and not this process's own: the
+        finished ones, the running ones whose process is alive, and the interrupted ones, each claimed here (one
+        that another process finished just before the claim is left out: the next read finds it finished)."""
         finished: FinishedTrials = []
         running: RunningTrials = {}
         interrupted: InterruptedTrials = []
         for trial in self.study.get_trials(deepcopy=False):
             if not _is_geo_trial(trial) or trial.number in known or trial.number in self._mine:
-                continue
+                continue  # e.g. added by hand or by another sampler: not ours to replay
             self._trial_ids[trial.number] = trial._trial_id
             params, x = json.loads(trial.user_attrs["geo:params"]), list(trial.user_attrs["geo:x"])
             if trial.state == OptunaState.RUNNING:
