@@ -6,8 +6,8 @@ The method, step by step (the same recipe as Ax's default, with HEBO's robustnes
    ``min(10, max(5, d + 1))``; they count against the budget).
 2. Then, per ``ask``: a GP (:mod:`~lightning_geo.tuning.surrogate`) is fitted in double precision on the
    normalised inputs and the warped (mean of a robust, bad-tail-compressed scale and a rank scale),
-   standardised outcomes; failed trials are
-   imputed at the worst value seen, so the model steers away from where they failed.
+   standardised outcomes; failed trials are imputed at the worst value seen, so the model steers away from
+   where they failed.
 3. The acquisition is qLogNoisyExpectedImprovement (Ament et al. 2023; noisy-objective safe, as a training
    run's validation loss is), or qLogNoisyExpectedHypervolumeImprovement with several objectives. Outcome
    constraints told with the results (``tell(..., constraints=...)``, feasible when <= 0) are modelled by the
@@ -17,9 +17,9 @@ The method, step by step (the same recipe as Ax's default, with HEBO's robustnes
    tried or pending configs are excluded. With one objective and no constraints the winner is then polished
    by gradient ascent (L-BFGS-B, categories held) from it and from the best trials, on the analytic LogEI
    (:func:`~lightning_geo.tuning.surrogate.log_expected_improvement`; the MC acquisition where other points are
-   pending), snapped to the grid, and kept where the acquisition
-   says it is better: the candidate search alone lands a few percent short of the acquisition's peak in
-   continuous dimensions, which on smooth 5-6-d problems cost 10-35 points of benchmark score.
+   pending), snapped to the grid, and kept where the acquisition says it is better: the candidate search alone
+   lands a few percent short of the acquisition's peak in continuous dimensions, which on smooth 5-6-d problems
+   cost 10-35 points of benchmark score.
 4. ``ask(n)`` picks ``n`` points greedily, each one fantasised as pending for the next (q-batch). Trials
    asked but not yet told are pending for later asks too, so parallel workers get distinct points.
 
