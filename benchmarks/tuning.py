@@ -5,11 +5,11 @@ of trials, also when it runs inside an Optuna study (``GeoSampler``), and do its
                                 [--latency-problems mixed_hp,...] [--latency-arms geo,...] [--quick]
                                 | tee benchmarks/results/tuning.txt
 
-**The claim under test** (from the issue): on a fixed suite of problems that run in seconds, with the same
+**The claim under test**: on a fixed suite of problems that run in seconds, with the same
 budget of trials and at least 5 seeds, (1) GeoTuner's mean normalised score (0 = random search, 100 = the
 best value any tuner found) is at least 10 points above Optuna TPE's, (2) GeoTuner beats TPE on at least
 2/3 of the problems, (3) the median ``ask`` latency on ``mixed_hp`` is under 0.3 s at 50 trials and under 1 s
-at 200 trials on 2 CPU cores; from issue 20: (4) ``GeoSampler`` scores at least 10 points above Optuna's
+at 200 trials on 2 CPU cores; and for the Optuna sampler, (4) ``GeoSampler`` scores at least 10 points above Optuna's
 ``GPSampler`` and TPE, and (5) within 2 points of ``BayesianOptimizer``'s own score on every problem (the same
 optimizer through Optuna's plumbing). The script prints each target as MET or MISSED with the numbers behind it.
 
@@ -791,7 +791,7 @@ def target_report(results: Sequence[ProblemResult], studies: Sequence[LatencyStu
     few = (
         []
         if seeds >= 5
-        else [f"the issue asks for at least 5 seeds; this run had {seeds}, so (1) and (2) count as missed"]
+        else [f"the targets need at least 5 seeds; this run had {seeds}, so (1) and (2) count as missed"]
     )
     if results:
         geo = _mean([res.score("geo") for res in results])

@@ -4,16 +4,17 @@ The parts are imported from their sub-packages (``lightning_geo.callbacks``, ``.
 ``.strategies``, ``.optim``, ``.tuning``); BoTorch is imported only when the tuner is used. Importing the
 package registers ``Trainer(strategy="geo_hybrid")`` with Lightning, which needs ``.strategies`` loaded, and
 imports the parts a Trainer takes, so that the dashboard knows their sections (each part declares its own; see
-:mod:`lightning_geo.utils.dashboard`). ``lightning_geo.recipe()`` (:mod:`lightning_geo.recipes`) is GEO's measured
-best configuration as Trainer keyword arguments.
+``lightning_geo.utils.dashboard``). ``lightning_geo.recipe()`` ([`lightning_geo.recipes`][lightning_geo.recipes]) is
+GEO's measured best configuration as Trainer keyword arguments.
 """
 
 import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-# imported for the dashboard sections they declare (curriculum, sparsity; precision); strategies registers geo_hybrid
-from lightning_geo import callbacks, precision  # noqa: F401
+# imported for the dashboard sections they declare (curriculum, sparsity, batch; optim; precision);
+# strategies registers geo_hybrid
+from lightning_geo import callbacks, optim, precision  # noqa: F401
 from lightning_geo.recipes import recipe
 from lightning_geo.strategies import register_geo_hybrid as _register_geo_hybrid
 

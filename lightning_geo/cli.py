@@ -10,7 +10,8 @@ Sub-commands:
            the demo model through LightningCLI, from YAML configs (``examples/``) and ``--key value`` flags
 
 Bad input (a missing or empty corpus, a binary file, a non-positive budget, an unknown precision)
-ends with a one-line ``lightning-geo demo: error: ...`` message and exit status 2, not a traceback.
+ends with a one-line ``lightning-geo demo: error: ...`` message and exit status 2, not a traceback. A study
+whose trials all fail (or fail too often in a row) ends ``lightning-geo tune`` with one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 _DEFAULTS = {f.name: f.default for f in fields(DemoConfig)}
 LIGHTNING_CLI_COMMANDS: tuple[str, ...] = ("fit", "validate", "test")
-"""Sub-commands handed to the demo's LightningCLI (:mod:`lightning_geo.demo.lightning_cli`)."""
+"""Sub-commands handed to the demo's LightningCLI (``lightning_geo.demo.lightning_cli``)."""
 
 
 def _positive(kind: Callable[[str], int | float], allow_zero: bool = False) -> Callable[[str], int | float]:
@@ -134,8 +135,9 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--exclude", default="", help="GEO arm: recipe parts to leave out, comma-separated "
         "(strategy, precision, seq_len_warmup, sparsity)")
     add("--precision", type=_precision, default=None,
-        help=f"one of {', '.join(PRECISIONS)} (default: 16-mixed on a GPU and bf16-mixed on a CPU, where fp16 is "
-        "emulated and slow; 32-true for a plain single run with --steps)")
+        help=f"one of {', '.join(PRECISIONS)} (default: 16-mixed on a GPU, bf16-mixed on a CPU with bf16 "
+        "instructions, where fp16 is emulated and slow, 32-true on one without them; 32-true for a plain single "
+        "run with --steps)")
     add("--accelerator", default=_DEFAULTS["accelerator"], help="Lightning accelerator: cpu, gpu or auto")
     add("--devices", type=pos_int, default=_DEFAULTS["devices"], help="devices (processes); more than 1 runs DDP")
     add("--val-every", type=pos_int, default=None,
@@ -223,7 +225,8 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add = predict.add_argument
     add("folder", metavar="FOLDER", help="a folder of UTF-8 text files (binary and empty files are skipped)")
-    add("--checkpoint", metavar="CKPT", required=True, help="a demo model checkpoint (.ckpt), required (default: none)")
+    add("--checkpoint", metavar="CKPT", required=True,
+        help="a demo model checkpoint: a .ckpt file or the folder strategy='geo_hybrid' saves (default: none)")
     add("--max-tokens", type=_positive(int), default=8192, help="padded characters per batch (the token budget)")
     add("--batch-size", type=_positive(int), default=32, help="the DataLoader's batch size before bucketing")
     add("--precision", choices=("32-true", *MIXED_PRECISIONS), default="32-true",
@@ -271,7 +274,7 @@ def _demo_arm(args: argparse.Namespace) -> str:
 
 
 def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
-    """The :class:`DemoConfig` of a parsed ``lightning-geo demo`` command line (defaults resolved per arm).
+    """The ``DemoConfig`` of a parsed ``lightning-geo demo`` command line (defaults resolved per arm).
 
     Raises:
         ValueError: for a bad combination (e.g. an unknown part in ``--exclude``), naming it.
@@ -381,6 +384,7 @@ def _compare(config: DemoConfig) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from lightning_geo.tuning import GeoTuner, TuningError
+    from lightning_geo.tuning.trial import TrialState
 
     train_fn: TrainFn
     try:
@@ -400,13 +404,24 @@ def _tune(args: argparse.Namespace) -> int:
         options.update({k: v for k, v in flags.items() if v is not None or (k == "pruner" and args.pruner)})
         options.setdefault("max_trials", 8)
         tuner = GeoTuner(space, log_dir=args.out, study_name=args.name, verbose=not args.quiet, **options)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:  # ImportError: an Optuna storage without Optuna
         return _fail(err, "tune")
     try:
         best = tuner.search(train_fn)
-    except (TuningError, ValueError) as err:
+    except ValueError as err:  # e.g. a storage holding another study
         return _fail(err, "tune")
+    except TuningError as err:  # the trials failed: one line, the traceback stays in the storage
+        message, _, trace = str(err).partition("\nTraceback")
+        where = f" (its traceback is in {tuner.storage.path})" if trace else ""
+        _fail(" ".join(message.split()) + where, "tune")
+        return 1
     print("\n" + tuner.results_table())
+    if tuner.trials and all(t.state is TrialState.FAILED for t in tuner.trials):
+        first = min(tuner.trials, key=lambda t: t.number)
+        error = " ".join((first.error or "unknown error").partition("\nTraceback")[0].split())
+        _fail(f"all {len(tuner.trials)} trials failed; the first (trial {first.number}) with: {error} "
+              f"(its traceback is in {tuner.storage.path})", "tune")
+        return 1
     if best is not None:
         best_trial = tuner.best_trial
         assert best_trial is not None  # best is its params
@@ -440,9 +455,13 @@ def _topo(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from lightning_geo.demo.predict import score_folder
+    from lightning_geo.strategies.checkpoint import checkpoint_problem, unreadable_message
 
-    if not Path(args.checkpoint).is_file():
+    if not Path(args.checkpoint).exists():
         return _fail(f"checkpoint {args.checkpoint!r} does not exist", "predict")
+    problem = checkpoint_problem(args.checkpoint)  # a file, or the folder strategy="geo_hybrid" saves
+    if problem is not None:
+        return _fail(unreadable_message("--checkpoint", args.checkpoint, problem), "predict")
     try:
         result = score_folder(args.checkpoint, args.folder, max_tokens=args.max_tokens, batch_size=args.batch_size,
                               precision=args.precision, accelerator=args.accelerator)

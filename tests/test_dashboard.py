@@ -27,10 +27,11 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
+from lightning_geo.callbacks import BatchSizeSchedule, DynamicCurriculum, SparsityAwareLR
 from lightning_geo.demo.config import DemoConfig
 from lightning_geo.demo.plot import read_scalars
 from lightning_geo.demo.run import run_demo
+from lightning_geo.optim import GeoMuon
 from lightning_geo.precision import PredictiveScalingPrecision
 from lightning_geo.strategies import GeoHybridStrategy
 from lightning_geo.tuning import Categorical, Float, GeoTuner, SearchSpace
@@ -278,10 +279,18 @@ def _report_and_return(config: dict[str, Any], trial: Any) -> float:
     return value
 
 
+class _MuonTinyModel(TinyModel):
+    """TinyModel on GeoMuon (its hidden matrices on Muon), for the optimizer's dashboard section."""
+
+    def configure_optimizers(self) -> GeoMuon:
+        return GeoMuon(self, lr=0.01)
+
+
 @pytest.fixture(scope="module")
 def geo_runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """One log root with a run of every GEO part: the ``--geo`` demo under 16-mixed (curriculum, sparsity,
-    precision, and the strategy where the demo trains with ``geo_hybrid``), a ``geo_hybrid`` fit and a tuner study.
+    precision, and the strategy where the demo trains with ``geo_hybrid``), a ``geo_hybrid`` fit, a fit with
+    ``GeoMuon`` and ``BatchSizeSchedule`` and a tuner study.
 
     Returns:
         The log root and ``{name: run folder}``.
@@ -291,10 +300,13 @@ def geo_runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
                                n_layer=2, n_embd=32, n_head=2, val_samples=16, out=str(root), progress_bar=False,
                                sample_chars=0, max_minutes=5))
     strategy = fit_tiny(root / "strategy", strategy=GeoHybridStrategy())
+    long_run = fit_tiny(root / "with_muon_and_batch", model=_MuonTinyModel(), max_steps=6,
+                        callbacks=[BatchSizeSchedule(estimate_every=1, ema=0.5)])
     space = SearchSpace({"lr": Float(1e-3, 1.0, log=True), "width": Categorical([4, 16])})
     GeoTuner(space, max_trials=2, log_dir=root / "tuning", study_name="quadratic", pruner=None,
              verbose=False).search(_report_and_return)
     return root, {"demo": demo.log_dir, "strategy": Path(strategy.logger.log_dir),
+                  "long_run": Path(long_run.logger.log_dir),
                   "tuning": root / "tuning" / "quadratic" / "study"}
 
 

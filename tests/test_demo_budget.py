@@ -9,7 +9,7 @@ from lightning_geo.callbacks.curriculum_pacing import Deadline
 from lightning_geo.cli import main
 from lightning_geo.demo.bpe import load_bpe_corpus
 from lightning_geo.demo.budget import Budget
-from lightning_geo.demo.compare import first_reach
+from lightning_geo.demo.compare import first_reach, reach_and_stay
 from lightning_geo.demo.config import DemoConfig
 from lightning_geo.demo.model import budget_warmup_cosine
 from lightning_geo.demo.run import run_demo
@@ -51,6 +51,28 @@ def test_budget_schedule_warms_up_then_decays_to_a_tenth():
 def test_first_reach_interpolates_in_seconds():
     assert first_reach([1.0, 2.0, 4.0], [3.0, 2.0, 1.0], 1.5) == pytest.approx(3.0)
     assert first_reach([1.0, 2.0], [3.0, 2.0], 1.0) is None
+
+
+def test_geo_arm_reaches_its_peak_rate_only_after_sequences_reach_full_length():
+    """Full-length batches start below the GEO arm's peak LR: its warmup ends after the sequence-length warmup."""
+    from lightning_geo.demo.config import DEMO_LEARNING_RATES, DEMO_WARMUP_SHARES
+
+    seq_len_warmup = DemoConfig().seq_len_warmup
+    assert DEMO_WARMUP_SHARES["geo"] > seq_len_warmup
+    at_full_length = budget_warmup_cosine(seq_len_warmup, warmup_share=DEMO_WARMUP_SHARES["geo"])
+    assert at_full_length * DEMO_LEARNING_RATES["geo"] < 0.75 * 0.0131  # well below the rate that stalled
+
+
+def test_reach_and_stay_waits_for_the_last_crossing():
+    spiking = [5.0, 3.0, 6.0, 2.0, 1.0]  # under 4 at x=2, back over it at x=3, under it for good after that
+    xs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert first_reach(xs, spiking, 4.0) == pytest.approx(1.5)
+    assert reach_and_stay(xs, spiking, 4.0) == pytest.approx(3.5)
+    assert reach_and_stay(xs[:3], [5.0, 3.0, 2.0], 4.0) == first_reach(xs[:3], [5.0, 3.0, 2.0], 4.0)
+    assert reach_and_stay(xs[:3], [3.0, 2.0, 1.0], 4.0) == 1.0  # below from the first validation on
+    assert reach_and_stay(xs[:3], [5.0, 3.0, 4.5], 4.0) is None  # ends above it
+    assert reach_and_stay(xs[:3], [3.0, float("nan"), 1.0], 4.0) == 3.0  # NaN is not below
+    assert reach_and_stay([], [], 4.0) is None
 
 
 def test_a_token_budget_stops_once_spent_validates_evenly_and_decays_the_lr(tmp_path, text_folder):
@@ -110,8 +132,8 @@ def test_demo_by_default_trains_both_arms_on_one_budget_and_prints_the_compariso
     out, err = capsys.readouterr()
     assert code == 0, err
     table = out[out.index("plain Lightning vs lightning_geo.recipe()"):]
-    for text in ("3,000 tokens each", "seconds to Lightning's final val loss", "GEO vs Lightning",
-                 "nats/token", "skipped steps", "peak memory"):
+    for text in ("3,000 tokens each", "reached (s)", "stays (s)", "GEO vs Lightning",
+                 "nats/token", "skipped", "peak MiB"):
         assert text in table, text
     assert "GEO reached plain Lightning's final validation loss" in out or "GEO did not reach" in out
     assert (tmp_path / "compare" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_geo.cli import main
-from lightning_geo.demo.compare import tokens_to_reach
-from lightning_geo.demo.config import DemoConfig, default_mixed_precision
+from lightning_geo.demo.compare import CompareResult, tokens_to_reach
+from lightning_geo.demo.config import GEO_PARTS_IN_DEMO, DemoConfig, default_mixed_precision
 from lightning_geo.demo.plot import read_scalars
 from lightning_geo.demo.run import DemoResult
 
@@ -108,10 +108,18 @@ def test_geo_flag_at_32_true_says_the_precision_part_is_not_used(tmp_path, text_
     assert "precision: not used at --precision 32-true" in out
 
 
+@pytest.fixture
+def cpu_with_bf16(monkeypatch):
+    """A CPU with bf16 instructions, whatever this machine has."""
+    monkeypatch.setattr("lightning_geo.utils.cpu_precision.cpu_has_native_bf16", lambda: True)
+
+
+@pytest.mark.usefixtures("cpu_with_bf16")
 def test_geo_flag_trains_every_part_together_in_bf16_mixed_by_default_on_a_cpu(tmp_path, text_folder, capsys):
     """`--geo` alone: lightning_geo.recipe(): geo_hybrid (a single-device plan here), Lightning's bf16-mixed (on a
-    CPU, where fp16 is emulated; bf16 has no loss scale for PredictiveScalingPrecision to predict), the curriculum
-    and the sparsity part, each logging under geo/<part>/; the summary names them and the plan."""
+    CPU with bf16 instructions, where fp16 is emulated; bf16 has no loss scale for PredictiveScalingPrecision to
+    predict), the curriculum and the sparsity part, each logging under geo/<part>/; the summary names them and the
+    plan."""
     summary = tmp_path / "summary.json"
     argv = _demo_argv(text_folder, tmp_path / "runs", "--geo", "--accelerator", "cpu", "--summary-json", str(summary))
     code, out, err = _run_main(argv, capsys)
@@ -141,9 +149,23 @@ def test_geo_flag_trains_every_part_together_in_bf16_mixed_by_default_on_a_cpu(t
         ("32-true", True, "gpu", "32-true"),
     ],
 )
-def test_resolved_precision_defaults_to_fp16_on_a_gpu_and_bf16_on_a_cpu(precision, geo, accelerator, expected):
+def test_resolved_precision_defaults_to_fp16_on_a_gpu_and_bf16_on_a_cpu(precision, geo, accelerator, expected,
+                                                                         cpu_with_bf16):
     config = DemoConfig(precision=precision, geo=geo, accelerator=accelerator)
     assert config.resolved_precision == expected
+
+
+def test_a_cpu_without_bf16_instructions_trains_both_arms_in_fp32_and_says_why(tmp_path, text_folder, capsys,
+                                                                                monkeypatch):
+    """bf16 is emulated on such a CPU (12x the CPU time of fp32 per demo step on an AVX2-only EPYC)."""
+    monkeypatch.setattr("lightning_geo.utils.cpu_precision.cpu_has_native_bf16", lambda: False)
+    assert DemoConfig(geo=True, accelerator="cpu").resolved_precision == "32-true"
+    assert DemoConfig(geo=True, accelerator="cpu", precision="bf16-mixed").resolved_precision == "bf16-mixed"
+    argv = _demo_argv(text_folder, tmp_path / "runs", "--geo", "--accelerator", "cpu", "--steps", "3")
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert "precision: not used: this CPU has no bf16 instructions" in out
+    assert "precision                  32-true" in out
 
 
 def test_plain_16_mixed_on_a_cpu_is_real_fp16_with_lightnings_grad_scaler(tmp_path, text_folder, capsys):
@@ -249,7 +271,10 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder, geo)
     assert proc.stdout.count("best val loss") == 1  # only rank 0 summarises
     if geo:
         assert "strategy: geo_hybrid (DDP on 2 device(s))" in proc.stdout
-        assert "precision: Lightning's bf16-mixed" in proc.stdout
+        from lightning_geo.utils.cpu_precision import cpu_has_native_bf16  # this machine's, as in the subprocess
+
+        assert ("precision: Lightning's bf16-mixed" if cpu_has_native_bf16() else
+                "precision: not used: this CPU has no bf16 instructions") in proc.stdout
     else:
         assert re.search(r"tokens \(characters\) seen +3,072", proc.stdout)  # 12 steps x 2 ranks x 4 samples x 32
 
@@ -260,8 +285,9 @@ def test_compare_trains_both_arms_on_the_same_budget_and_prints_one_table(tmp_pa
     code, out, err = _run_main(argv, capsys)
     assert code == 0, err
     table = out[out.index("plain Lightning vs lightning_geo.recipe()"):]
-    for row in ("Lightning ", "GEO ", "GEO vs Lightning", "tokens to it", "skipped steps"):
+    for row in ("Lightning ", "GEO ", "GEO vs Lightning", "tokens to stay", "skipped"):
         assert row in table
+    assert max(len(line) for line in table.split("see both runs")[0].splitlines()[2:-2]) <= 120
     assert f"precision {default_mixed_precision('auto')}" in table
     assert (tmp_path / "compare" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for arm in ("lightning", "geo"):
@@ -286,3 +312,69 @@ def test_demo_trains_in_fp16_mixed_on_cuda(tmp_path, text_folder, capsys):
     code, out, err = _run_main(argv, capsys)
     assert code == 0, err
     assert "best val loss" in out
+
+
+@pytest.mark.parametrize("where", ["through-a-file", "proc"])
+def test_a_bad_out_folder_gets_one_line_error_naming_the_flag(tmp_path, text_folder, capsys, where):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = str(tmp_path / "a_file" / "runs") if where == "through-a-file" else "/proc/nope"
+    if where == "proc" and not Path("/proc").is_dir():
+        pytest.skip("no /proc on this system")
+    code, _, err = _run_main(_demo_argv(text_folder, out), capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning-geo demo: error: --out "), err
+    assert not Path(out).exists()
+
+
+def _result(seconds, losses, *, geo_parts=(), budget="30 s", wall=61.0) -> DemoResult:
+    tokens = [4096 * (i + 1) for i in range(len(losses))]
+    return DemoResult(
+        steps=len(losses) * 10, tokens=tokens[-1], train_seconds=seconds[-1], wall_seconds=wall,
+        tokens_per_second=tokens[-1] / seconds[-1], final_train_loss=losses[-1], best_val_loss=min(losses),
+        best_val_step=10, final_val_loss=losses[-1], stopped_early=False, log_dir=Path("runs/x"),
+        plot_path=Path("runs/x/loss_curves.png"), sample="", geo_parts=geo_parts, precision="bf16-mixed",
+        peak_memory_bytes=900 * 2**20, val_curve=tuple((10 * (i + 1), t, v) for i, (t, v) in
+                                                       enumerate(zip(tokens, losses, strict=True))),
+        val_seconds=tuple(seconds), tokenizer="bpe", budget=budget,
+    )
+
+
+def test_compare_counts_the_time_from_which_geo_stays_below_plains_final_loss():
+    """GEO first dips under plain's final loss (5.0) at 10 s, spikes back over it at 15 s and is below it for good
+    from 17.5 s: the headline speed-up is plain's 30 s over 17.5 s, not over 10 s; both times are in the table."""
+    seconds = [5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    baseline = _result(seconds, [7.0, 6.2, 5.7, 5.4, 5.15, 5.0])
+    geo = _result(seconds, [6.0, 5.0, 6.0, 4.0, 3.9, 3.8], geo_parts=GEO_PARTS_IN_DEMO)
+    result = CompareResult(baseline=baseline, geo=geo, plot_path=Path("runs/compare/loss_curves.png"))
+    time_speedup, token_speedup = result.speedups()
+    assert time_speedup == pytest.approx(30.0 / 17.5)
+    assert token_speedup == pytest.approx((6 * 4096) / (3.5 * 4096))
+    assert result.first_reach_speedup() == pytest.approx(3.0)
+    table = result.table()
+    geo_row = next(line for line in table.splitlines() if line.startswith("GEO  "))
+    assert "10.0" in geo_row and "17.5" in geo_row
+    assert "1.71x faster" in table and "3.00x faster" in table
+    assert max(len(line) for line in table.splitlines()) <= 120
+
+
+def test_compare_says_not_reached_when_geo_ends_above_plains_final_loss():
+    seconds = [10.0, 20.0, 30.0]
+    baseline = _result(seconds, [6.0, 5.5, 5.0])
+    geo = _result(seconds, [5.5, 4.9, 5.2])  # under it at 20 s, over it again at the end
+    result = CompareResult(baseline=baseline, geo=geo, plot_path=Path("p.png"))
+    assert result.speedups() == (None, None)
+    geo_row = next(line for line in result.table().splitlines() if line.startswith("GEO  "))
+    assert "not reached" in geo_row
+
+
+def test_summary_table_fits_120_columns_and_says_what_the_budget_counts():
+    table = _result([10.0, 20.0, 30.0], [6.0, 5.5, 5.0], geo_parts=GEO_PARTS_IN_DEMO).table()
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    budget = next(line for line in table.splitlines() if line.startswith("budget"))
+    assert "30 s of training batches" in budget and "not validation" in budget
+    wall = next(line for line in table.splitlines() if line.startswith("fit wall time"))
+    assert "61.0 s" in wall and "validation" in wall
+    assert "training time" in table
+    for part in ("strategy: geo_hybrid", "sparsity: SparsityAwareLR", "PredictiveScalingPrecision"):
+        assert part in table

@@ -126,9 +126,14 @@ def test_a_vm_without_topology_information_gets_a_safe_default_and_a_warning():
 
 
 def test_unknown_gpu_memory_rules_nothing_out_and_says_so():
-    report = plan_parallelism(single_node(all_pairs(4, "NV4", memory_gb=None)), ModelSize(70e9))
+    report = plan_parallelism(single_node(all_pairs(4, "NV4", memory_gb=None)), ModelSize(1e8))
     assert all(c.fits for c in report.candidates)
     assert any("memory is unknown" in w for w in report.warnings)
+
+
+def test_unknown_gpu_memory_refuses_a_plan_that_may_not_fit():
+    with pytest.raises(ValueError, match=r"GPU memory is unknown .* needs 1120.0 GB per GPU.*gpu_memory_bytes="):
+        plan_parallelism(single_node(all_pairs(4, "NV4", memory_gb=None)), ModelSize(70e9))
 
 
 def test_activation_checkpointing_only_when_it_makes_a_plan_fit():

@@ -499,6 +499,7 @@ def test_two_ranks_take_the_same_decisions(tmp_path):
         ({"blocks": []}, r"blocks=\[\] must be 'auto' or a non-empty list"),
         ({"per_block": "yes"}, "per_block='yes' must be True or False"),
         ({"fp32_modules": [3]}, "fp32_modules entry 3 must be a module name"),
+        ({"device": "tpu"}, "device='tpu' is not an autocast device type; expected one of 'cuda', 'cpu'"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, match):

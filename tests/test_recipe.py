@@ -24,7 +24,7 @@ from lightning.pytorch.plugins import MixedPrecision, TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 
 import lightning_geo  # noqa: F401  (registers strategy="geo_hybrid")
-from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
+from lightning_geo.callbacks import BatchSizeSchedule, DynamicCurriculum, SparsityAwareLR
 from lightning_geo.demo.corpus import UNKNOWN, Corpus
 from lightning_geo.demo.data import CharDataModule
 from lightning_geo.demo.lightning_cli import DemoLightningCLI
@@ -35,7 +35,8 @@ from lightning_geo.recipes import DEFAULT_RECIPE_PARTS, RECIPE_PARTS, SEQ_LEN_WA
 from lightning_geo.strategies import GeoHybridStrategy
 
 RECIPE_YAML = Path(__file__).resolve().parent.parent / "examples" / "recipe.yaml"
-LOGGED_AS = {"strategy": "strategy", "precision": "precision", "seq_len_warmup": "curriculum", "sparsity": "sparsity"}
+LOGGED_AS = {"strategy": "strategy", "precision": "precision", "seq_len_warmup": "curriculum", "sparsity": "sparsity",
+             "batch_size": "batch"}
 """The ``geo/<part>/`` prefix each recipe part logs under."""
 GEO_CALLBACKS = (DynamicCurriculum, SparsityAwareLR)
 
@@ -53,9 +54,17 @@ def parts_in(kwargs: dict[str, Any]) -> set[str]:
         "precision": _mixed_precision(kwargs) is not None,
         "seq_len_warmup": any(isinstance(c, DynamicCurriculum) and c.mode == "seq_len" for c in callbacks),
         "sparsity": any(isinstance(c, SparsityAwareLR) for c in callbacks),
+        "batch_size": any(isinstance(c, BatchSizeSchedule) for c in callbacks),
     }
     assert found.keys() == set(RECIPE_PARTS), "recipe() has a part this test does not know: add it to parts_in"
     return {part for part, on in found.items() if on}
+
+
+@pytest.fixture(autouse=True)
+def _cpu_with_bf16_instructions(monkeypatch):
+    """The recipe's parts as on a CPU with bf16 instructions, whatever this machine has (where it has none the
+    recipe trains in fp32 and the precision part is off: ``test_a_cpu_without_bf16_...`` checks that)."""
+    monkeypatch.setattr("lightning_geo.recipes.default_cpu_precision", lambda: "bf16-mixed")
 
 
 def init_args(obj: object) -> dict[str, Any]:
@@ -150,6 +159,49 @@ def test_exclude_leaves_out_each_part(part):
         assert "strategy" not in kwargs  # Lightning's own default
     if part == "precision":
         assert not {"plugins", "precision"} & kwargs.keys()
+
+
+def test_include_switches_on_a_part_that_is_off_by_default_and_yours_replaces_it():
+    off = [p for p in RECIPE_PARTS if p not in DEFAULT_RECIPE_PARTS]
+    assert off == ["batch_size"]
+    assert parts_in(recipe(include=["batch_size"])) == {*DEFAULT_RECIPE_PARTS, "batch_size"}
+    assert parts_in(recipe(include="batch_size", exclude=["sparsity"])) == {*DEFAULT_RECIPE_PARTS, "batch_size"} - {
+        "sparsity"}
+    mine = BatchSizeSchedule(max_accumulation=4)
+    callbacks = recipe(include=["batch_size"], callbacks=[mine])["callbacks"]
+    assert [c for c in callbacks if isinstance(c, BatchSizeSchedule)] == [mine]
+    with pytest.raises(ValueError, match=r"^recipe\(include=\.\.\.\): unknown part\(s\) \['muon'\]"):
+        recipe(include=["muon"])
+    with pytest.raises(ValueError, match=r"\['batch_size'\] is both in include= and in exclude="):
+        recipe(include=["batch_size"], exclude=["batch_size"])
+
+
+def test_a_cpu_without_bf16_instructions_trains_in_fp32_and_says_so(monkeypatch, caplog):
+    import logging
+
+    from lightning_geo.utils import cpu_precision
+
+    monkeypatch.undo()  # this machine's own answer is not wanted either: the flags decide
+    monkeypatch.setattr(cpu_precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO):
+        kwargs = recipe(accelerator="cpu")
+    assert kwargs["precision"] == "32-true" and "plugins" not in kwargs
+    assert "the precision part does not apply here: this CPU has no bf16 instructions" in caplog.text
+    assert recipe(accelerator="cpu", precision="bf16-mixed")["precision"] == "bf16-mixed"  # asked for: yours
+    monkeypatch.setattr(cpu_precision, "cpu_has_native_bf16", lambda: True)
+    assert recipe(accelerator="cpu")["precision"] == "bf16-mixed"
+
+
+def test_cpu_bf16_instructions_are_read_from_the_flags():
+    from lightning_geo.utils.cpu_precision import BF16_CPU_FLAGS, cpu_flags
+
+    epyc_avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    sapphire = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert not cpu_flags(epyc_avx2) & BF16_CPU_FLAGS
+    assert cpu_flags(sapphire) & BF16_CPU_FLAGS and cpu_flags(graviton3) & BF16_CPU_FLAGS
+    assert cpu_flags("") == set()
 
 
 def test_excluding_every_part_is_plain_lightning():
@@ -305,7 +357,8 @@ def test_resume_from_a_mid_epoch_checkpoint_continues_exactly(tmp_path):
     straight_record, resumed_record = Recorder(), Recorder()
     straight_trainer, straight = _fit(tmp_path / "straight", steps=steps, callbacks=[straight_record],
                                       checkpoint_every=half, seq_len_warmup=0.75, precision="16-mixed")
-    assert parts_in(recipe()) == set(RECIPE_PARTS), "this test needs every part on: turn the missing ones on here"
+    # every part on but batch_size (its resume, from an end-of-epoch checkpoint, is in test_batch_size_schedule.py)
+    assert parts_in(recipe()) == set(RECIPE_PARTS) - {"batch_size"}, "this test needs every part on: turn them on here"
     assert isinstance(straight_trainer.precision_plugin, PredictiveScalingPrecision)
     assert straight_trainer.precision_plugin.precision == "16-mixed"
     assert straight_record.seq_lens[half] < SEQ_LEN  # mid-warmup at the checkpoint
@@ -372,6 +425,9 @@ def _worker(out: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model = tiny_model(data.vocab, DDP_STEPS)
     record = Recorder()
+    import lightning_geo.recipes  # as the module's fixture does: the parts of a CPU with bf16 instructions
+
+    lightning_geo.recipes.default_cpu_precision = lambda: "bf16-mixed"
     kwargs = recipe(accelerator="cpu", devices=2, callbacks=[record])
     trainer = pl.Trainer(**kwargs, max_steps=DDP_STEPS, logger=False, enable_checkpointing=False,
                          limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,

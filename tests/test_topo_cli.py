@@ -72,6 +72,8 @@ def test_without_a_gpu_it_shows_the_cpu_processes_and_says_why(monkeypatch, caps
     (["--file", "/no/such/topo.txt"], "No such file"),
     (["--file", str(A30_BRIDGES), "--gpus-per-node", "9"], "--gpus-per-node must be between 1 and 8"),
     (["--file", str(A30_BRIDGES), "--bytes-per-param", "4"], "--bytes-per-param must be >= 8"),
+    (["--file", str(A30_BRIDGES), "--params", "7e9"], "GB per GPU, more than the 8 GB every GPU is assumed to have: "
+     "pass the memory of one GPU (--gpu-memory-gb 80 for 80 GB GPUs)"),
 ])
 def test_bad_input_gets_one_line_error(args, message, capsys):
     code, out, err = _run_main(["topo", *args], capsys)

@@ -372,6 +372,8 @@ def test_multi_objective_study_returns_a_pareto_front(tmp_path):
         ({"pruner": "hyperband"}, "pruner='hyperband'"),
         ({"study_name": "a/b"}, "study_name='a/b'"),
         ({"max_consecutive_failures": -1}, "max_consecutive_failures=-1"),
+        ({"monitor": ("a", "b"), "mode": ("min",)}, r"mode=\('min',\) has 1 entries but monitor=\['a', 'b'\] has 2"),
+        ({"devices": [0, 1]}, r"devices=\[0, 1\] applies only with executor='subprocess'"),
     ],
 )
 def test_bad_tuner_arguments_raise(kwargs, match, tmp_path):

@@ -61,13 +61,14 @@ def pad_collate(samples: Sequence[Any], padding_value: float = 0) -> Any:
     Raises:
         ValueError: if tensors of one field differ in a dimension other than the first.
 
-    Example::
-
+    Example:
+        ```python
         pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])  # tensor([[5, 6, 7], [8, 0, 0]])
+        ```
     """
     return _collate(samples, padding_value)
 
 
 def padding_collate_fn(padding_value: float) -> Callable[[Sequence[Any]], Any]:
-    """:func:`pad_collate` with ``padding_value`` bound (picklable, for DataLoader workers)."""
+    """``pad_collate`` with ``padding_value`` bound (picklable, for DataLoader workers)."""
     return functools.partial(pad_collate, padding_value=padding_value)

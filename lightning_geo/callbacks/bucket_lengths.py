@@ -68,7 +68,7 @@ def dataset_lengths(dataset: Dataset, length_fn: LengthFn | None = None) -> list
 def cached_lengths(
     cache: dict[int, tuple[Dataset, list[int]]], dataset: Dataset, length_fn: LengthFn | None
 ) -> Sequence[int]:
-    """:func:`dataset_lengths`, computed once per dataset object (``cache`` maps ``id(dataset)``)."""
+    """``dataset_lengths``, computed once per dataset object (``cache`` maps ``id(dataset)``)."""
     hit = cache.get(id(dataset))
     if hit is not None and hit[0] is dataset:
         return hit[1]

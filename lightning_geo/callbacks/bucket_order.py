@@ -48,7 +48,7 @@ def split_per_sample(output: Any, size: int) -> list[Any]:
 
 
 def merge_samples(samples: Sequence[Any]) -> Any:
-    """The inverse of :func:`split_per_sample` for one regrouped batch (stacking equal-shaped tensors)."""
+    """The inverse of ``split_per_sample`` for one regrouped batch (stacking equal-shaped tensors)."""
     first = samples[0]
     if isinstance(first, torch.Tensor):
         if all(isinstance(s, torch.Tensor) and s.shape == first.shape for s in samples):

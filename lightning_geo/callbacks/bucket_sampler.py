@@ -4,7 +4,7 @@
 ``samples x longest sample <= max_tokens`` (the padded size of the batch, as fairseq's ``max_tokens``):
 short samples come in large batches, long ones in small ones, and no batch pads more than a sample or
 two's worth. ``shard_batches`` gives every rank the same number of batches with about the same padded
-tokens. :class:`BucketBatchSampler` yields one rank's batches; :class:`~lightning_geo.callbacks.LengthBucketing`
+tokens. ``BucketBatchSampler`` yields one rank's batches; [`LengthBucketing`][lightning_geo.callbacks.LengthBucketing]
 builds it for you.
 """
 
@@ -96,7 +96,7 @@ def shard_batches(
 
 
 class BucketBatchSampler:
-    """A batch sampler of one rank's token-budget batches (see :func:`token_budget_batches`).
+    """A batch sampler of one rank's token-budget batches (see ``token_budget_batches``).
 
     Pass it as ``DataLoader(dataset, batch_sampler=...)``. The batches are fixed at construction: every
     epoch yields the same ones in the same order (for evaluation and prediction, not training).
@@ -111,10 +111,11 @@ class BucketBatchSampler:
     Raises:
         ValueError: for ``max_tokens`` or ``max_batch_size`` below 1, or a rank outside ``[0, num_replicas)``.
 
-    Example::
-
+    Example:
+        ```python
         sampler = BucketBatchSampler([len(s) for s in texts], max_tokens=4096)
         loader = DataLoader(texts, batch_sampler=sampler, collate_fn=pad_collate)
+        ```
     """
 
     def __init__(

@@ -2,12 +2,12 @@
 
 Two modes, driven by the same threshold (the share of the data, by difficulty, that is admitted):
 
-- ``mode="samples"``: every sample gets a complexity score (:mod:`.curriculum_scores`); a
-  :class:`~lightning_geo.callbacks.CurriculumSampler` draws each batch from the samples under the
+- ``mode="samples"``: every sample gets a complexity score (``curriculum_scores``); a
+  [`CurriculumSampler`][lightning_geo.callbacks.CurriculumSampler] draws each batch from the samples under the
   threshold plus a share of harder ones, and the threshold grows with the model's mastery.
 - ``mode="seq_len"``: sequence-length warmup for language models (Li et al. 2022; Composer's
   ``SeqLengthWarmup``): each training batch is cut to ``threshold * full length`` tokens. A shuffled plain
-  DataLoader gets a :class:`~lightning_geo.callbacks.CurriculumSampler` that admits everything, so the
+  DataLoader gets a [`CurriculumSampler`][lightning_geo.callbacks.CurriculumSampler] that admits everything, so the
   data resumes mid-epoch exactly as in ``samples`` mode (its order follows ``seed``).
 
 The threshold starts at ``start_threshold`` and must reach 1 by ``deadline``. With ``pacing="mastery"``
@@ -25,7 +25,7 @@ from typing import Any, ClassVar, cast
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.data import _update_dataloader
@@ -35,31 +35,46 @@ from typing_extensions import override
 from lightning_geo.callbacks.curriculum_pacing import PACINGS, Deadline, MasteryEstimator, next_threshold
 from lightning_geo.callbacks.curriculum_sampler import CurriculumSampler
 from lightning_geo.callbacks.curriculum_scores import Scorer, compute_scores, scorer_name, validate_scorer
-from lightning_geo.callbacks.curriculum_seq_len import SEQ_LEN_MODES, batch_seq_len, batch_tensors, shorten_batch_
+from lightning_geo.callbacks.curriculum_seq_len import (
+    SEQ_DIMS,
+    SEQ_LEN_MODES,
+    batch_seq_len,
+    batch_tensors,
+    count_batch_tokens,
+    declared_seq_len,
+    describe_batch,
+    shorten_batch_,
+    token_shape,
+)
 from lightning_geo.utils import DashboardSection, log_geo_histogram, log_geo_scalars, log_geo_text
 from lightning_geo.utils.distributed import reduce_tensor
 
 MODES: tuple[str, ...] = ("samples", "seq_len")
+ON_UNRECOGNIZED: tuple[str, ...] = ("error", "warn")
+"""What ``mode="seq_len"`` does with training batches that hold no token sequence: raise, or warn once and train
+on them as they are."""
+_PROJECTION_AT = 0.1  # share of max_time after which the pace towards the deadline is projected (once)
 _REPLACEABLE_SAMPLERS = (RandomSampler, SequentialSampler)
 
 
 def count_tokens(batch: Any) -> int:
-    """Tokens in a batch: ``attention_mask.sum()`` or ``input_ids.numel()`` of a mapping, else the element
-    count of the first tensor (the inputs of an ``(inputs, targets)`` batch)."""
-    return int(_token_count(batch))
+    """Tokens in a batch: a mapping's ``attention_mask.sum()``, else ``batch x time`` of its token sequence
+    (``input_ids``, ``inputs_embeds`` without its hidden size, the first 2-D integer tensor); see
+    [`count_batch_tokens`][lightning_geo.callbacks.curriculum_seq_len.count_batch_tokens]."""
+    return int(count_batch_tokens(batch))
 
 
-def _token_count(batch: Any) -> int | torch.Tensor:
-    """:func:`count_tokens` without reading the device: an ``attention_mask``'s sum stays a tensor."""
-    if isinstance(batch, Mapping):
-        for key in ("attention_mask", "input_ids"):
-            if isinstance(batch.get(key), torch.Tensor):
-                value = batch[key]
-                return value.sum() if key == "attention_mask" else value.numel()
-    if isinstance(batch, torch.Tensor):
-        return batch.numel()
-    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
-    return next((_token_count(item) for item in items if isinstance(item, (torch.Tensor, list, tuple, Mapping))), 0)
+def _timer(trainer: pl.Trainer) -> tuple[Timer, float] | None:
+    """Lightning's ``Timer`` callback and the run's ``max_time`` in seconds, or ``None`` without a ``max_time``."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+    remaining = timer.time_remaining() if timer is not None else None
+    return None if timer is None or remaining is None else (timer, timer.time_elapsed() + remaining)
+
+
+def _max_time(trainer: pl.Trainer) -> float | None:
+    """The run's ``max_time`` in seconds, or ``None``."""
+    found = _timer(trainer)
+    return None if found is None else found[1]
 
 
 def _seq_len_resumable(loader: Any) -> bool:
@@ -97,27 +112,40 @@ class DynamicCurriculum(Callback):
         seq_len_step: Sequence lengths are multiples of this. Default 8.
         seq_len_mode: ``"truncate"`` (default: keep the first tokens) or ``"reshape"`` (cut rows into more,
             shorter rows; keeps the tokens per batch).
-        seq_dim: Sequence dimension of the batch's tensors. Default 1.
+        seq_dim: The time axis of the batch's token tensors: 1 for ``(batch, time)`` (default), 0 for time-major
+            ``(time, batch)`` data.
         pad_id: Token id the ``length`` and ``rarity`` scorers leave out. Default ``None`` (count every token).
         loss_key: Key of the per-sample losses in ``training_step``'s output (``loss`` scorer). Default
             ``"sample_loss"``.
         seed: Seeds the draws of the sampler the callback puts into a plain DataLoader (a sampler you pass keeps
-            its own seed). Default 0.
+            its own seed). Default ``None``: the run's global seed (set by ``seed_everything``, 0 without one), as
+            Lightning seeds its own samplers; a resumed run keeps the checkpoint's seed.
         histogram_every_n_steps: Steps between histograms of the admitted samples' scores. Default 100.
         read_every_n_batches: Training batches between two host reads of the training losses (and, under
             DDP or with an ``attention_mask``, of the token counts), all read and all-reduced at once: the
             mastery estimate and a token deadline lag by at most this many batches; every other decision is
             made on the host each batch. Default 8 (one host sync per 8 steps; 1 reads every batch).
+        on_unrecognized: ``mode="seq_len"`` only: what to do when the training batches hold no token sequence
+            (no 2-D integer token ids, no ``input_ids``/``inputs_embeds``: features, images). ``"error"``
+            (default) raises at the first batch; ``"warn"`` says once that the warmup does not apply to this model
+            and trains on the batches as they are (what ``recipe()`` asks for).
 
     Raises:
-        ValueError: for an unknown scorer, mode, pacing or ``seq_len_mode``, a threshold outside (0, 1],
-            a malformed deadline, or non-positive counts; at the start of ``fit`` for a deadline the run
-            cannot meet, a dataset the scorer cannot score or a DataLoader it cannot drive.
+        ValueError: for an unknown scorer, mode, pacing, ``seq_len_mode``, ``seq_dim`` or ``on_unrecognized``, a
+            threshold outside (0, 1], a malformed deadline, or non-positive counts; at the start of ``fit`` for a
+            deadline the run cannot meet, a dataset the scorer cannot score or a DataLoader it cannot drive; at
+            the first batch in ``seq_len`` mode for a batch with no token sequence (unless
+            ``on_unrecognized="warn"``).
 
-    Example::
+    A deadline the run may not reach is said once: during training when ``max_time`` will stop the run before
+    it, and at the end of training whenever the run stopped before the threshold reached 1 (``max_time``,
+    ``EarlyStopping``, a budget callback stopping a run whose ``max_steps`` is only a cap).
 
+    Example:
+        ```python
         trainer = L.Trainer(max_steps=2000, callbacks=[DynamicCurriculum(scorer="rarity", deadline="0.6")])
         trainer = L.Trainer(max_steps=2000, callbacks=[DynamicCurriculum(mode="seq_len", deadline="20M tokens")])
+        ```
     """
 
     geo_dashboard_section: ClassVar[DashboardSection] = DashboardSection.for_part(
@@ -129,7 +157,7 @@ class DynamicCurriculum(Callback):
             "sequence length (tokens)": (r"^geo/curriculum/seq_len$",),
         },
     )
-    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
+    """This part's section of the GEO dashboard (see ``lightning_geo.utils.dashboard``)."""
 
     def __init__(
         self,
@@ -149,9 +177,10 @@ class DynamicCurriculum(Callback):
         seq_dim: int = 1,
         pad_id: int | None = None,
         loss_key: str = "sample_loss",
-        seed: int = 0,
+        seed: int | None = None,
         histogram_every_n_steps: int = 100,
         read_every_n_batches: int = 8,
+        on_unrecognized: str = "error",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {list(MODES)}")
@@ -170,6 +199,17 @@ class DynamicCurriculum(Callback):
             raise ValueError(f"max_speedup={max_speedup!r} must be >= 1 (mastery pacing is never slower than linear)")
         if seq_len_mode not in SEQ_LEN_MODES:
             raise ValueError(f"seq_len_mode={seq_len_mode!r} is not one of {list(SEQ_LEN_MODES)}")
+        if isinstance(seq_dim, bool) or seq_dim not in SEQ_DIMS:
+            raise ValueError(
+                f"seq_dim={seq_dim!r} is not one of {list(SEQ_DIMS)} (the time axis of (batch, time) token tensors, "
+                "or 0 for time-major (time, batch) data)"
+            )
+        if seq_len_mode == "reshape" and seq_dim != 1:
+            raise ValueError(f"seq_len_mode='reshape' needs seq_dim=1, got seq_dim={seq_dim!r}")
+        if on_unrecognized not in ON_UNRECOGNIZED:
+            raise ValueError(f"on_unrecognized={on_unrecognized!r} is not one of {list(ON_UNRECOGNIZED)}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed={seed!r} must be an integer or None (the run's global seed)")
         for name, value in (
             ("min_seq_len", min_seq_len),
             ("seq_len_step", seq_len_step),
@@ -198,6 +238,7 @@ class DynamicCurriculum(Callback):
         self.seed = seed
         self.histogram_every_n_steps = histogram_every_n_steps
         self.read_every_n_batches = read_every_n_batches
+        self.on_unrecognized = on_unrecognized
 
         self._estimator = MasteryEstimator(mastery_window, mastery_tolerance)
         self.threshold = start_threshold if start_threshold is not None else (0.25 if mode == "samples" else 1.0)
@@ -217,6 +258,10 @@ class DynamicCurriculum(Callback):
         self._checked_tokens = False
         self.seconds_seen = 0.0  # seconds inside training batches (forward, backward, step), for a seconds deadline
         self._batch_started = 0.0
+        self._no_sequence = False  # seq_len mode: this fit's batches hold no token sequence (warned once)
+        self._projected = False  # the pace towards the deadline was checked against max_time (once per fit)
+        self._pace_from: tuple[float, float] | None = None  # (seconds of the run, progress) after its first batch
+        self._warned_unfinished = False
 
     @property
     def state_key(self) -> str:
@@ -279,7 +324,7 @@ class DynamicCurriculum(Callback):
                     "DynamicCurriculum: the training DataLoader does not shuffle; the curriculum's "
                     "sampler draws in its own seeded random order"
                 )
-            sampler = CurriculumSampler(loader.dataset, seed=self.seed)
+            sampler = CurriculumSampler(loader.dataset, seed=self.seed)  # None: the global seed, or the checkpoint's
             loader = _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
         if loader.batch_size is None:
             raise ValueError("DynamicCurriculum needs a DataLoader with batch_size (not a custom batch_sampler)")
@@ -328,10 +373,16 @@ class DynamicCurriculum(Callback):
         total_steps = float(trainer.estimated_stepping_batches)
         deadline, unit = self._deadline.amount, self._deadline.unit
         if unit == "fraction" and not math.isfinite(total_steps):
+            max_time = _max_time(trainer)
+            bound = f"it is bounded only by max_time ({max_time:,.6g} s)" if max_time else "it has no finite length"
+            seconds = max(1, round(deadline * max_time)) if max_time else 600
             raise ValueError(
-                f"deadline={self.deadline!r} is a share of training, but the run has no finite length; "
-                "set max_steps or max_epochs, or give the deadline in steps, epochs, samples or tokens"
+                f"deadline={self.deadline!r} is a share of the run's steps, but {bound}; give the deadline in "
+                f"seconds spent in training batches, e.g. deadline='{seconds} seconds', or in steps, epochs, samples "
+                "or tokens, or set max_steps or max_epochs"
             )
+        self._projected = self._warned_unfinished = self._no_sequence = False
+        self._pace_from = None
         capacity = {"steps": total_steps}
         if unit == "epochs":
             max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
@@ -366,22 +417,59 @@ class DynamicCurriculum(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._batch_started = time.perf_counter()
-        tensors = batch_tensors(batch)
-        self._batch_samples = int(tensors[0].shape[0]) if tensors and tensors[0].ndim else 1
+        shape, tensors = token_shape(batch, self.seq_dim), batch_tensors(batch)
+        if shape is not None:
+            self._batch_samples = shape[1 - self.seq_dim]
+        else:
+            self._batch_samples = int(tensors[0].shape[0]) if tensors and tensors[0].ndim else 1
         if not self._checked_tokens and self._deadline.unit == "tokens":
-            self._check_token_deadline(trainer, count_tokens(batch))  # the full batch, before any shortening
-        if self.mode == "seq_len":
-            if self.full_seq_len is None:
-                self.full_seq_len = batch_seq_len(batch, self.seq_dim)
-                if self.full_seq_len < 1:
-                    raise ValueError(
-                        f"mode='seq_len' found no tensor with a sequence dimension {self.seq_dim} in the training batch"
-                    )
-                if self.start_threshold is None and self.threshold == 1.0 and self.progress == 0.0:
-                    self.threshold = self._start = min(1.0, self.min_seq_len / self.full_seq_len)
-            self.seq_len = self._length_for(self.threshold)
-            shorten_batch_(batch, self.seq_len, how=self.seq_len_mode, seq_dim=self.seq_dim)
-        self._batch_tokens = _token_count(batch)
+            self._check_token_deadline(trainer, int(count_batch_tokens(batch, self.seq_dim)))  # before shortening
+        if self.mode == "seq_len" and not self._no_sequence:
+            length = batch_seq_len(batch, self.seq_dim)
+            if length < 1:
+                self._no_token_sequence(batch)
+            else:
+                if self.full_seq_len is None:
+                    self._read_full_seq_len(pl_module, length)
+                self.seq_len = self._length_for(self.threshold)
+                shorten_batch_(batch, self.seq_len, how=self.seq_len_mode, seq_dim=self.seq_dim)
+        self._batch_tokens = count_batch_tokens(batch, self.seq_dim)
+
+    def _read_full_seq_len(self, pl_module: pl.LightningModule, length: int) -> None:
+        """Take the first batch's length as full length, capped at the length the model declares."""
+        declared = declared_seq_len(pl_module)
+        self.full_seq_len = length if declared is None else min(length, declared[0])
+        if declared is not None and length > declared[0]:
+            rank_zero_warn(
+                f"DynamicCurriculum(mode='seq_len'): the training batches have {length} tokens, but the model "
+                f"declares at most {declared[0]} ({declared[1]}); the warmup grows sequences to {declared[0]} "
+                "tokens and cuts longer batches to it"
+            )
+        if self.start_threshold is None and self.threshold == 1.0 and self.progress == 0.0:
+            self.threshold = self._start = min(1.0, self.min_seq_len / self.full_seq_len)
+        if self.full_seq_len <= self.min_seq_len:
+            rank_zero_warn(
+                f"DynamicCurriculum(mode='seq_len'): the sequence-length warmup does nothing for this model: its "
+                f"training sequences have {self.full_seq_len} tokens, no more than min_seq_len={self.min_seq_len}"
+            )
+
+    def _no_token_sequence(self, batch: Any) -> None:
+        """A seq_len-mode batch without a token sequence: raise, or say once that the warmup does not apply."""
+        why = (
+            f"its training batches hold no token sequence ({describe_batch(batch)}); the warmup shortens 2-D integer "
+            "token ids (batch, time), a batch's input_ids or inputs_embeds and the tensors of that shape (masks, "
+            "labels, position ids), and leaves features, images and anything else alone"
+        )
+        if self.on_unrecognized == "error":
+            raise ValueError(
+                f"DynamicCurriculum(mode='seq_len') cannot warm up this model: {why}. Use mode='samples' for a "
+                "curriculum over samples, or leave the callback out"
+            )
+        rank_zero_warn(
+            f"DynamicCurriculum(mode='seq_len'): the sequence-length warmup does nothing for this model: {why}"
+        )
+        self._no_sequence = True
+        self.threshold = self._start = 1.0  # nothing to warm up: every batch trains at its own shape
 
     def _length_for(self, threshold: float) -> int:
         assert self.full_seq_len is not None
@@ -430,6 +518,53 @@ class DynamicCurriculum(Callback):
         self._log(trainer)  # what this batch trained with, before the update decides the next batch
         losses = self._read(trainer) if len(self._unread) >= self.read_every_n_batches else []
         self._advance(trainer, batch_idx, losses)
+        if not self._projected and self.threshold < 1.0 and self._deadline.unit != "seconds":
+            self._check_pace(trainer)
+
+    def _check_pace(self, trainer: pl.Trainer) -> None:
+        """Once ``_PROJECTION_AT`` of ``max_time`` has passed, warn if at this pace the run's ``max_time`` stops it
+        before the deadline (a share of ``max_steps`` that is only a cap, a count the run will not reach)."""
+        found = _timer(trainer)
+        if found is None:
+            self._projected = True
+            return
+        timer, max_time = found
+        elapsed = timer.time_elapsed()
+        if self._pace_from is None:  # the pace is measured from the first batch on: start-up (compile) is not pace
+            self._pace_from = (elapsed, self.progress)
+            return
+        start_time, start_progress = self._pace_from
+        if elapsed < _PROJECTION_AT * max_time or self.progress <= start_progress:
+            return
+        self._projected = True
+        projected = elapsed + (1.0 - self.progress) * (elapsed - start_time) / (self.progress - start_progress)
+        if projected > max_time:
+            self._warned_unfinished = True
+            rank_zero_warn(
+                f"DynamicCurriculum: at this pace the run's max_time ({max_time:,.6g} s) stops it before the "
+                f"deadline ({self._deadline}): {self.progress:.1%} of the way after {elapsed:,.6g} s, so "
+                f"{self._unfinished_effect()} for the rest of the run. "
+                f"{self._seconds_advice(max_time)}"
+            )
+
+    def _unfinished_effect(self) -> str:
+        if self.mode == "seq_len":
+            return "the training batches stay shorter than their full length"
+        return "part of the training data is never admitted"
+
+    def _seconds_advice(self, max_time: float | None) -> str:
+        share = self._deadline.amount if self._deadline.unit == "fraction" else 0.3
+        example = f"deadline='{max(1, round(share * max_time)) if max_time else 600} seconds'"
+        if self._deadline.unit == "fraction":
+            return (
+                "The deadline is a share of max_steps/max_epochs, which this run does not reach (they are only a "
+                "cap); for a run that stops on time or on a budget, give it in seconds spent in training batches "
+                f"({example}) or in tokens"
+            )
+        return (
+            f"Give a deadline the run reaches: fewer {self._deadline.unit}, or, for a run that stops on time, seconds "
+            f"spent in training batches ({example})"
+        )
 
     def _read(self, trainer: pl.Trainer) -> list[float]:
         """Read (and sum over ranks) the unread losses and token counts at once; count the tokens and return
@@ -449,6 +584,18 @@ class DynamicCurriculum(Callback):
         if self._unread:  # the last batches' losses and tokens, so the counts are complete after fit
             for loss in self._read(trainer):
                 self._estimator.update(loss)
+        if self.threshold < 1.0 and not self._warned_unfinished and not self._no_sequence:
+            self._warned_unfinished = True
+            if self.mode == "seq_len" and self.full_seq_len is not None:
+                what = "sequence-length warmup reached full length"
+                reached = f"reached {self.seq_len or self._length_for(self.threshold)} of {self.full_seq_len} tokens"
+            else:
+                what, reached = "curriculum admitted all data", f"admitted {self.threshold:.1%} of the training data"
+            rank_zero_warn(
+                f"DynamicCurriculum: the run stopped before the {what}: {reached} "
+                f"(deadline {self._deadline}, {self.progress:.1%} of the way, step {trainer.global_step}). "
+                f"{self._seconds_advice(_max_time(trainer))}"
+            )
 
     def _update_loss_scores(self, trainer: pl.Trainer, outputs: Any, global_batch: list[int]) -> None:
         per_sample = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None

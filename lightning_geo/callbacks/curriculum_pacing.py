@@ -1,12 +1,12 @@
-"""How fast :class:`~lightning_geo.callbacks.DynamicCurriculum` admits harder data.
+"""How fast [`DynamicCurriculum`][lightning_geo.callbacks.DynamicCurriculum] admits harder data.
 
 Three pieces, each a small pure object so they are tested without a Trainer:
 
-- :class:`Deadline`: when the threshold must reach 100%: a share of the training run, or a number of
+- ``Deadline``: when the threshold must reach 100%: a share of the training run, or a number of
   steps, epochs, samples or tokens (``"0.5"``, ``"2000 steps"``, ``"3 epochs"``, ``"2M tokens"``).
-- :func:`fixed_pace`: the fixed pacing functions ``linear``, ``root`` (Platanios et al. 2019) and
+- ``fixed_pace``: the fixed pacing functions ``linear``, ``root`` (Platanios et al. 2019) and
   ``step`` (a staircase), threshold as a function of the progress towards the deadline.
-- :class:`MasteryEstimator`: the model's mastery of the data it has, from the slope of its smoothed
+- ``MasteryEstimator``: the model's mastery of the data it has, from the slope of its smoothed
   training loss: 1 when the loss has settled (improvement stalled), 0 while it still moves fast.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PACINGS: tuple[str, ...] = ("mastery", "linear", "root", "step")
-"""``mastery`` is driven by :class:`MasteryEstimator`, never slower than ``linear``; the others are fixed."""
+"""``mastery`` is driven by ``MasteryEstimator``, never slower than ``linear``; the others are fixed."""
 
 DEADLINE_UNITS: tuple[str, ...] = ("steps", "epochs", "samples", "tokens", "seconds")
 
@@ -98,6 +98,8 @@ def fixed_pace(kind: str, progress: float, start: float, *, num_stairs: int = 4)
         ValueError: for an unknown ``kind``.
     """
     p = min(max(progress, 0.0), 1.0)
+    if p >= 1.0 and kind in PACINGS:
+        return 1.0  # exactly: start + (1 - start) can round below 1, and a threshold under 1 means "not done"
     if kind in ("linear", "mastery"):
         return start + (1.0 - start) * p
     if kind == "root":
@@ -173,7 +175,7 @@ class MasteryEstimator:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output."""
+        """Restore ``state_dict``'s output."""
         self._average = float(state["average"])
         self._updates = int(state["updates"])
         self._history = deque((float(v) for v in state["history"]), maxlen=self.window + 1)
@@ -194,7 +196,7 @@ def next_threshold(
 ) -> float:
     """The threshold after one training batch.
 
-    Fixed pacings return :func:`fixed_pace` at ``progress``. ``"mastery"`` grows the threshold by
+    Fixed pacings return ``fixed_pace`` at ``progress``. ``"mastery"`` grows the threshold by
     ``mastery * max_speedup`` times the linear pace's growth over this batch (``progress_step``), and
     never lets it fall behind the linear pace, so it reaches 1 by the deadline at the latest. The
     threshold never decreases.

@@ -1,4 +1,5 @@
-"""``CurriculumSampler``: the training sampler that :class:`~lightning_geo.callbacks.DynamicCurriculum` drives.
+"""``CurriculumSampler``: the training sampler that [`DynamicCurriculum`][lightning_geo.callbacks.DynamicCurriculum]
+drives.
 
 Every batch is drawn when the DataLoader asks for it, from the state the callback set after the previous
 batch: the samples whose difficulty rank is under the threshold ("admitted"), plus a share of harder
@@ -21,6 +22,7 @@ wrap it in a second sampler; it does its own sharding.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,7 +51,10 @@ class CurriculumSampler(DistributedSampler):
 
     Args:
         dataset: The training dataset (map-style, with ``len``).
-        seed: Seeds every permutation and draw; with the epoch it fixes the whole sequence. Default 0.
+        seed: Seeds every permutation and draw; with the epoch it fixes the whole sequence. Default ``None``: the
+            run's global seed, as Lightning seeds its own samplers (the ``PL_GLOBAL_SEED`` that
+            ``seed_everything`` sets, read here at construction; 0 without one). Resuming from a checkpoint keeps
+            the checkpoint's seed unless one is given here.
         num_replicas: Ranks sharing the data; default: the process group's world size, else 1.
         rank: This process's rank; default: the process group's rank, else 0.
 
@@ -58,13 +63,14 @@ class CurriculumSampler(DistributedSampler):
     """
 
     def __init__(
-        self, dataset: Dataset, *, seed: int = 0, num_replicas: int | None = None, rank: int | None = None
+        self, dataset: Dataset, *, seed: int | None = None, num_replicas: int | None = None, rank: int | None = None
     ) -> None:
         initialized = dist.is_available() and dist.is_initialized()
         num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if initialized else 1)
         rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
         self.dataset = dataset
-        self.seed = int(seed)
+        self._explicit_seed = seed is not None  # an explicit seed must match a checkpoint's; the global one follows it
+        self.seed = int(seed) if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.shuffle = True
         self.drop_last = False
         self.batch_size = 1
@@ -256,12 +262,19 @@ class CurriculumSampler(DistributedSampler):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; the world size and batch size must match the saved run.
+        """Restore [`state_dict`][lightning_geo.callbacks.CurriculumSampler.state_dict]'s output; the world size and
+        batch size must match the saved run.
+
+        A sampler built without an explicit seed takes the checkpoint's (the resumed run continues the saved
+        run's order whatever its global seed).
 
         Raises:
-            ValueError: if the run is resumed with a different world size, batch size or seed (the
+            ValueError: if the run is resumed with a different world size, batch size or explicit seed (the
                 sequence of batches could not continue).
         """
+        if not self._explicit_seed and int(state["seed"]) != self.seed:
+            self.seed = int(state["seed"])
+            self._order = self._permutations = self._order_list = None  # drawn from the other seed
         for key, now in (("num_replicas", self.num_replicas), ("batch_size", self.batch_size), ("seed", self.seed)):
             if int(state[key]) != now:
                 raise ValueError(

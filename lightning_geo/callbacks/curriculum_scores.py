@@ -1,4 +1,4 @@
-"""Per-sample complexity scores for :class:`~lightning_geo.callbacks.DynamicCurriculum`.
+"""Per-sample complexity scores for [`DynamicCurriculum`][lightning_geo.callbacks.DynamicCurriculum].
 
 A score is a float per training sample: higher means harder. The built-in scorers are
 
@@ -173,7 +173,7 @@ def callable_scores(dataset: Dataset, scorer: Callable[[Any], float]) -> torch.T
 def compute_scores(scorer: Scorer, dataset: Dataset, *, pad_id: int | None = None) -> torch.Tensor:
     """The ``(N,)`` float64 scores of every sample of ``dataset`` under ``scorer`` (see the module docstring).
 
-    For ``"loss"`` every score starts as :data:`UNSEEN`.
+    For ``"loss"`` every score starts as ``UNSEEN``.
 
     Raises:
         ValueError: if precomputed scores do not have one entry per sample, or a scorer cannot score this

@@ -2,9 +2,9 @@
 
 Finding the touched rows of a dense ``[vocab, dim]`` embedding gradient reads the whole gradient
 twice; the indices the embedding looked up say the same thing at a cost in proportion to the batch's
-tokens. :class:`EmbeddingLookupRecorder` records them with forward pre-hooks on ``nn.Embedding`` and
+tokens. ``EmbeddingLookupRecorder`` records them with forward pre-hooks on ``nn.Embedding`` and
 ``nn.EmbeddingBag`` modules: only forwards in training mode with gradients enabled count, and all of
-them since the last :meth:`~EmbeddingLookupRecorder.take` (so gradient accumulation is covered).
+them since the last ``take`` (so gradient accumulation is covered).
 
 A looked-up row is a touched row exactly when its gradient is non-zero, except where the loss
 ignores a lookup; so modules where that is structural are left to the gradient measurement:
@@ -29,12 +29,48 @@ def is_tied(module: nn.Module, root: nn.Module) -> bool:
     return len(owners) > 1
 
 
+def position_lookup_reason(indices: Tensor) -> str | None:
+    """Why embedding ``indices`` are positions rather than tokens, or None when nothing says so.
+
+    Indices that do not depend on the data are positional:
+
+    - every row along the last dimension counts up (or down) by one: absolute positions ``0..T-1``, ``k..k+T-1``
+      with a cache offset, or distances ``T-1..0``;
+    - a batch of three or more dimensions whose items are all the same (a position table looked up once and
+      expanded over the batch);
+    - a ``(query, key)`` grid (two dimensions, or more that are the same for every batch item) constant along each
+      diagonal: a function of the key's position minus the query's, as T5's relative-position buckets and
+      ALiBi-like distance tables are.
+
+    A token batch has none of these shapes: its rows differ (and a window shifted by one position per row shifts
+    left, constant along anti-diagonals, not diagonals). Rows of one token, and a grid of one value, say nothing.
+
+    Args:
+        indices: The integer tensor an ``nn.Embedding`` looked up.
+    """
+    if indices.is_floating_point() or indices.dim() == 0 or indices.shape[-1] < 2:
+        return None
+    steps = indices.diff(dim=-1)
+    if bool((steps == 1).all()) or bool((steps == -1).all()):
+        return "its indices count up by one along the sequence (positions 0..T-1, or from an offset)"
+    if bool((indices == indices.reshape(-1)[0]).all()):
+        return None  # one value throughout: a token repeated as well as a position
+    grid, same_for_batch = indices, False
+    while grid.dim() > 2 and grid.shape[0] >= 2 and bool((grid == grid[:1]).all()):
+        grid, same_for_batch = grid[0], True
+    while grid.dim() > 2 and grid.shape[0] == 1:
+        grid = grid[0]
+    if grid.dim() == 2 and grid.shape[0] >= 2 and bool((grid[1:, 1:] == grid[:-1, :-1]).all()):
+        return ("its indices depend only on query and key positions (the same along each diagonal of the "
+                "(query, key) grid, as relative-position buckets are)")
+    if same_for_batch:
+        return "its indices are the same for every item of the batch, so they come from positions, not data"
+    return None
+
+
 def is_position_lookup(indices: Tensor) -> bool:
-    """Whether embedding indices are positions rather than tokens: every row along the last dimension counts
-    up by one (``0..T-1``, or ``k..k+T-1`` with a cache offset). A one-token row says nothing: False."""
-    if indices.dim() == 0 or indices.shape[-1] < 2 or indices.is_floating_point():
-        return False
-    return bool((indices.diff(dim=-1) == 1).all())
+    """Whether embedding indices are positions rather than tokens (see ``position_lookup_reason``)."""
+    return position_lookup_reason(indices) is not None
 
 
 class PositionLookupCheck:
@@ -43,24 +79,31 @@ class PositionLookupCheck:
     Args:
         modules: ``{name: module}`` of embeddings to check.
 
-    After that forward, :attr:`positional` holds the names found to be position embeddings (GPT-2's ``wpe``,
-    a learned absolute position table): their row "density" is the window length over the context, not
-    token rarity. The check costs one host read per module, once; its hooks then remove themselves.
+    After that forward, ``positional`` maps the names found to be position tables (GPT-2's ``wpe``, T5's
+    ``relative_attention_bias``, any learned absolute or relative position table) to the reason
+    (``position_lookup_reason``): their row "density" is the window length over the context, not token
+    rarity. The check costs a few host reads per module, once; its hooks then remove themselves.
     """
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
-        self.positional: set[str] = set()
+        self.positional: dict[str, str] = {}
         self.checked: set[str] = set()
         self._handles = {
             name: module.register_forward_pre_hook(self._checker(name)) for name, module in modules.items()
         }
 
+    @property
+    def done(self) -> bool:
+        """Whether every module has been checked (or the hooks were removed)."""
+        return not self._handles
+
     def _checker(self, name: str) -> Any:
         def check(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not (module.training and torch.is_grad_enabled() and args and isinstance(args[0], Tensor)):
                 return
-            if is_position_lookup(args[0]):
-                self.positional.add(name)
+            reason = position_lookup_reason(args[0])
+            if reason is not None:
+                self.positional[name] = reason
             self.checked.add(name)
             self._handles.pop(name).remove()
 

@@ -47,14 +47,14 @@ _LOADER_SETTINGS = ("num_workers", "pin_memory", "timeout", "worker_init_fn", "m
 
 
 class BucketedLoader:
-    """A DataLoader over the same dataset whose batches come from a :class:`BucketBatchSampler`.
+    """A DataLoader over the same dataset whose batches come from a ``BucketBatchSampler``.
 
     Not a ``DataLoader`` subclass on purpose: Lightning would re-shard it with a ``DistributedSampler``
     (it is already sharded) or refuse its batch sampler. Iterating it iterates the inner ``loader``.
 
     Attributes:
         loader: The inner ``torch.utils.data.DataLoader``.
-        sampler: Its :class:`BucketBatchSampler` (this rank's batches).
+        sampler: Its ``BucketBatchSampler`` (this rank's batches).
         batch_sampler: What the inner loader draws batches from (for predict, Lightning's index recorder
             around ``sampler``, so prediction writers receive the dataset indices of each batch).
         original_batch_size: The replaced DataLoader's ``batch_size``: predictions are regrouped by it.
@@ -80,7 +80,7 @@ class BucketedLoader:
 
 @dataclass
 class _BucketedSource(_DataLoaderSource):
-    """The loop's dataloader source, with every DataLoader it returns replaced by a :class:`BucketedLoader`."""
+    """The loop's dataloader source, with every DataLoader it returns replaced by a ``BucketedLoader``."""
 
     bucketing: LengthBucketing | None = None
     stage: str = "predict"
@@ -108,7 +108,7 @@ class LengthBucketing(Callback):
       them is refused with a ``ValueError``.
     - **Padding**: the DataLoader's own ``collate_fn`` is reused, so each batch is padded to its own
       longest sample by the user's rule. A DataLoader with PyTorch's default collate gets
-      :func:`~lightning_geo.callbacks.bucket_collate.pad_collate` (right-padding with ``padding_value``).
+      ``pad_collate`` (right-padding with ``padding_value``).
     - **Order**: ``trainer.predict`` returns the predictions in dataset order, regrouped into the original
       DataLoader's ``batch_size`` (one batch if it has none; equal-shaped per-sample tensors are stacked, as a
       plain loop returns them).
@@ -133,7 +133,7 @@ class LengthBucketing(Callback):
         length_fn: Called once per sample (``dataset[i]``), returns its length in tokens. Default ``None``:
             ``dataset.lengths``, else the ``attention_mask``.
         max_batch_size: Most samples per batch, or ``None`` (default) for no limit beyond ``max_tokens``.
-        padding_value: Padding of :func:`pad_collate`, used only for DataLoaders with the default collate.
+        padding_value: Padding of ``pad_collate``, used only for DataLoaders with the default collate.
             Default 0.
         restore_order: Return predict outputs in dataset order (default ``True``); ``False`` leaves them
             in bucket order (each writer batch still carries its dataset indices).
@@ -144,10 +144,11 @@ class LengthBucketing(Callback):
         ValueError: for ``max_tokens`` or ``max_batch_size`` below 1, an unknown or empty ``stages``, or a
             non-callable ``length_fn``.
 
-    Example::
-
+    Example:
+        ```python
         trainer = L.Trainer(callbacks=[LengthBucketing(max_tokens=8192)])
         losses = trainer.predict(model, DataLoader(dataset, batch_size=32, collate_fn=pad))  # dataset order
+        ```
     """
 
     def __init__(

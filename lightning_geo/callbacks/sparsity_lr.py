@@ -1,8 +1,10 @@
 """``SparsityAwareLR``: per-parameter learning-rate multipliers from measured gradient sparsity.
 
-Works with any ``torch.optim`` optimizer::
+Works with any ``torch.optim`` optimizer:
 
-    trainer = L.Trainer(callbacks=[SparsityAwareLR()])
+```python
+trainer = L.Trainer(callbacks=[SparsityAwareLR()])
+```
 
 What it does, step by step:
 
@@ -14,22 +16,25 @@ What it does, step by step:
    before Lightning loads the optimizer state.
 2. **Before every optimizer step** it finds, for each tracked parameter, the rows (dim 0) whose
    gradient is non-zero (for an embedding, read off the indices it looked up: see
-   :mod:`~lightning_geo.callbacks.embedding_lookups`) and adds their count and per-row hit counts up
+   ``embedding_lookups``) and adds their count and per-row hit counts up
    on the device, with no host read. Every ``every_n_steps`` steps (and at the first) one host read
    folds the mean share of rows touched per step into a moving average (see
-   :class:`~lightning_geo.callbacks.sparsity_stats.GradientSparsityTracker`), and the multipliers are
-   set from it. Each tracked group's LR is then multiplied by::
+   [`GradientSparsityTracker`][lightning_geo.callbacks.GradientSparsityTracker]), and the multipliers are
+   set from it. Each tracked group's LR is then multiplied by:
 
-       multiplier = min(max_multiplier, max(1, row_density ** -power))
+    ```python
+    multiplier = min(max_multiplier, max(1, row_density ** -power))
+    ```
 
-   where ``row_density`` is the moving average of the share of the parameter's rows touched per
-   step. With the default ``power=0.5`` an embedding whose batches touch 4% of its rows gets 5x
-   the LR of the rest of the model: each of its rows is updated in few steps, so each of those
-   steps is allowed to be larger (the Adagrad-style ``1/sqrt(frequency)`` rule applied to a whole
-   parameter). The multiplier is applied just before ``optimizer.step()`` and removed just after
-   (an optimizer step post-hook), so the value an LR scheduler reads and writes is never the
-   multiplied one: the callback composes with any scheduler by multiplication and never fights it.
-   A step that the AMP ``GradScaler`` will skip (non-finite gradients) gets no multiplier.
+    where ``row_density`` is the moving average of the share of the parameter's rows touched per
+    step. With the default ``power=0.5`` an embedding whose batches touch 4% of its rows gets 5x
+    the LR of the rest of the model: each of its rows is updated in few steps, so each of those
+    steps is allowed to be larger (the Adagrad-style ``1/sqrt(frequency)`` rule applied to a whole
+    parameter). The multiplier is applied just before ``optimizer.step()`` and removed just after
+    (an optimizer step post-hook), so the value an LR scheduler reads and writes is never the
+    multiplied one: the callback composes with any scheduler by multiplication and never fights it.
+    A step that the AMP ``GradScaler`` will skip (non-finite gradients) gets no multiplier.
+
 3. **Weight decay on untouched rows** (``decay_rows``): ``"all"`` leaves weight decay to the
    optimizer (every row decays every step, as in AdamW). ``"touched"`` suspends the optimizer's
    own ``weight_decay`` for the tracked groups during the step and applies decoupled decay
@@ -45,18 +50,24 @@ per-row hit counts (TensorBoard only). ``log_untracked=True`` also measures ever
 logging steps (row and element density: a diagnostic that costs a host read per parameter).
 
 Where the rule cannot act, the callback says so once and leaves the parameter's LR alone
-(:attr:`SparsityAwareLR.not_acting_on` names them with the reason):
+(``SparsityAwareLR.not_acting_on`` names them with the reason):
 
 - an embedding tied to the output head (GPT-2's ``wte``/``lm_head``): the head gives every row a gradient
   every step, so the parameter is dense however few tokens the batch looks up;
-- an embedding looked up by position (GPT-2's ``wpe``, any learned absolute position table), found from
-  its indices at the first training forward: its row "density" is the window length over the context,
-  not token rarity, and a boost would follow the sequence-length curriculum, not the data.
+- an embedding looked up by position, absolute or relative (GPT-2's ``wpe``, T5's ``relative_attention_bias``,
+  any learned position or distance table): its row "density" is the window length over the context, not token
+  rarity, and a boost would follow the sequence-length curriculum, not the data. It is found from its indices
+  at its first training forward (indices that do not depend on the data: counting up by one, the same for every
+  batch item, or a function of query and key positions: see ``embedding_lookups.position_lookup_reason``) or,
+  where the indices say nothing, from its name (``wpe``, ``position...``, ``pos_emb...``,
+  ``relative_attention_bias``: see [`position_name_hint`][lightning_geo.utils.positions.position_name_hint]).
+  ``SparsityAwareLR.positional`` names them with how they were found, and an optimizer with a
+  ``mark_positional`` method ([`GeoAdamW`][lightning_geo.optim.GeoAdamW]) is told to take them off its row rule.
 
-With :class:`~lightning_geo.optim.GeoAdamW`, which applies the same density rule per parameter (and
+With [`GeoAdamW`][lightning_geo.optim.GeoAdamW], which applies the same density rule per parameter (and
 a row-frequency rule per row) itself, the callback measures and logs but sets no multipliers (it
 says so once). It tells such an optimizer by its class attribute ``applies_row_density_rule = True``
-(:func:`~lightning_geo.utils.rows.applies_row_density_rule`), so an optimizer of your own can say the same.
+(``applies_row_density_rule``), so an optimizer of your own can say the same.
 """
 
 from __future__ import annotations
@@ -88,6 +99,7 @@ from lightning_geo.utils import (
     reduce_tensor,
 )
 from lightning_geo.utils.param_groups import isolate_parameters
+from lightning_geo.utils.positions import POSITION_HINT_METHOD, position_name_hint
 from lightning_geo.utils.rows import applies_row_density_rule, touched_rows
 
 DECAY_ROWS = ("all", "touched")
@@ -148,7 +160,7 @@ class SparsityAwareLR(pl.Callback):
             "LR multiplier per parameter": (r"^geo/sparsity/.+/lr_multiplier$",),
         },
     )
-    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
+    """This part's section of the GEO dashboard (see ``lightning_geo.utils.dashboard``)."""
 
     def __init__(
         self,
@@ -205,6 +217,8 @@ class SparsityAwareLR(pl.Callback):
         self._lookups: EmbeddingLookupRecorder | None = None
         self._position_check: PositionLookupCheck | None = None
         self.not_acting_on: dict[str, str] = {}  # tracked parameter -> why the rule cannot act on it
+        self.positional: dict[str, str] = {}  # tracked embedding found looked up by position -> how it was found
+        self._told_optimizers: set[str] = set()  # positional names passed to the optimizers' `mark_positional`
         self._warned_skipped_restore = False
 
     # ----------------------------------------------------------------- selection and set-up
@@ -283,7 +297,7 @@ class SparsityAwareLR(pl.Callback):
         self._lookups = EmbeddingLookupRecorder(modules) if modules else None
 
     def _find_where_the_rule_cannot_act(self, pl_module: pl.LightningModule) -> None:
-        self.not_acting_on = {}
+        self.not_acting_on, self.positional, self._told_optimizers = {}, {}, set()
         embeddings = {}
         shared_names: dict[int, list[str]] = {}
         for name, param in pl_module.named_parameters(remove_duplicate=False):
@@ -312,15 +326,33 @@ class SparsityAwareLR(pl.Callback):
             rank_zero_warn(f"SparsityAwareLR: the density rule cannot act on {name!r}: {reason}. Its learning rate "
                            "is left as the optimizer has it (multiplier 1).")
 
-    def _note_position_lookups(self) -> None:
+    def _positional(self, name: str, why: str) -> None:
+        self.positional[name] = why
+        self._not_acting(name, f"{why}; its row density follows the sequence length, not token rarity")
+
+    def _note_position_lookups(self, trainer: pl.Trainer) -> None:
+        """Name the embeddings the first training forward found looked up by position (once each), and tell an
+        optimizer that applies the row rule itself (``GeoAdamW``) to take them off it."""
         check = self._position_check
-        if check is None:
+        if check is not None:
+            for name in sorted(check.checked - set(self.positional)):
+                if name in check.positional:
+                    self._positional(name, f"it is looked up by position: {check.positional[name]}")
+                elif position_name_hint(name):  # the indices said nothing (e.g. one position), the name does
+                    self._positional(name, "it is looked up by position, as its name says")
+            if check.done:
+                self._position_check = None
+        if len(self._told_optimizers) == len(self.positional):
             return
-        for name in sorted(check.positional):
-            self._not_acting(name, "it is looked up by position (its indices count 0..T-1), not by token, so its "
-                                   "row density is the window length over the context, not token rarity")
-        if not check._handles:
-            self._position_check = None
+        for name in self.positional:
+            if name in self._told_optimizers:
+                continue
+            self._told_optimizers.add(name)
+            param = self.tracker.parameters[name] if self.tracker is not None else None
+            for optimizer in trainer.optimizers:
+                mark = getattr(optimizer, POSITION_HINT_METHOD, None)
+                if param is not None and callable(mark):
+                    mark(param, self.positional[name], name=name)
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
@@ -340,7 +372,7 @@ class SparsityAwareLR(pl.Callback):
         """Measure sparsity, set this step's LR multipliers and (optionally) decay touched rows only."""
         if self.tracker is None:
             return
-        self._note_position_lookups()
+        self._note_position_lookups(trainer)
         names = self._optimizer_names.get(id(optimizer))
         if names is None:
             names = [self._names[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in self._names]
@@ -482,7 +514,8 @@ class SparsityAwareLR(pl.Callback):
         return {"tracker": tracker, "multipliers": dict(self.multipliers), "tracked": list(self.tracked)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; applied at fit start, once the model's parameters are known."""
+        """Restore [`state_dict`][lightning_geo.callbacks.SparsityAwareLR.state_dict]; applied at fit start, once the
+        model's parameters are known."""
         self.multipliers = {k: v for k, v in state_dict.get("multipliers", {}).items() if k not in self.not_acting_on}
         if state_dict.get("tracker") is None:
             return

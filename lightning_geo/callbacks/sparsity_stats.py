@@ -5,15 +5,19 @@ is *touched* in a step when any element of its gradient is non-zero (for a spars
 the gradient lists it). For 0-D and 1-D parameters every element is its own row.
 
 The tracker is pure torch (no Lightning): ``SparsityAwareLR`` drives it, and it can be used in a
-plain training loop too::
+plain training loop too:
 
-    tracker = GradientSparsityTracker(model.named_parameters(), hit_count_names={"emb.weight"})
-    loss.backward()
-    tracker.update(tracker.measure())
-    tracker.row_density["emb.weight"]  # EMA of the share of rows touched per step
+```python
+tracker = GradientSparsityTracker(model.named_parameters(), hit_count_names={"emb.weight"})
+loss.backward()
+tracker.update(tracker.measure())
+tracker.row_density["emb.weight"]  # EMA of the share of rows touched per step
+```
 
-Without a host read per step: :meth:`GradientSparsityTracker.accumulate` adds each step's touched rows on
-the device, and :meth:`GradientSparsityTracker.flush` reads the steps since the last flush in one host sync.
+Without a host read per step:
+[`GradientSparsityTracker.accumulate`][lightning_geo.callbacks.GradientSparsityTracker.accumulate] adds each step's
+touched rows on the device, and [`GradientSparsityTracker.flush`][lightning_geo.callbacks.GradientSparsityTracker.flush]
+reads the steps since the last flush in one host sync.
 """
 
 from __future__ import annotations
@@ -102,7 +106,8 @@ class GradientSparsityTracker:
 
     def accumulate(self, touched: dict[str, Tensor]) -> None:
         """Add one step's touched-row masks ``{name: bool [rows]}``: row counts and hit counts stay on the
-        device (two small kernels per parameter, no host read) until :meth:`flush`."""
+        device (two small kernels per parameter, no host read) until
+        [`flush`][lightning_geo.callbacks.GradientSparsityTracker.flush]."""
         for name, mask in touched.items():
             count = mask.sum()
             pending = self._pending_rows.get(name)
@@ -115,7 +120,8 @@ class GradientSparsityTracker:
     def flush(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
         """Fold the steps accumulated since the last flush into the row-density averages: their mean share of
         rows touched per step enters the moving average with weight ``1 - ema ** steps`` (for one step, as
-        :meth:`update`). One host read for all parameters; ``reduce`` as in :meth:`update`."""
+        [`update`][lightning_geo.callbacks.GradientSparsityTracker.update]). One host read for all parameters;
+        ``reduce`` as in [`update`][lightning_geo.callbacks.GradientSparsityTracker.update]."""
         if not self.pending_steps or not self._pending_rows:
             self.pending_steps = 0
             return
@@ -147,10 +153,12 @@ class GradientSparsityTracker:
         Args:
             names: measure only these parameters (e.g. those of one optimizer); default all.
             count_elements: also count non-zero elements (default True); otherwise the element
-                density is NaN and :meth:`update` keeps the previous average.
+                density is NaN and [`update`][lightning_geo.callbacks.GradientSparsityTracker.update] keeps the previous
+                average.
             touched: ``{name: row mask}`` known without reading the gradient (looked-up rows).
 
-        Also remembers each hit-counted parameter's touched-row mask for :meth:`update`.
+        Also remembers each hit-counted parameter's touched-row mask for
+        [`update`][lightning_geo.callbacks.GradientSparsityTracker.update].
         """
         current: dict[str, tuple[float, float]] = {}
         self.last_touched = {}
@@ -174,7 +182,7 @@ class GradientSparsityTracker:
         """Fold one step's measurement into the moving averages and the hit counts.
 
         Args:
-            current: the output of :meth:`measure`.
+            current: the output of [`measure`][lightning_geo.callbacks.GradientSparsityTracker.measure].
             reduce: optional cross-rank mean of a 1-D float tensor (under DDP, so every rank keeps
                 the same statistics even if its local gradients differed); called once per update
                 with all densities stacked. Every rank must call ``update`` with the same names.
@@ -188,8 +196,9 @@ class GradientSparsityTracker:
         current: dict[str, tuple[float, float]],
         reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        """Fold a diagnostic measurement (:meth:`measure` on logging steps) into the averages; a NaN entry
-        keeps its average. Hit counts and :attr:`measurements` are left to :meth:`accumulate`/:meth:`flush`."""
+        """Fold a diagnostic measurement ([`measure`][lightning_geo.callbacks.GradientSparsityTracker.measure] on
+        logging steps) into the averages; a NaN entry keeps its average. Hit counts and ``measurements`` are left to
+        [`accumulate`][lightning_geo.callbacks.GradientSparsityTracker.accumulate]/[`flush`][lightning_geo.callbacks.GradientSparsityTracker.flush]."""
         self._fold(current, reduce)
 
     def _fold(self, current: dict[str, tuple[float, float]], reduce: Callable[[Tensor], Tensor] | None) -> None:
@@ -230,7 +239,8 @@ class GradientSparsityTracker:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; hit counts move to their parameter's device."""
+        """Restore [`state_dict`][lightning_geo.callbacks.GradientSparsityTracker.state_dict]; hit counts move to their
+        parameter's device."""
         self.row_density = dict(state["row_density"])
         self.element_density = dict(state["element_density"])
         self.hit_counts = {}

@@ -114,13 +114,13 @@ def load_bpe_corpus(
     """Load a corpus, learn a byte-level BPE on its training text and encode both splits (cached).
 
     Args:
-        path: As for :func:`~lightning_geo.demo.corpus.load_corpus`; default the Python standard library.
+        path: As for ``load_corpus``; default the Python standard library.
         vocab_size: Tokens in the vocabulary, in ``[260, 65536]``. Default 4096.
         max_train_chars: Encode at most this many characters of training text (whole files, in a fixed shuffled
             order), or ``None`` for all of it. Default 12 M (about 3.6 M tokens of Python: more than the demo
             trains on, in 4 s).
         val_fraction: Share held out for validation, as for ``load_corpus``. Default 0.05.
-        cache_dir: Where to keep the tokenizer and the encoded ids. Default :func:`default_cache_dir`.
+        cache_dir: Where to keep the tokenizer and the encoded ids. Default ``default_cache_dir``.
 
     Raises:
         CorpusError: as ``load_corpus`` does, or if the text encodes to too few tokens.

@@ -1,6 +1,6 @@
 """Training budgets in what a user pays for: wall-clock seconds or tokens (or, still, optimizer steps).
 
-``Budget.parse("60s")``, ``Budget.parse("2M")`` (tokens) or ``Budget.parse("300 steps")``; :class:`BudgetedTraining`
+``Budget.parse("60s")``, ``Budget.parse("2M")`` (tokens) or ``Budget.parse("300 steps")``; ``BudgetedTraining``
 is the callback that spends it: it tracks the run's progress through the budget (which drives the learning-rate
 schedule), validates at evenly spaced points of it, and stops the run when it is spent, with a last validation.
 """
@@ -39,7 +39,7 @@ class Budget:
 
     Attributes:
         amount: How many ``unit``; positive.
-        unit: One of :data:`BUDGET_UNITS`.
+        unit: One of ``BUDGET_UNITS``.
     """
 
     amount: float
@@ -102,16 +102,16 @@ class ValidationPoint:
 
 
 class BudgetedTraining(Callback):
-    """Spend a :class:`Budget`: progress, evenly spaced validations, and a stop with a last validation.
+    """Spend a ``Budget``: progress, evenly spaced validations, and a stop with a last validation.
 
     Progress (the share of the budget spent, in [0, 1]) is written to ``pl_module.training_progress`` after each
     training batch, for a learning-rate schedule that follows the budget rather than a step count. Validations run
     on ``trainer.datamodule.val_dataloader()`` in float32 without autocast (the same for every arm of a
     comparison), each time progress passes one of ``val_points`` evenly spaced marks, and always at the end;
     Lightning's own validation loop should be off (``limit_val_batches=0``). Each is logged as ``val/loss`` and
-    kept in :attr:`curve`. Under several processes a seconds budget follows rank 0's clock (one broadcast per
+    kept in ``curve``. Under several processes a seconds budget follows rank 0's clock (one broadcast per
     step), so every rank stops after the same step. Seconds are those spent in training batches (see
-    :data:`BUDGET_UNITS`), so that validations cost no budget and arms that validate alike compare alike.
+    ``BUDGET_UNITS``), so that validations cost no budget and arms that validate alike compare alike.
 
     Args:
         budget: What the run may spend.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 PRECISIONS: tuple[str, ...] = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 """Precision strings the demo accepts (Lightning's own names)."""
@@ -25,12 +28,17 @@ runs many Trainers: ``tune``)."""
 DEMO_BUDGET = "30s"
 """The demo's budget per arm: seconds in training batches (``make demo`` runs two arms within 3 minutes)."""
 
-DEMO_LEARNING_RATES: dict[str, float] = {"plain": 0.00394, "geo": 0.0131}
-"""Each arm's peak learning rate on the demo's BPE model and budget, tuned with the same budget per arm (see
-``docs/demo.md`` for the command and the trials)."""
+DEMO_LEARNING_RATES: dict[str, float] = {"plain": 0.00394, "geo": 0.0085}
+"""Each arm's peak learning rate on the demo's BPE model and budget. Plain's is the best of 10 trials with the same
+budget (see ``docs/demo.md`` for the command and the trials). GEO's is below its tuning's best (0.0131, whose
+neighbours at 0.0076-0.015 ended within 0.02 nats of it): at 0.0131, peaking at 26% of the budget, the full-length
+batches that the sequence-length warmup brings at 30% met the peak rate, and on a slower machine (fewer steps by
+then) the validation loss stalled or spiked once they came. At 0.0085 with a 35% warmup, on a 60-step budget, it
+fell at every validation, to 5.34 nats against 5.78 at 0.0131."""
 
-DEMO_WARMUP_SHARES: dict[str, float] = {"plain": 0.211, "geo": 0.259}
-"""Each arm's LR warmup, a share of the budget, tuned with its learning rate (see ``DEMO_LEARNING_RATES``)."""
+DEMO_WARMUP_SHARES: dict[str, float] = {"plain": 0.211, "geo": 0.35}
+"""Each arm's LR warmup, a share of the budget (see ``DEMO_LEARNING_RATES``). GEO's ends after its sequences reach
+full length (``seq_len_warmup``, 30% of the budget), so that full-length batches start below the peak rate."""
 
 DEMO_VAL_POINTS = 10
 """Validations over a demo budget (they cost no budget: see ``demo.budget``)."""
@@ -48,9 +56,10 @@ GEO_DEFAULT_PRECISION = "16-mixed"
 """The precision of ``--geo`` and ``--compare`` runs on a GPU when ``--precision`` is not given."""
 
 GEO_DEFAULT_CPU_PRECISION = "bf16-mixed"
-"""Their precision on a CPU: most CPUs emulate fp16 matrix products (65x slower than fp32 on the 2-core AMD EPYC
-we test on, the demo 16x slower), while bf16 runs at fp32's speed or better. ``--precision 16-mixed`` still
-trains in real fp16 there."""
+"""Their precision on a CPU with bf16 instructions (``lightning_geo.utils.cpu_precision``): most CPUs emulate fp16
+matrix products (65x slower than fp32 on a 2-core Xeon, the demo 16x slower), while bf16 runs at fp32's speed or
+better where the CPU has bf16 instructions. On a CPU without them bf16 is emulated too (a demo step 12x the CPU
+time of fp32 on an AVX2-only AMD EPYC), and the runs train in ``32-true``. ``--precision`` overrides both."""
 
 
 def accelerator_device_type(accelerator: str) -> str:
@@ -64,14 +73,19 @@ def accelerator_device_type(accelerator: str) -> str:
 
 
 def default_mixed_precision(accelerator: str) -> str:
-    """The precision ``--geo`` trains in when none is given: 16-mixed on a GPU, bf16-mixed on a CPU.
+    """The precision ``--geo`` trains in when none is given: 16-mixed on a GPU, bf16-mixed on a CPU with bf16
+    instructions, 32-true on a CPU without them (where mixed precision is emulated, slower than fp32).
 
     Args:
         accelerator: Lightning's accelerator name (``"cpu"``, ``"gpu"``, ``"cuda"`` or ``"auto"``: a GPU when
             CUDA is available).
     """
     on_gpu = accelerator_device_type(accelerator) == "cuda"
-    return GEO_DEFAULT_PRECISION if on_gpu else GEO_DEFAULT_CPU_PRECISION
+    if on_gpu:
+        return GEO_DEFAULT_PRECISION
+    from lightning_geo.utils.cpu_precision import cpu_has_native_bf16
+
+    return GEO_DEFAULT_CPU_PRECISION if cpu_has_native_bf16() else "32-true"
 
 
 def geo_parts_used(config: DemoConfig, plan: str | None = None, predictive: bool | None = None) -> tuple[str, ...]:
@@ -91,6 +105,8 @@ def geo_parts_used(config: DemoConfig, plan: str | None = None, predictive: bool
     elif config.resolved_precision in MIXED_PRECISIONS:
         precision = (f"precision: Lightning's {config.resolved_precision} (bf16 has no loss scale to predict; "
                      "PredictiveScalingPrecision acts in 16-mixed)")
+    elif config.precision is None:
+        precision = "precision: not used: this CPU has no bf16 instructions, so both arms train in fp32 (faster here)"
     else:
         precision = (f"precision: not used at --precision {config.resolved_precision} "
                      "(it needs 16-mixed or bf16-mixed)")
@@ -140,7 +156,7 @@ class DemoConfig:
     @property
     def resolved_precision(self) -> str:
         """The precision the run trains in: ``precision``; by default, with ``geo``,
-        :func:`default_mixed_precision` (16-mixed on a GPU, bf16-mixed on a CPU), else ``32-true``."""
+        ``default_mixed_precision`` (16-mixed on a GPU, bf16-mixed on a CPU), else ``32-true``."""
         if self.precision is not None:
             return self.precision
         return default_mixed_precision(self.accelerator) if self.geo else "32-true"
@@ -176,3 +192,38 @@ class DemoConfig:
             raise ValueError(f"val_points must be a positive integer, got {self.val_points!r}")
         if self.sample_chars < 0:
             raise ValueError(f"sample_chars must be >= 0, got {self.sample_chars!r}")
+        check_out_folder(self.out)
+
+
+def check_out_folder(out: str) -> None:
+    """Fail early, in one line naming ``--out``, when the run could not write its logs under ``out``.
+
+    An existing folder must be writable; a missing one must be creatable: its nearest existing parent is probed by
+    creating and removing a temporary folder in it (nothing is left behind, and nothing is created for ``out``).
+
+    Args:
+        out: The TensorBoard root folder (``DemoConfig.out``, the ``--out`` flag).
+
+    Raises:
+        ValueError: naming ``--out`` and why, e.g. for ``/proc/nope`` or a path through a file.
+    """
+    path = Path(out).expanduser()
+    problem = None
+    if path.exists():
+        if not path.is_dir():
+            problem = "it is not a folder"
+        elif not os.access(path, os.W_OK | os.X_OK):
+            problem = "the folder is not writable"
+    else:
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            problem = f"{str(parent)!r} is not a folder"
+        else:
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".lightning_geo_probe_", dir=parent))
+            except OSError as err:
+                problem = f"no folder can be created in {str(parent)!r} ({err.strerror or err})"
+    if problem is not None:
+        raise ValueError(f"--out {out!r}: cannot write the run's logs there: {problem}")

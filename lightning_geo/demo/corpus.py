@@ -36,7 +36,7 @@ class Corpus:
     """An encoded character corpus.
 
     Attributes:
-        vocab: The characters by id; ``vocab[0]`` is :data:`UNKNOWN`.
+        vocab: The characters by id; ``vocab[0]`` is ``UNKNOWN``.
         train: 1-D ``int32`` tensor of character ids for training.
         val: 1-D ``int32`` tensor of character ids for validation.
         source: Where the text came from (a path), for summaries.
@@ -147,7 +147,7 @@ class CorpusTexts:
 
 
 def read_corpus_texts(path: str | os.PathLike[str] | None = None, *, val_fraction: float = 0.05) -> CorpusTexts:
-    """Read and split a corpus (see :func:`load_corpus` for ``path`` and ``val_fraction``), without encoding it.
+    """Read and split a corpus (see ``load_corpus`` for ``path`` and ``val_fraction``), without encoding it.
 
     Raises:
         CorpusError: if the path does not exist, holds no text, or is a binary file.

@@ -1,6 +1,6 @@
 """Fixed-length character windows as a map-style dataset, and the demo's DataModules.
 
-``CharDataModule`` takes a loaded :class:`~lightning_geo.demo.corpus.Corpus`; ``CorpusDataModule`` takes the
+``CharDataModule`` takes a loaded ``Corpus``; ``CorpusDataModule`` takes the
 corpus as a path (or ``None`` for the Python standard library) and loads it, for LightningCLI / YAML configs.
 
 One sample is one window of ``seq_len + 1`` consecutive characters (inputs and next-character targets),
@@ -55,7 +55,7 @@ class CharDataModule(pl.LightningDataModule):
 
     Args:
         corpus: The encoded corpus (of characters, or of subword tokens: a
-            :class:`~lightning_geo.demo.bpe.SubwordCorpus`).
+            ``SubwordCorpus``).
         seq_len: Characters per sample. Default 128.
         batch_size: Samples per batch and per device. Default 32.
         val_samples: Validation windows, spread evenly over the validation text; at most all of them.
@@ -108,7 +108,7 @@ class CharDataModule(pl.LightningDataModule):
 
 
 class CorpusDataModule(CharDataModule):
-    """:class:`CharDataModule` that loads its corpus from a path: the form LightningCLI and YAML configs take.
+    """``CharDataModule`` that loads its corpus from a path: the form LightningCLI and YAML configs take.
 
     Args:
         corpus: A UTF-8 text file or a folder of text files. Default ``None``: the ``.py`` files of the running
@@ -124,10 +124,11 @@ class CorpusDataModule(CharDataModule):
         CorpusError: if the corpus is missing, empty, binary or too short for one batch.
         ValueError: for ``val_fraction`` or ``vocab_size`` out of range.
 
-    Example::
-
+    Example:
+        ```python
         data = CorpusDataModule("notes.txt", seq_len=64)
         model = CharLanguageModel(data.vocab, seq_len=64)
+        ```
     """
 
     def __init__(

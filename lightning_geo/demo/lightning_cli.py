@@ -1,15 +1,15 @@
 """LightningCLI for the demo: train the character GPT from a YAML config, with or without the GEO parts.
 
-::
-
-    lightning-geo fit --config examples/demo_geo.yaml
-    lightning-geo fit --config examples/demo_geo.yaml --print_config
-    lightning-geo fit --config examples/demo.yaml --trainer.max_steps 100
+```bash
+lightning-geo fit --config examples/demo_geo.yaml
+lightning-geo fit --config examples/demo_geo.yaml --print_config
+lightning-geo fit --config examples/demo.yaml --trainer.max_steps 100
+```
 
 (``python -m lightning_geo.demo.lightning_cli`` is the same command.)
 
-The model is :class:`~lightning_geo.demo.model.CharLanguageModel`, the data
-:class:`~lightning_geo.demo.data.CorpusDataModule` (the corpus as a path; none: the Python standard library).
+The model is ``CharLanguageModel``, the data
+``CorpusDataModule`` (the corpus as a path; none: the Python standard library).
 Three arguments are linked, so that a config never writes them twice:
 
 - ``data.vocab -> model.vocab``: the vocabulary comes from the loaded corpus (linked after instantiation);
@@ -20,7 +20,7 @@ Three arguments are linked, so that a config never writes them twice:
 LightningCLI's own ``optimizer:`` / ``lr_scheduler:`` keys are turned off: they would replace the model's
 ``configure_optimizers`` (weight-decay groups, per-step warmup + cosine) by one optimizer over all parameters,
 built before the strategy shards them. Choose the optimizer with ``model.optimizer: adamw | geo_adamw``.
-Importing this module imports :mod:`lightning_geo`, which registers ``strategy: geo_hybrid``.
+Importing this module imports [`lightning_geo`][lightning_geo], which registers ``strategy: geo_hybrid``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def schedule_steps(max_steps: int) -> int:
         max_steps: ``trainer.max_steps``; -1 (Lightning's default) means unbounded.
 
     Returns:
-        ``max_steps`` when positive, else :data:`UNBOUNDED_SCHEDULE_STEPS`.
+        ``max_steps`` when positive, else ``UNBOUNDED_SCHEDULE_STEPS``.
     """
     return max_steps if max_steps is not None and max_steps > 0 else UNBOUNDED_SCHEDULE_STEPS
 
@@ -112,7 +112,7 @@ def describe_init_error(err: BaseException, config: Namespace) -> str:
 
 
 class DemoLightningCLI(LightningCLI):
-    """LightningCLI over :class:`CharLanguageModel` and :class:`CorpusDataModule`, with the demo's links.
+    """LightningCLI over ``CharLanguageModel`` and ``CorpusDataModule``, with the demo's links.
 
     Subcommands ``fit``, ``validate`` and ``test`` (``test`` reports the loss on the held-out files under
     ``test/``; the demo has no prediction step). Every Trainer argument, GEO's included, is configurable:

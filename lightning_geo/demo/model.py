@@ -84,7 +84,7 @@ class Block(nn.Module):
 
 
 class CharGPT(nn.Module):
-    """Token + position embeddings, a stack of :class:`Block`, a final norm and an (untied) output head."""
+    """Token + position embeddings, a stack of ``Block``, a final norm and an (untied) output head."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -157,7 +157,7 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "geo_adamw")
 
 
 class CharLanguageModel(pl.LightningModule):
-    """Next-character prediction with :class:`CharGPT`, AdamW and a warmup + cosine schedule.
+    """Next-character prediction with ``CharGPT``, AdamW and a warmup + cosine schedule.
 
     Logs ``train/loss`` and ``train/bpc`` every step, ``val/loss`` and ``val/bpc`` (averaged over the
     validation set, across ranks) at each validation, and ``test/loss``, ``test/bpc`` the same way in ``test``.
@@ -177,10 +177,10 @@ class CharLanguageModel(pl.LightningModule):
         warmup_steps: Linear LR warmup, in optimizer steps. Default 50.
         max_steps: Length of the cosine schedule, in optimizer steps. Default 1000.
         optimizer: ``"adamw"`` (default, ``torch.optim.AdamW``) or ``"geo_adamw"``
-            (:class:`~lightning_geo.optim.GeoAdamW`: lazy rows for the embedding), same settings.
-        warmup_share: For a budgeted run (one that sets :attr:`training_progress`, as
-            :class:`~lightning_geo.demo.budget.BudgetedTraining` does): the share of the budget spent warming up;
-            the schedule is then :func:`budget_warmup_cosine` of the progress, and ``warmup_steps`` and
+            ([`GeoAdamW`][lightning_geo.optim.GeoAdamW]: lazy rows for the embedding), same settings.
+        warmup_share: For a budgeted run (one that sets ``training_progress``, as
+            ``BudgetedTraining`` does): the share of the budget spent warming up;
+            the schedule is then ``budget_warmup_cosine`` of the progress, and ``warmup_steps`` and
             ``max_steps`` are not used. Default 0.05.
     """
 

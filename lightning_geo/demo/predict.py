@@ -3,7 +3,7 @@
 Each file is encoded with the checkpoint's own vocabulary (unknown characters become id 0) and cut into
 pieces of at most ``seq_len + 1`` characters (the model's context plus the next character to predict). The
 pieces, whose lengths vary with the files' sizes, go through ``trainer.predict`` with
-:class:`~lightning_geo.callbacks.LengthBucketing` under a token budget; their summed next-character losses
+[`LengthBucketing`][lightning_geo.callbacks.LengthBucketing] under a token budget; their summed next-character losses
 come back in dataset order and add up to one score per file: bits per character (lower: the text looks
 more like what the model was trained on).
 """
@@ -27,6 +27,7 @@ from lightning_geo.callbacks.bucket_collate import pad_collate
 from lightning_geo.demo.config import MIXED_PRECISIONS
 from lightning_geo.demo.corpus import CorpusError, _iter_files, _read_text
 from lightning_geo.demo.model import CharLanguageModel
+from lightning_geo.strategies.checkpoint import load_module
 from lightning_geo.utils.table import format_table
 
 PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", *MIXED_PRECISIONS)
@@ -64,7 +65,7 @@ class TextPieces(Dataset):
 
 
 class PieceScorer(pl.LightningModule):
-    """Wraps a :class:`CharLanguageModel`: ``predict_step`` returns each piece's summed loss (nats) and targets."""
+    """Wraps a ``CharLanguageModel``: ``predict_step`` returns each piece's summed loss (nats) and targets."""
 
     def __init__(self, model: CharLanguageModel) -> None:
         super().__init__()
@@ -140,21 +141,23 @@ def score_folder(
     """Score every text file under ``folder`` with the demo model in ``checkpoint``, length-bucketed.
 
     Args:
-        checkpoint: A checkpoint of :class:`CharLanguageModel` (e.g. from ``lightning-geo fit``).
+        checkpoint: A checkpoint of ``CharLanguageModel`` (e.g. from ``lightning-geo fit``): a file or the
+            distributed checkpoint folder ``strategy="geo_hybrid"`` saves.
         folder: A folder of text files.
         max_tokens: ``LengthBucketing``'s budget of padded characters per batch. Default 8192.
         batch_size: The DataLoader's batch size; predictions are regrouped by it. Default 32.
-        precision: One of :data:`PREDICT_PRECISIONS`. Default ``"32-true"``.
+        precision: One of ``PREDICT_PRECISIONS``. Default ``"32-true"``.
         accelerator: Lightning accelerator. Default ``"auto"``.
 
     Raises:
         ValueError: for an unknown ``precision`` or a subword-vocabulary checkpoint; CorpusError (a ValueError)
             for a folder without text.
-        OSError: if the checkpoint cannot be read.
+        OSError: if the checkpoint does not exist; ``UnreadableCheckpointError`` (a ValueError) if it is
+            truncated or corrupt.
     """
     if precision not in PREDICT_PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(PREDICT_PRECISIONS)}")
-    model = CharLanguageModel.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    model = load_module(CharLanguageModel, checkpoint)  # a file, or the folder strategy="geo_hybrid" saves
     vocab = model.hparams["vocab"]
     if not isinstance(vocab, str):
         raise ValueError(f"{checkpoint} is a subword-vocabulary model; predict scores character models "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import time
 import warnings
 from collections.abc import Iterator
@@ -34,6 +35,12 @@ from lightning_geo.demo.plot import plot_budget_curves, plot_loss_curves, read_s
 from lightning_geo.precision import PredictiveScalingPrecision
 from lightning_geo.strategies import GeoHybridStrategy
 from lightning_geo.utils.table import format_table
+
+TABLE_WIDTH = 120
+"""Columns the demo's tables fit in (paths aside: a long ``--out`` makes the log rows wider)."""
+
+LABEL_WIDTH = 27
+"""Columns of the summary table's label column, the widest label and the gap after it."""
 
 
 @dataclass
@@ -71,14 +78,23 @@ class DemoResult:
             bits = f" ({value / LN2:.3f} bpc)" if self.tokenizer == "char" else ""
             return f"{value:.4f} nats/{unit}{bits}"
 
+        parts = [f"{part}{';' if i < len(self.geo_parts) - 1 else ''}" for i, part in enumerate(self.geo_parts)]
+        lines = [line for part in parts for line in textwrap.wrap(part, TABLE_WIDTH - LABEL_WIDTH,
+                                                                  subsequent_indent="  ")]
         rows: list[list[Any]] = [
-            ["GEO parts", "; ".join(self.geo_parts) if self.geo_parts else "none (plain Lightning; add --geo)"],
+            ["GEO parts" if i == 0 else "", line]
+            for i, line in enumerate(lines or ["none (plain Lightning; add --geo)"])
+        ]
+        seconds = self.budget.endswith(" s")  # Budget's own spelling of a seconds budget
+        rows += [
             ["precision", self.precision + (f", {self.skipped_steps} step(s) skipped" if self.skipped_steps else "")],
-            ["budget", self.budget],
+            ["budget", f"{self.budget} of training batches (forward, backward, step; not validation or set-up)"
+             if seconds else self.budget],
             ["steps", f"{self.steps:,}" + (" (stopped by --max-minutes)" if self.stopped_early else "")],
             ["tokens seen" if unit == "token" else "tokens (characters) seen", f"{self.tokens:,}"],
             ["train throughput", f"{self.tokens_per_second:,.0f} tokens/s"],
-            ["fit wall time", f"{self.wall_seconds:.1f} s"],
+            ["training time", f"{self.train_seconds:.1f} s in training batches (what a seconds budget counts)"],
+            ["fit wall time", f"{self.wall_seconds:.1f} s (all of fit: training, validation, set-up)"],
             ["final train loss", loss(self.final_train_loss)],
             ["best val loss", f"{loss(self.best_val_loss)} after {self.best_val_step} steps"],
             ["final val loss", loss(self.final_val_loss)],
@@ -89,13 +105,13 @@ class DemoResult:
         return format_table(["", "demo run"], rows)
 
     def to_json(self) -> str:
-        """The result as JSON (paths as strings), read back by :meth:`from_json`."""
+        """The result as JSON (paths as strings), read back by ``from_json``."""
         fields = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         return json.dumps(fields, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> DemoResult:
-        """A result written by :meth:`to_json`."""
+        """A result written by ``to_json``."""
         fields = json.loads(text)
         fields.update(log_dir=Path(fields["log_dir"]), plot_path=Path(fields["plot_path"]),
                       geo_parts=tuple(fields["geo_parts"]), val_curve=tuple(tuple(v) for v in fields["val_curve"]),
@@ -285,16 +301,20 @@ def run_demo(
     *,
     callbacks: list[Callback] | None = None,
     plugins: list[Any] | None = None,
+    model_factory: Any = None,
 ) -> DemoResult | None:
     """Train the demo model and return its summary (``None`` on ranks other than 0).
 
     Args:
         config: The run's settings.
-        corpus: An already loaded corpus; default: :func:`load_demo_corpus`.
+        corpus: An already loaded corpus; default: ``load_demo_corpus``.
         callbacks: More callbacks for the Trainer (with ``geo``, one of a recipe part's class replaces the
             recipe's, as ``recipe()`` merges). Default none.
         plugins: With ``geo``: plugins for ``recipe()`` (a ``PredictiveScalingPrecision`` replaces its precision
             choice). Default none.
+        model_factory: Builds the model in place of ``CharLanguageModel``, called with the same arguments (e.g.
+            another architecture or optimizer behind the same loss, ``_loss`` and ``training_progress``). Default
+            ``CharLanguageModel``.
 
     Raises:
         CorpusError: if the corpus is missing, empty, binary or too short for one batch.
@@ -305,7 +325,7 @@ def run_demo(
         corpus, seq_len=config.seq_len, batch_size=config.batch_size, val_samples=config.val_samples
     )
     warmup = config.warmup_steps if config.warmup_steps is not None else min(100, config.steps // 10)
-    model = CharLanguageModel(
+    model = (model_factory or CharLanguageModel)(
         corpus.vocab,
         seq_len=config.seq_len,
         n_layer=config.n_layer,

@@ -15,28 +15,37 @@ more dimensions as its own Adam problem:
   is the number of steps the parameter had a gradient at all and ``density`` is the moving average
   (EMA 0.9) of the share of the parameter's rows touched per step.
 
-  - The *row* factor: a row seen in a share ``f`` of the steps takes steps ``f ** -0.5`` times
-    larger by default, so the rare row's total movement relative to a frequent row is ``sqrt(f)``:
-    the ratio Adagrad's accumulated denominator gives (Duchi et al. 2011), with Adam's moments; the
-    Adam counterpart of frequency-aware SGD (Li et al., ICLR 2022), which also sets per-token
-    rates from token frequency.
-  - The *parameter* factor: a parameter whose steps touch few of its rows (an embedding) updates
-    each row in few steps, so each step may be larger, like the ``SparsityAwareLR`` callback's
-    rule; an embedding touching 4% of its rows per step takes 5x steps by default. Without it the
-    lazy rows alone lost to tuned AdamW in a pilot (the benchmark's word-level LM: 4.72 vs 4.68
-    nats); with it they won (4.55).
+    - The *row* factor: a row seen in a share ``f`` of the steps takes steps ``f ** -0.5`` times
+      larger by default, so the rare row's total movement relative to a frequent row is ``sqrt(f)``:
+      the ratio Adagrad's accumulated denominator gives (Duchi et al. 2011), with Adam's moments; the
+      Adam counterpart of frequency-aware SGD (Li et al., ICLR 2022), which also sets per-token
+      rates from token frequency.
+    - The *parameter* factor: a parameter whose steps touch few of its rows (an embedding) updates
+      each row in few steps, so each step may be larger, like the ``SparsityAwareLR`` callback's
+      rule; an embedding touching 4% of its rows per step takes 5x steps by default. Without it the
+      lazy rows alone lost to tuned AdamW in a pilot (the benchmark's word-level LM: 4.72 vs 4.68
+      nats); with it they won (4.55).
 
 **What a step costs.** Only parameters that really have untouched rows take the row rule. Which ones do
-is checked from the gradients (:mod:`.row_modes`) at a parameter's first step and then every 100 of its
+is checked from the gradients (``row_modes``) at a parameter's first step and then every 100 of its
 steps, all parameters together with one host read. Every other parameter (linear weights, norms, biases,
 an output head under a full softmax, a token embedding tied to that head, an embedding looked up by
-position) is updated by torch's own AdamW implementation, over all of them at once, with its
+position, absolute or relative) is updated by torch's own AdamW implementation, over all of them at once, with its
 single-tensor, ``foreach`` or ``fused`` kernels: exactly ``torch.optim.AdamW``'s numbers and kernels. The
 row rule runs on whole tensors, the untouched rows masked by per-row factors, so it reads nothing back
 to the host; with ``foreach`` its kernels are batched across the row-wise parameters. (On a CPU, where a
 host read costs no stall, it updates only the touched rows instead: see ``rows_on_host``.) One-dimensional
 parameters and groups with ``row_wise=False`` always take torch's AdamW. When no row-wise parameter
 has untouched rows (a tied embedding and head, as in GPT-2), it says so once.
+
+**Position tables.** A table looked up by position (GPT-2's ``wpe``, T5's ``relative_attention_bias``) has untouched
+rows for positions or distances not used yet, not for rare tokens, so it never takes the row rule. GeoAdamW sees
+gradients, not indices; it finds such a table from three signals, and names each one it finds once (one
+``rank_zero_info`` line): the shape of its touched rows (see ``row_modes``, which also says what that shape
+cannot tell), its name where the param groups carry names (built from
+``model.named_parameters()``: ``wpe``, ``position...``, ``pos_emb...``, ``relative_attention_bias``), and a mark
+from module inspection ([`GeoAdamW.mark_positional`][lightning_geo.optim.GeoAdamW.mark_positional], which
+``SparsityAwareLR`` calls for the tables whose looked-up indices come from positions).
 """
 
 from __future__ import annotations
@@ -46,13 +55,14 @@ from itertools import chain
 from typing import Any, ClassVar, cast
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_warn
+from lightning.fabric.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.adam import adam
 
-from lightning_geo.optim.row_modes import RECHECK_EVERY, ROWS, UNTOUCHED, row_modes
+from lightning_geo.optim.row_modes import POSITIONAL, RECHECK_EVERY, ROWS, UNTOUCHED, row_modes
 from lightning_geo.utils.distributed import local_part
+from lightning_geo.utils.positions import position_name_hint
 from lightning_geo.utils.rows import touched_rows
 
 _ROW_RULE_MODES = (ROWS, UNTOUCHED)  # the paths that apply the row rule
@@ -62,6 +72,28 @@ DECAY_ROWS = ("touched", "all")
 _DENSITY_EMA = 0.9  # weight of the old value in a parameter's average share of touched rows
 # Per-parameter state kept in float32 whatever the parameter's dtype (torch would cast it on load).
 _FLOAT32_STATE = ("row_step", "density_ema")
+
+
+def load_keeping_row_counts_float32(
+    optimizer: Optimizer, state_dict: dict[str, Any], load: Callable[[dict[str, Any]], None]
+) -> None:
+    """``load(state_dict)`` (torch's ``Optimizer.load_state_dict``, which casts state to each parameter's dtype),
+    then put the row rule's ``row_step`` and ``density_ema`` back in float32: counts and averages that a bf16
+    parameter's dtype would round."""
+    saved = state_dict["state"]
+    kept = {
+        (pid, key): saved[pid][key]
+        for pid in saved
+        for key in _FLOAT32_STATE
+        if isinstance(saved[pid], dict) and key in saved[pid]
+    }
+    load(state_dict)
+    params = chain.from_iterable(g["params"] for g in optimizer.param_groups)
+    saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+    for pid, param in zip(saved_ids, params, strict=True):
+        for key in _FLOAT32_STATE:
+            if (pid, key) in kept:
+                optimizer.state[param][key] = kept[pid, key].to(device=param.device, dtype=torch.float32)
 
 _UNSET = -1.0  # density_ema before the parameter's first step under the row rule
 
@@ -162,7 +194,7 @@ class GeoAdamW(Optimizer):
 
     applies_row_density_rule: ClassVar[bool] = True
     """It scales its steps by row frequency and parameter density itself, so ``SparsityAwareLR`` sets no LR
-    multipliers for it (see :data:`lightning_geo.utils.rows.ROW_DENSITY_RULE`)."""
+    multipliers for it (see ``lightning_geo.utils.rows.ROW_DENSITY_RULE``)."""
 
     def __init__(
         self,
@@ -198,6 +230,8 @@ class GeoAdamW(Optimizer):
         self._validate_group(defaults)
         super().__init__(params, defaults)
         self._warned_no_rows = False
+        self._position_hints: dict[int, tuple[str, str | None]] = {}  # id(param) -> (why, name): mark_positional
+        self._named_positional: set[int] = set()  # ids of the parameters already named as position tables
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as ``torch.optim.Optimizer.add_param_group``), validating its settings."""
@@ -243,23 +277,55 @@ class GeoAdamW(Optimizer):
             group.setdefault("fused", None)  # state dicts saved before GeoAdamW had these
             group.setdefault("rows_on_host", None)
         self.__dict__.setdefault("_warned_no_rows", False)
+        self.__dict__.setdefault("_position_hints", {})
+        self.__dict__.setdefault("_named_positional", set())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; ``row_step`` and ``density_ema`` stay float32 whatever the parameter dtype."""
-        saved = state_dict["state"]
-        kept = {
-            (pid, key): saved[pid][key]
-            for pid in saved
-            for key in _FLOAT32_STATE
-            if isinstance(saved[pid], dict) and key in saved[pid]
-        }
-        super().load_state_dict(state_dict)
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        for pid, param in zip(saved_ids, params, strict=True):
-            for key in _FLOAT32_STATE:
-                if (pid, key) in kept:
-                    self.state[param][key] = kept[pid, key].to(device=param.device, dtype=torch.float32)
+        load_keeping_row_counts_float32(self, state_dict, super().load_state_dict)
+
+    def mark_positional(self, param: Tensor, reason: str = "", *, name: str | None = None) -> None:
+        """Take ``param`` off the row rule for good: it is a table looked up by position, not by token.
+
+        ``SparsityAwareLR`` calls this for the embeddings it finds looked up by position from their indices (see
+        ``embedding_lookups.position_lookup_reason``): the gradient check alone (see ``row_modes``) misses bucket
+        layouts it does not know. Such a parameter is updated as by torch's AdamW from its next step on.
+
+        Args:
+            param: A parameter of this optimizer.
+            reason: How it was found, for the one line that names it.
+            name: Its name, where the param groups do not carry names.
+
+        Raises:
+            ValueError: if ``param`` is not one of this optimizer's parameters.
+        """
+        if not any(p is param for group in self.param_groups for p in group["params"]):
+            raise ValueError("GeoAdamW.mark_positional: `param` is not a parameter of this optimizer")
+        self._position_hints[id(param)] = (reason or "marked as looked up by position", name)
+        state = self.state.get(param)
+        if state and state.get("row_mode") in _ROW_RULE_MODES:
+            state["row_mode_age"] = RECHECK_EVERY  # checked again, and taken off the row rule, at its next step
+
+    def _position_hint(self, param: Tensor, index: int, group: dict[str, Any]) -> tuple[str, str] | None:
+        """``(name, why)`` when a mark or the parameter's name says it is looked up by position, else None."""
+        names = group.get("param_names")
+        name = names[index] if names is not None and index < len(names) else None
+        hint = self._position_hints.get(id(param))
+        if hint is not None:
+            return hint[1] or name or self._describe(param), hint[0]
+        if name is not None and position_name_hint(name):
+            return name, "its name says it is a position table"
+        return None
+
+    def _describe(self, param: Tensor) -> str:
+        for g, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                if p is param:
+                    names = group.get("param_names")
+                    if names is not None and i < len(names):
+                        return str(names[i])
+                    return f"parameter {i} of param group {g} (shape {tuple(param.shape)})"
+        return f"a parameter of shape {tuple(param.shape)}"
 
     def row_hit_counts(self, param: Tensor) -> Tensor | None:
         """How many steps each row of ``param`` was touched (float32, shape ``[rows]``), or None.
@@ -321,24 +387,31 @@ class GeoAdamW(Optimizer):
         A parameter is due at its first step and then every ``RECHECK_EVERY`` of its steps. The first time no
         row-wise parameter has untouched rows, this says once that the row rule has nothing to act on.
         """
-        due: list[tuple[Tensor, dict[str, Any]]] = []
+        due: list[tuple[Tensor, dict[str, Any], tuple[str, str] | None]] = []
         for group in self.param_groups:
             if not group["row_wise"]:
                 continue
-            for param in group["params"]:
+            for index, param in enumerate(group["params"]):
                 if param.grad is None or param.dim() < 2 or param.grad.is_sparse:
                     continue
                 state = self.state[param]
                 since = state.get("row_mode_age", RECHECK_EVERY)
                 if since >= RECHECK_EVERY:
-                    due.append((param, state))
+                    due.append((param, state, self._position_hint(param, index, group)))
                 else:
                     state["row_mode_age"] = since + 1
         if not due:
             return
-        sharded = any(_is_sharded(p) for p, _ in due)
-        modes = row_modes([local_part(cast(Tensor, p.grad)) for p, _ in due], all_reduce=sharded)  # all have one
-        for (param, state), mode in zip(due, modes, strict=True):
+        sharded = any(_is_sharded(p) for p, _, _ in due)
+        grads = [local_part(cast(Tensor, p.grad)) for p, _, _ in due]  # all have one
+        modes = row_modes(grads, all_reduce=sharded, positional=[hint is not None for _, _, hint in due])
+        for (param, state, hint), mode in zip(due, modes, strict=True):
+            if mode == POSITIONAL and id(param) not in self._named_positional:
+                self._named_positional.add(id(param))
+                name, why = hint if hint is not None else (
+                    self._describe(param), "its touched rows have the shape of a position lookup")
+                rank_zero_info(f"GeoAdamW: {name} is looked up by position ({why}), not by token: it is updated as "
+                               "by torch's AdamW, never by the row rule or its density boost.")
             if mode in _ROW_RULE_MODES and state.get("row_mode") not in (None, *_ROW_RULE_MODES):
                 # Updated as AdamW since the last check, every row was (as far as the checks saw) touched.
                 local_part(state["row_step"]).fill_(0).add_(state["step"].to(param.device))

@@ -1,4 +1,4 @@
-"""Moved to :mod:`lightning_geo.utils.param_groups` (used by the sparsity callback); this path stays for old imports."""
+"""Moved to ``lightning_geo.utils.param_groups`` (used by the sparsity callback); this path stays for old imports."""
 
 from lightning_geo.utils.param_groups import isolate_parameters
 

@@ -1,4 +1,4 @@
-"""Moved to :mod:`lightning_geo.utils.rows` (shared with the sparsity callback); this path stays for old imports."""
+"""Moved to ``lightning_geo.utils.rows`` (shared with the sparsity callback); this path stays for old imports."""
 
 from lightning_geo.utils.rows import touched_rows
 

@@ -3,9 +3,9 @@
 A region's parameter gradients and the gradients at its boundaries do not bound what flows inside it: in
 a pre-norm transformer block the residual-stream gradient between attention and MLP can be several
 times the one at the block's output, and it is cast to fp16 at the attention projection's output. So on
-measuring steps (:attr:`ActivationGradAmax.armed`) the amax of each linear-like layer's output gradient
+measuring steps (``ActivationGradAmax.armed``) the amax of each linear-like layer's output gradient
 (``nn.Linear``, convolutions, Hugging Face's ``Conv1D``, LoRA wrappers:
-:func:`lightning_geo.utils.layers.is_linear_like`) is taken, one reduction per layer and no host sync,
+``lightning_geo.utils.layers.is_linear_like``) is taken, one reduction per layer and no host sync,
 and counted in the region of the layer's weight: that gradient is at the region's scale. Disarmed, the
 hooks register nothing and the step costs no kernel.
 """

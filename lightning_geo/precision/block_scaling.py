@@ -7,8 +7,9 @@ own scale, and each parameter's gradient is unscaled by the scale of the region 
 
 That is exact only at *cut points*: tensors that every backward path from the loss to the upstream
 parameters passes through. A long skip connection, a tied weight or a second output of a block
-breaks it. :meth:`BlockScaling.analyse` walks the autograd graph of the first training loss and keeps
-only the candidate points that are real cuts; parameters outside every cut keep the global scale.
+breaks it. [`BlockScaling.analyse`][lightning_geo.precision.BlockScaling.analyse] walks the autograd graph of the first
+training loss and keeps only the candidate points that are real cuts; parameters outside every cut keep the global
+scale.
 
 Regions are numbered from the loss: region 0 is downstream of every cut (final norm, head, loss) and
 runs at the global scale; region ``k`` lies upstream of the ``k`` cuts nearest the loss.
@@ -111,13 +112,14 @@ class BlockScaling:
     """Hooks at the boundaries of a chain of blocks that rescale and measure the backward gradient.
 
     The candidate points are the input of the first block and the output of every block. Until
-    :meth:`analyse` has run, the hooks only keep those tensors (of the latest forward); afterwards they
-    multiply the incoming gradient at each valid cut by ``factor`` (a power of two, set by
-    :meth:`set_region_scales`) and record its amax.
+    [`analyse`][lightning_geo.precision.BlockScaling.analyse] has run, the hooks only keep those tensors (of the latest
+    forward); afterwards they multiply the incoming gradient at each valid cut by ``factor`` (a power of two, set by
+    [`set_region_scales`][lightning_geo.precision.BlockScaling.set_region_scales]) and record its amax.
 
     Args:
         root: The module the block names are relative to (the LightningModule).
-        block_names: Qualified names of the blocks, in forward order (see :func:`find_block_stacks`).
+        block_names: Qualified names of the blocks, in forward order (see
+            [`find_block_stacks`][lightning_geo.precision.find_block_stacks]).
     """
 
     def __init__(self, root: nn.Module, block_names: Sequence[str]) -> None:
@@ -154,7 +156,8 @@ class BlockScaling:
 
     @property
     def num_regions(self) -> int:
-        """1 + the number of valid cuts (1 before :meth:`analyse`: everything at the global scale)."""
+        """1 + the number of valid cuts (1 before [`analyse`][lightning_geo.precision.BlockScaling.analyse]: everything
+        at the global scale)."""
         return len(self.valid_points) + 1
 
     def _active(self, module: nn.Module) -> bool:

@@ -48,7 +48,7 @@ def promote_to_fp32(module: nn.Module, device_type: str) -> None:
 
 
 def is_promoted(module: nn.Module) -> bool:
-    """Whether :func:`promote_to_fp32` has been applied to ``module``."""
+    """Whether [`promote_to_fp32`][lightning_geo.precision.promote_to_fp32] has been applied to ``module``."""
     forward = module.__dict__.get("forward")
     return isinstance(forward, functools.partial) and forward.func is _forward_in_fp32
 
@@ -104,7 +104,8 @@ class ForwardOverflowProbe:
 
     @property
     def names(self) -> list[str]:
-        """Qualified names of the watched modules, in the order of :meth:`take_flags`."""
+        """Qualified names of the watched modules, in the order of
+        [`take_flags`][lightning_geo.precision.ForwardOverflowProbe.take_flags]."""
         return list(self._names)
 
     def _make_hook(self, name: str) -> Callable[..., None]:

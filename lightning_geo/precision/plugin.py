@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _STATE_VERSION = 1
+AUTOCAST_DEVICES: tuple[str, ...] = ("cuda", "cpu", "mps", "xpu", "hpu", "xla", "mtia")
+"""Device types ``PredictiveScalingPrecision(device=...)`` accepts: those ``torch.autocast`` runs on."""
 
 
 class LossScaleCollapseError(RuntimeError):
@@ -88,7 +90,8 @@ class PredictiveScalingPrecision(MixedPrecision):
 
     Args:
         precision: ``"16-mixed"`` (default) or ``"bf16-mixed"``.
-        device: Autocast device type (``"cuda"``, ``"cpu"``, ...). Default ``None``: the Trainer's device.
+        device: Autocast device type: ``"cuda"``, ``"cpu"``, ``"mps"``, ``"xpu"``, ``"hpu"``, ``"xla"`` or
+            ``"mtia"``. Default ``None``: the Trainer's device.
         per_block: Scale each block of the model's block chain separately. Default ``True``.
         blocks: ``"auto"`` (default: the blocks of the outermost repeated ``ModuleList``/``Sequential``)
             or the qualified module names of the blocks, in forward order.
@@ -101,7 +104,8 @@ class PredictiveScalingPrecision(MixedPrecision):
             leaves them far more room.
         init_scale: Scale of the first step, before any amax is known. Default 1: a first step at a low
             scale loses a little precision; one at a high scale may overflow and be skipped.
-        min_scale: A scale below this is a collapse: :class:`LossScaleCollapseError`. Default 2**-10.
+        min_scale: A scale below this is a collapse:
+            [`LossScaleCollapseError`][lightning_geo.precision.LossScaleCollapseError]. Default 2**-10.
         max_scale: Upper bound of every scale. Default 2**24.
         probe_every_n_steps: Interval (optimizer steps) of the forward-overflow probe and the underflow
             sample; each probe costs a few reductions per module. ``0`` probes only on the first step
@@ -113,8 +117,8 @@ class PredictiveScalingPrecision(MixedPrecision):
             each costs one reduction per layer (on a GPU, a kernel launch each). ``1``: every step. Default 4.
         fp32_modules: Modules that always run in float32: qualified names, ``fnmatch`` patterns
             (``"*.mlp.*"``) or module classes. Default none.
-        max_consecutive_skips: Raise :class:`LossScaleCollapseError` after this many skipped steps in a
-            row (``None``: never). Default 50.
+        max_consecutive_skips: Raise [`LossScaleCollapseError`][lightning_geo.precision.LossScaleCollapseError] after
+            this many skipped steps in a row (``None``: never). Default 50.
         init_scale, growth_factor, backoff_factor, growth_interval, enabled: ``torch.amp.GradScaler``'s
             arguments, accepted so existing configurations keep working (Lightning #17272):
             ``init_scale`` as above; ``backoff_factor`` (default 0.5) is the least a skip cuts the
@@ -134,7 +138,7 @@ class PredictiveScalingPrecision(MixedPrecision):
             ),
         },
     )
-    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
+    """This part's section of the GEO dashboard (see ``lightning_geo.utils.dashboard``)."""
 
     def __init__(
         self,
@@ -160,8 +164,9 @@ class PredictiveScalingPrecision(MixedPrecision):
     ) -> None:
         if precision not in ("16-mixed", "bf16-mixed"):
             raise ValueError(f"precision={precision!r} is not supported; expected '16-mixed' or 'bf16-mixed'")
-        if device is not None and not isinstance(device, str):
-            raise ValueError(f"device={device!r} must be a device type string such as 'cuda' or 'cpu', or None")
+        if device is not None and (not isinstance(device, str) or device not in AUTOCAST_DEVICES):
+            raise ValueError(f"device={device!r} is not an autocast device type; expected one of "
+                             f"{', '.join(map(repr, AUTOCAST_DEVICES))}, or None for the Trainer's device")
         if not isinstance(per_block, bool):
             raise ValueError(f"per_block={per_block!r} must be True or False")
         if isinstance(blocks, str):
@@ -238,6 +243,7 @@ class PredictiveScalingPrecision(MixedPrecision):
         self._pending_state: dict[str, Any] | None = None
         self._param_regions: dict[int, tuple[torch.Tensor, int]] = {}  # id(optimizer's tensor) -> (it, region)
         self._unmapped_warned = False
+        self._cpu_fp16_warned = False
         self._inference_steps = 0  # predict/validate/test batches since the last training step
 
     # ------------------------------------------------------------------ public read-outs
@@ -271,6 +277,12 @@ class PredictiveScalingPrecision(MixedPrecision):
                 trainer.strategy.root_device.type
                 if trainer is not None
                 else ("cuda" if torch.cuda.is_available() else "cpu")
+            )
+        if self.precision == "16-mixed" and self.device == "cpu" and not self._cpu_fp16_warned:
+            self._cpu_fp16_warned = True
+            rank_zero_warn(
+                "PredictiveScalingPrecision('16-mixed') on a CPU: most CPUs emulate float16, many times slower than "
+                "bf16; use PredictiveScalingPrecision('bf16-mixed') or Trainer(precision='bf16-mixed') there"
             )
         for name in self._resolve_fp32_modules(module):
             self._promote(name, warn=False)

@@ -1,9 +1,11 @@
 """The loss-scale rule: predict the next gradient amax from its history and pick the power of two that fits.
 
 GradScaler finds its scale by overflowing on purpose. Here the scale follows from a prediction instead
-(the rule of Transformer Engine's delayed scaling, applied to fp16 loss scaling)::
+(the rule of Transformer Engine's delayed scaling, applied to fp16 loss scaling):
 
-    scale = 2 ** floor(log2(FP16_MAX / (predicted_amax * headroom)))
+```python
+scale = 2 ** floor(log2(FP16_MAX / (predicted_amax * headroom)))
+```
 
 clamped to ``[min_scale, max_scale]``. A power of two keeps scaling and unscaling exact.
 """
@@ -26,7 +28,7 @@ def power_of_two_scale(amax: float, headroom: float, min_scale: float, max_scale
             gradient zero) gives ``max_scale``.
         headroom: Factor (>= 1) of room kept between the scaled prediction and the fp16 maximum.
         min_scale: Lower bound of the result; a result below it is returned as is, so the caller can
-            tell a collapse (see :class:`PredictiveScalingPrecision`).
+            tell a collapse (see [`PredictiveScalingPrecision`][lightning_geo.precision.PredictiveScalingPrecision]).
         max_scale: Upper bound of the result.
     """
     if not math.isfinite(amax):
@@ -69,5 +71,6 @@ class AmaxPredictor:
         return {"window": self.window, "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (the window may differ: the newest entries are kept)."""
+        """Restore [`state_dict`][lightning_geo.precision.AmaxPredictor.state_dict]'s output (the window may differ: the
+        newest entries are kept)."""
         self.history = deque((float(v) for v in state["history"]), maxlen=self.window)

@@ -4,7 +4,7 @@ Lightning steps the ``interval="step"`` schedulers after every training batch, w
 stepped or not. After a skipped step that advances the schedule past the optimizer (and, on the first
 step, makes torch warn "lr_scheduler.step() before optimizer.step()"; pytorch #44511, Lightning #5558).
 
-:func:`hold_step_schedulers` swaps each such scheduler in ``trainer.lr_scheduler_configs`` for a
+``hold_step_schedulers`` swaps each such scheduler in ``trainer.lr_scheduler_configs`` for a
 stand-in whose ``step()`` does nothing but put the real scheduler back. Everything else (``state_dict``,
 ``get_last_lr``, ``optimizer``, ...) is forwarded, so callbacks and checkpoints that run in between see
 the real scheduler's state.

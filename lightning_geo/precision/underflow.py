@@ -24,15 +24,16 @@ class UnderflowProbe:
 
     Args:
         root: The model; every linear-like layer inside it is watched (``nn.Linear`` and subclasses,
-            ``nn.Conv*``, Hugging Face ``Conv1D``, LoRA wrappers: :func:`lightning_geo.utils.layers.is_linear_like`).
+            ``nn.Conv*``, Hugging Face ``Conv1D``, LoRA wrappers: ``lightning_geo.utils.layers.is_linear_like``).
         dtype: Only output gradients of this dtype are counted. Default ``torch.float16``.
 
-    Example::
-
+    Example:
+        ```python
         probe = UnderflowProbe(model)
         probe.armed = True          # the next forward/backward is measured
         loss.backward()
         fractions = probe.take()    # {"blocks.0.attn.qkv": 0.012, ...}
+        ```
     """
 
     def __init__(self, root: nn.Module, dtype: torch.dtype = torch.float16) -> None:

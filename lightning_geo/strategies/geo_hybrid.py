@@ -4,7 +4,7 @@ A subclass of Lightning's ``ModelParallelStrategy`` (FSDP2 + DTensor on a Device
 ``setup_environment`` every node detects its own topology, rank 0's view of the cluster is gathered, the
 planner picks a ``(replicate, shard, tensor)`` mesh and the DeviceMesh is built with the GPUs numbered so
 that the innermost dimension sits on the fastest links. In ``setup``, a LightningModule that does not
-override ``configure_model`` is parallelized by the plan (:mod:`.parallelize`); one that does gets the mesh
+override ``configure_model`` is parallelized by the plan (``parallelize``); one that does gets the mesh
 as ``self.device_mesh`` (dims ``data_parallel_replicate``, ``data_parallel_shard``, ``tensor_parallel``,
 and the flattened ``data_parallel`` Lightning's own examples use) and parallelizes itself.
 """
@@ -28,9 +28,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy, ParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import DTensor
 
 from lightning_geo.strategies.bandwidth import GB, Bandwidths
+from lightning_geo.strategies.checkpoint import UnreadableCheckpointError, checkpoint_problem, unreadable_message
 from lightning_geo.strategies.parallelize import count_parameters, find_blocks, parallelize
 from lightning_geo.strategies.planner import ModelSize, Plan, PlanReport, mesh_shapes, plan_parallelism
 from lightning_geo.strategies.rings import device_order
@@ -67,15 +69,17 @@ class GeoHybridStrategy(ModelParallelStrategy):
             ``"hsdp"`` (the best replicate x shard split with both > 1) or ``"tensor_parallel"``.
         mesh: force the exact ``(replicate, shard, tensor)`` mesh; the product must be the world size.
         topology: ``None`` (detect: NVML, else ``nvidia-smi topo -m``, else CPU), a path to a saved
-            ``nvidia-smi topo -m`` output, or a :class:`.topology.NodeTopology` /
-            :class:`.topology.ClusterTopology` (for simulation: a CPU run then plans as if on those GPUs).
-            A node topology with more GPUs than the Trainer's ``devices`` is cut to the first ``devices``.
-        model_size: a :class:`.planner.ModelSize`, or a parameter count; default: counted from the module
-            at set-up (weights and gradients in the parameters' dtype, Adam state of 8 bytes per parameter,
+            ``nvidia-smi topo -m`` output, or a [`NodeTopology`][lightning_geo.strategies.NodeTopology] /
+            [`ClusterTopology`][lightning_geo.strategies.ClusterTopology] (for simulation: a CPU run then plans as if on
+            those GPUs). A node topology with more GPUs than the Trainer's ``devices`` is cut to the first ``devices``.
+        model_size: a [`ModelSize`][lightning_geo.strategies.ModelSize], or a parameter count; default: counted from the
+            module at set-up (weights and gradients in the parameters' dtype, Adam state of 8 bytes per parameter,
             activations unknown). Pass it when ``configure_model`` creates the layers.
-        bandwidths: :class:`.bandwidth.Bandwidths` or a dict overriding its documented defaults (GB/s, us).
+        bandwidths: [`Bandwidths`][lightning_geo.strategies.Bandwidths] or a dict overriding its documented defaults
+            (GB/s, us).
         gpu_memory_gb: memory per GPU in GB (1e9 bytes); default: what NVML reports; unknown for a text
-            topology (then no plan is ruled out for memory).
+            topology (then no plan is ruled out for memory, but one needing more than
+            ``ASSUMED_GPU_MEMORY_BYTES`` per GPU is refused: pass it).
         memory_fraction: share of GPU memory a plan may use; 0.9.
         activation_checkpointing: ``"auto"`` (only when it is what makes a plan fit), ``True`` or ``False``.
         tensor_parallel_plan: ``{qualified module name: ParallelStyle}`` for tensor parallel; without it the
@@ -98,7 +102,7 @@ class GeoHybridStrategy(ModelParallelStrategy):
             ),
         },
     )
-    """This part's section of the GEO dashboard (see :mod:`lightning_geo.utils.dashboard`)."""
+    """This part's section of the GEO dashboard (see ``lightning_geo.utils.dashboard``)."""
 
     def __init__(
         self,
@@ -344,6 +348,7 @@ class GeoHybridStrategy(ModelParallelStrategy):
             activation_checkpointing=self._activation_checkpointing,
             shapes=shapes,
             prefer_simpler_within=self._prefer_simpler_within,
+            memory_argument="gpu_memory_gb=80",
         )
         if not report.candidates[0].fits:
             raise ValueError(
@@ -448,7 +453,23 @@ class GeoHybridStrategy(ModelParallelStrategy):
         module with DTensor parameters to load into and refuses the checkpoint without one, although the
         distributed checkpoint it saved reads back into plain tensors all the same. So a single-device
         ``geo_hybrid`` checkpoint could be written but not resumed or tested from.
+
+        Raises:
+            UnreadableCheckpointError: (a ``ValueError``) when the checkpoint is truncated, corrupt or incomplete,
+                naming ``checkpoint_path`` and what is wrong; the reader's own error is its ``__cause__``.
         """
+        try:
+            return self._load_checkpoint(checkpoint_path, weights_only)
+        except (Exception, CheckpointException) as err:  # CheckpointException is a BaseException
+            problem = checkpoint_problem(checkpoint_path) if Path(checkpoint_path).exists() else None
+            if problem is None:  # a readable checkpoint that does not fit the model: the loader's error says why
+                raise
+            raise UnreadableCheckpointError(
+                unreadable_message("ckpt_path", checkpoint_path, problem)
+                + "; resume from another checkpoint, or save this one again"
+            ) from err
+
+    def _load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None) -> dict[str, Any]:
         assert self.model is not None
         if any(isinstance(p, DTensor) for p in self.model.parameters()):
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only)

@@ -1,4 +1,4 @@
-"""Apply a :class:`.planner.Plan` to a LightningModule that did not parallelize itself.
+"""Apply a [`Plan`][lightning_geo.strategies.Plan] to a LightningModule that did not parallelize itself.
 
 Order matters and follows torchtitan: tensor parallel first (it rewrites Linear weights as DTensors on the
 ``tensor_parallel`` mesh), then activation checkpointing around each block, then FSDP2 ``fully_shard`` on
@@ -76,7 +76,7 @@ def linear_pair_plan(module: nn.Module) -> dict[str, ParallelStyle]:
 
 
 def apply_tensor_parallel(module: nn.Module, mesh: DeviceMesh, plan: Mapping[str, ParallelStyle] | None) -> int:
-    """Apply ``plan`` (qualified name -> ``ParallelStyle``; default :func:`linear_pair_plan`) on ``mesh``.
+    """Apply ``plan`` (qualified name -> ``ParallelStyle``; default ``linear_pair_plan``) on ``mesh``.
 
     Returns the number of modules parallelized. Raises ``ValueError`` when there is nothing to parallelize
     or a hidden size does not divide by the tensor-parallel size.

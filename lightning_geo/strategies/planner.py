@@ -1,13 +1,13 @@
 """The parallel planner: every ``(replicate, shard, tensor)`` mesh, its memory and its communication time.
 
-Pure functions, no processes. :func:`plan_parallelism` enumerates the meshes whose product is the world
-size, keeps those that fit in GPU memory, estimates each one's communication time per optimizer step with
-the alpha-beta model (Thakur, Rabenseifner & Gropp 2005) and picks the cheapest:
+Pure functions, no processes. [`plan_parallelism`][lightning_geo.strategies.plan_parallelism] enumerates the meshes
+whose product is the world size, keeps those that fit in GPU memory, estimates each one's communication time per
+optimizer step with the alpha-beta model (Thakur, Rabenseifner & Gropp 2005) and picks the cheapest:
 
 - ring all-reduce of ``n`` bytes over ``p`` ranks: ``2(p-1)/p * n/B + 2(p-1) * alpha``
 - ring reduce-scatter and all-gather: ``(p-1)/p * n/B + (p-1) * alpha`` each
 
-where ``B`` is the bottleneck bandwidth of the best ring through the group (:func:`.rings.ring_bandwidth`)
+where ``B`` is the bottleneck bandwidth of the best ring through the group (``ring_bandwidth``)
 and ``alpha`` its worst hop latency. Per step, with ``M`` bytes of gradients:
 
 - replicate (DDP): all-reduce ``M`` over the replicate group, in 25 MB buckets;
@@ -21,7 +21,7 @@ and ``alpha`` its worst hop latency. Per step, with ``M`` bytes of gradients:
 The model does not know the step's compute time, so it cannot credit overlap: the figure is the
 communication a step would expose if none of it overlapped. It ranks plans; it does not predict step time.
 Ranks are laid out row-major over ``(replicate, shard, tensor)``, so the innermost, most talkative
-dimension gets consecutive ranks, and each node's GPUs are numbered by :func:`.rings.device_order` so
+dimension gets consecutive ranks, and each node's GPUs are numbered by ``device_order`` so
 that consecutive ranks sit on the fastest links.
 """
 
@@ -40,6 +40,10 @@ DDP_BUCKET_BYTES = 25 * 2**20
 
 ACTIVATION_CHECKPOINT_FACTOR = 0.1
 """Share of activation memory kept with activation checkpointing of every block (block inputs only)."""
+
+ASSUMED_GPU_MEMORY_BYTES = 8 * GB
+"""Memory every GPU is taken to have when the topology does not say (a saved ``nvidia-smi topo -m``): a plan
+that needs more than this (after ``memory_fraction``) is refused until the memory is given."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class ModelSize:
 
     @property
     def tensor_parallel_bytes(self) -> float:
-        """Bytes a tensor-parallel group all-reduces per step (:attr:`tp_comm_bytes` or its default)."""
+        """Bytes a tensor-parallel group all-reduces per step (``tp_comm_bytes`` or its default)."""
         return self.activation_bytes / 4 if self.tp_comm_bytes is None else self.tp_comm_bytes
 
 
@@ -231,7 +235,7 @@ def mesh_groups(shape: tuple[int, int, int], dim: int) -> list[list[int]]:
 
 def rank_devices(topology: ClusterTopology, bandwidths: Bandwidths,
                  order: tuple[int, ...] | None = None) -> list[Device]:
-    """``(node, local index)`` of every global rank, with each node's GPUs in :func:`.rings.device_order`."""
+    """``(node, local index)`` of every global rank, with each node's GPUs in ``device_order``."""
     order = order if order is not None else device_order(topology.nodes[0], bandwidths)
     per_node = topology.gpus_per_node
     return [(rank // per_node, order[rank % per_node]) for rank in range(topology.world_size)]
@@ -315,16 +319,19 @@ def plan_parallelism(
     activation_checkpointing: bool | str = "auto",
     shapes: list[tuple[int, int, int]] | None = None,
     prefer_simpler_within: float = 0.1,
+    memory_argument: str = "gpu_memory_bytes=80e9",
 ) -> PlanReport:
     """Choose the mesh with the least estimated communication among those that fit in GPU memory.
 
     Args:
-        topology: the cluster (:class:`.topology.ClusterTopology`).
-        model: the model's size (:class:`ModelSize`).
-        bandwidths: link speeds (:class:`.bandwidth.Bandwidths` or a dict of overrides); defaults documented
-            there.
+        topology: the cluster ([`ClusterTopology`][lightning_geo.strategies.ClusterTopology]).
+        model: the model's size ([`ModelSize`][lightning_geo.strategies.ModelSize]).
+        bandwidths: link speeds ([`Bandwidths`][lightning_geo.strategies.Bandwidths] or a dict of overrides); defaults
+            documented there.
         gpu_memory_bytes: memory per GPU in bytes; default: the smallest the topology reports. When unknown
-            (text topologies, CPU runs) nothing is ruled out for memory, with a warning.
+            (a text topology) every GPU is assumed to have ``ASSUMED_GPU_MEMORY_BYTES``: a plan within it
+            is chosen with a warning, a bigger one is refused. A CPU topology (gloo processes) rules nothing
+            out for memory.
         memory_fraction: share of GPU memory the plan may use (the rest is CUDA context, allocator slack,
             temporary buffers); 0.9.
         allow_tensor_parallel: consider tensor-parallel meshes (the model must offer a plan); False.
@@ -336,10 +343,17 @@ def plan_parallelism(
         prefer_simpler_within: a simpler plan (DDP, then FSDP, then HSDP, then tensor parallel) is chosen
             over the cheapest one when its estimate is within this fraction of it; 0.1. The estimate is a
             model, and a simpler plan has fewer collectives to go wrong and overlaps better.
+        memory_argument: how messages ask for the GPU memory when it is unknown: the caller's own argument
+            or flag with an example value (``"gpu_memory_gb=80"``, ``"--gpu-memory-gb 80"``).
 
     Returns:
-        A :class:`PlanReport`. When no mesh fits, the one needing the least memory is chosen and the report
+        A [`PlanReport`][lightning_geo.strategies.PlanReport]. When no mesh fits, the one needing the least memory is
+            chosen and the report
         says so in ``warnings`` (the strategy turns that into an error).
+
+    Raises:
+        ValueError: for a bad argument, or when the GPU memory is unknown and the chosen plan needs more than
+            ``ASSUMED_GPU_MEMORY_BYTES`` per GPU (naming ``memory_argument``).
     """
     bandwidths = Bandwidths.from_overrides(bandwidths)
     if not 0 < memory_fraction <= 1:
@@ -356,7 +370,9 @@ def plan_parallelism(
                         "so the plan favours the least traffic")
     capacity = _usable_memory(topology, gpu_memory_bytes, memory_fraction)
     if capacity is None and not topology.is_cpu:
-        warnings.append("GPU memory is unknown: no plan is ruled out for memory (pass gpu_memory_gb=...)")
+        warnings.append(f"GPU memory is unknown: no plan is ruled out for memory, and one needing more than the "
+                        f"{ASSUMED_GPU_MEMORY_BYTES / GB:g} GB every GPU is assumed to have is refused (pass "
+                        f"{memory_argument} for 80 GB GPUs)")
     if allow_tensor_parallel and shapes is None and model.tensor_parallel_bytes == 0:
         warnings.append("tensor parallel needs an activation estimate (ModelSize.activation_bytes or "
                         "tp_comm_bytes); it is not considered")
@@ -399,6 +415,12 @@ def plan_parallelism(
             f"{scored[0][1].memory_bytes / GB:.1f} GB"
         )
     chosen = scored[0][1]
+    if capacity is None and not topology.is_cpu and chosen.memory_bytes > ASSUMED_GPU_MEMORY_BYTES * memory_fraction:
+        raise ValueError(
+            f"GPU memory is unknown (topology from {topology.nodes[0].source}) and the cheapest plan, {chosen.name}, "
+            f"needs {chosen.memory_bytes / GB:.1f} GB per GPU, more than the {ASSUMED_GPU_MEMORY_BYTES / GB:g} GB "
+            f"every GPU is assumed to have: pass the memory of one GPU ({memory_argument} for 80 GB GPUs)"
+        )
     candidates = tuple(
         Candidate(plan, fits, _verdict(plan, fits, chosen, capacity, index == 0))
         for index, (_, plan, fits) in enumerate(scored)

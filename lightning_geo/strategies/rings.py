@@ -2,10 +2,10 @@
 
 Two pure functions the planner builds on:
 
-- :func:`device_order`: the order in which a node's GPUs get consecutive local ranks, so that devices joined
+- ``device_order``: the order in which a node's GPUs get consecutive local ranks, so that devices joined
   by the fastest links (NVLink islands, then PCIe switches, then sockets) are neighbours. GPU numbering is
   not always contiguous: a bridge can pair GPU0 with GPU3.
-- :func:`ring_bandwidth`: the bottleneck bandwidth of the best ring through a group of devices, the ``B``
+- ``ring_bandwidth``: the bottleneck bandwidth of the best ring through a group of devices, the ``B``
   of the alpha-beta model (a ring collective runs at the speed of its slowest hop).
 """
 

@@ -85,8 +85,13 @@ def topo_report(
         params: model parameters.
         nodes: number of nodes; 1.
         gpus_per_node: use only the first this many GPUs of the node; default all.
-        gpu_memory_gb: GPU memory in GB; default what the topology reports (unknown for a text file).
-        bandwidths: link speeds; default :class:`.bandwidth.Bandwidths`.
+        gpu_memory_gb: GPU memory in GB; default what the topology reports (unknown for a text file: then a
+            plan needing more than ``ASSUMED_GPU_MEMORY_BYTES`` is refused).
+
+    Raises:
+        ValueError: for a bad argument (naming its flag), a model too big to plan without ``--gpu-memory-gb``, or
+            one for which no plan fits in the GPU memory.
+        bandwidths: link speeds; default [`Bandwidths`][lightning_geo.strategies.Bandwidths].
         activation_gb: activation memory per GPU in GB; 0 (unknown).
         bytes_per_param: weights + gradients + optimizer state per parameter; 16 (fp32 weights and
             gradients, Adam's two fp32 moments). Split as 4 + 4 + the rest.
@@ -102,7 +107,16 @@ def topo_report(
     cluster: ClusterTopology = single_node(node, nodes)
     model = ModelSize(params, optimizer_bytes=bytes_per_param - 8, activation_bytes=activation_gb * GB)
     report = plan_parallelism(cluster, model, bandwidths=bandwidths,
-                              gpu_memory_bytes=None if gpu_memory_gb is None else gpu_memory_gb * GB)
+                              gpu_memory_bytes=None if gpu_memory_gb is None else gpu_memory_gb * GB,
+                              memory_argument="--gpu-memory-gb 80")
+    if not report.candidates[0].fits:
+        assert report.gpu_memory_bytes is not None  # only a known memory rules a plan out
+        smallest = report.chosen
+        raise ValueError(
+            f"no plan fits in {report.gpu_memory_bytes / GB:.1f} GB per GPU (90% of --gpu-memory-gb or of the "
+            f"detected memory): the smallest, {smallest.name}, needs {smallest.memory_bytes / GB:.1f} GB; use more "
+            "GPUs (--nodes), a smaller model (--params) or less state per parameter (--bytes-per-param)"
+        )
     header = (f"plan for {params:.3g} parameters ({model.state_bytes / GB:.1f} GB of weights, gradients and "
               f"optimizer state) on {nodes} node(s) x {_device_count(node)}"
               + ("" if nodes == 1 else f", nodes joined by {LinkKind.NET.value} at {bandwidths.net:g} GB/s per GPU"))

@@ -1,8 +1,8 @@
 """The GPU interconnect of a machine or a cluster, as plain data: GPUs, the link between every pair, NUMA.
 
-Detection lives in :mod:`.topology_nvml` (NVML on a real GPU) and :mod:`.topology_smi` (the text of
-``nvidia-smi topo -m``); :func:`.topology_detect.detect_node_topology` picks the first that works, and
-falls back to "every pair PHB" with a warning (a CPU run gets :func:`cpu_node_topology`).
+Detection lives in ``topology_nvml`` (NVML on a real GPU) and ``topology_smi`` (the text of
+``nvidia-smi topo -m``); ``detect_node_topology`` picks the first that works, and
+falls back to "every pair PHB" with a warning (a CPU run gets ``cpu_node_topology``).
 Everything here is plain frozen dataclasses, so a topology pickles across ranks and compares
 with ``==`` in tests.
 """
@@ -38,7 +38,7 @@ class Link:
     """The connection between two devices.
 
     Args:
-        kind: the path (:class:`LinkKind`).
+        kind: the path ([`LinkKind`][lightning_geo.strategies.LinkKind]).
         nvlinks: for ``NVLINK``, the number of bonded links (``NV4`` -> 4); 0 otherwise.
         nvlink_version: NVLink generation (2 = V100, 3 = A100, 4 = H100, 5 = B200) when known, else None.
         nvswitch: True when the NVLinks go through an NVSwitch (every GPU reaches every other one at
@@ -90,8 +90,8 @@ class NodeTopology:
 
     Args:
         gpus: the devices, in CUDA index order. Empty for a CPU-only node.
-        links: ``links[i][j]`` is the :class:`Link` between ``gpus[i]`` and ``gpus[j]`` (``SELF`` on the
-            diagonal), symmetric.
+        links: ``links[i][j]`` is the [`Link`][lightning_geo.strategies.Link] between ``gpus[i]`` and ``gpus[j]``
+            (``SELF`` on the diagonal), symmetric.
         hostname: the node's host name.
         source: where it came from: ``"nvml"``, ``"nvidia-smi"``, ``"file:<path>"``, ``"cpu"``, ``"fallback"``
             (nothing could be read) or ``"manual"``.
@@ -181,7 +181,7 @@ def _largest_nvlink_clique(node: NodeTopology, candidates: list[int]) -> list[in
 
 
 def cpu_node_topology(num_processes: int, hostname: str | None = None) -> NodeTopology:
-    """A node with ``num_processes`` CPU processes joined by :attr:`LinkKind.CPU` links (gloo)."""
+    """A node with ``num_processes`` CPU processes joined by ``LinkKind.CPU`` links (gloo)."""
     if num_processes < 1:
         raise ValueError(f"cpu_node_topology: num_processes must be >= 1, got {num_processes}")
     gpus = tuple(GPU(index=i, name="cpu") for i in range(num_processes))
@@ -195,8 +195,8 @@ class ClusterTopology:
     """The nodes of a run. Global rank ``r`` runs on node ``r // gpus_per_node``.
 
     Args:
-        nodes: one :class:`NodeTopology` per node, in node-rank order. All must have the same number of
-            devices (Lightning runs the same number of processes on every node).
+        nodes: one [`NodeTopology`][lightning_geo.strategies.NodeTopology] per node, in node-rank order. All must have
+            the same number of devices (Lightning runs the same number of processes on every node).
     """
 
     nodes: tuple[NodeTopology, ...]

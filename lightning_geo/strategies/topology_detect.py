@@ -35,7 +35,7 @@ class NoGPUFoundError(RuntimeError):
 def detect_node_topology(num_devices: int | None = None, device_type: str = "cuda") -> NodeTopology:
     """The topology of this node, from the best source that works.
 
-    For ``device_type="cuda"``: NVML (:func:`~.topology_nvml.nvml_node_topology`, CUDA order, only the
+    For ``device_type="cuda"``: NVML (``nvml_node_topology``, CUDA order, only the
     visible GPUs); else the text of ``nvidia-smi topo -m`` (PCI order; restricted to ``CUDA_VISIBLE_DEVICES``
     when it lists indices); else a node where every pair is ``PHB`` with a ``"no topology information: ..."``
     warning. The reasons earlier sources failed are the first ``warnings``.
@@ -51,10 +51,11 @@ def detect_node_topology(num_devices: int | None = None, device_type: str = "cud
         NoGPUFoundError: (a ``RuntimeError``) when no source works and the number of GPUs is unknown (no
             ``num_devices``, no CUDA); its ``reasons`` say why each source failed.
 
-    Example::
-
+    Example:
+        ```python
         node = detect_node_topology()
         node.warnings  # () on a healthy GPU node
+        ```
     """
     if device_type not in _DEVICE_TYPES:
         raise ValueError(f"detect_node_topology: device_type must be one of {_DEVICE_TYPES}, got {device_type!r}")

@@ -6,7 +6,7 @@ path when there is no NVLink. Per GPU: name, UUID, PCI bus id, memory, NUMA node
 domain (GB200 NVL72). P2P problems go to ``warnings``.
 
 NVML numbers GPUs in PCI bus order and ignores ``CUDA_VISIBLE_DEVICES``; CUDA numbers them fastest first
-and only the visible ones. :func:`nvml_node_topology` matches the two by UUID, so the result is in CUDA
+and only the visible ones. ``nvml_node_topology`` matches the two by UUID, so the result is in CUDA
 order. ``pynvml`` is imported lazily; every NVML call goes through a ``nvml`` object so tests can pass a
 fake.
 """
@@ -57,16 +57,17 @@ def nvml_node_topology(cuda_uuids: list[str] | None = None, *, nvml: Any = None)
         nvml: the ``pynvml`` module (default) or an object with the same functions and constants (tests).
 
     Returns:
-        A :class:`NodeTopology` with ``source="nvml"``.
+        A [`NodeTopology`][lightning_geo.strategies.NodeTopology] with ``source="nvml"``.
 
     Raises:
         RuntimeError: when NVML cannot be used (``pynvml`` missing, no driver, an NVML call failed) or a CUDA
             UUID is not among NVML's GPUs (e.g. a MIG instance).
 
-    Example::
-
+    Example:
+        ```python
         node = nvml_node_topology()
         node.link(0, 1)  # Link(kind=<LinkKind.NVLINK: 'NV'>, nvlinks=18, nvlink_version=4, nvswitch=True)
+        ```
     """
     if nvml is None:
         nvml = _import_pynvml()

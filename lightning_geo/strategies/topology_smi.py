@@ -1,4 +1,4 @@
-"""Parse the text of ``nvidia-smi topo -m`` into a :class:`~lightning_geo.strategies.topology.NodeTopology`.
+"""Parse the text of ``nvidia-smi topo -m`` into a [`NodeTopology`][lightning_geo.strategies.NodeTopology].
 
 The matrix printed by ``nvidia-smi topo -m`` names the path between every pair of devices (``X``, ``NV#``,
 ``PIX``, ``PXB``, ``PHB``, ``NODE``, ``SYS``; drivers before ~418 print ``SOC`` for ``SYS``), followed by
@@ -7,14 +7,15 @@ optional ``CPU Affinity``, ``NUMA Affinity`` and ``GPU NUMA ID`` columns, a lege
 text was copied; the parser splits on any whitespace and relies on the ``X`` diagonal and the header.
 
 What the text cannot tell: the NVLink generation (``nvlink_version`` stays ``None``), whether NVLinks go
-through an NVSwitch (guessed, see :func:`parse_topo_matrix`), NVLink between nodes (GB200 NVL72), GPU
+through an NVSwitch (guessed, see ``parse_topo_matrix``), NVLink between nodes (GB200 NVL72), GPU
 names, UUIDs and memory. GPUs are numbered as ``nvidia-smi`` numbers them (PCI bus order), which is CUDA's
 order only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (or on nodes of identical GPUs).
 
-Example::
-
+Example:
+    ```python
     node = read_topology_file("dgx1.txt")
     node.nvlink_islands()  # [[0, 1, 2, 3], [4, 5, 6, 7]]
+    ```
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ def parse_topo_matrix(text: str, source: str = "nvidia-smi") -> NodeTopology:
             too long (non-square matrix), a token is not a known link, ``X`` is off the diagonal, or a GPU pair
             differs between its two rows (asymmetric matrix).
 
-    Example::
-
+    Example:
+        ```python
         node = parse_topo_matrix(subprocess.run(["nvidia-smi", "topo", "-m"], ...).stdout)
+        ```
     """
     lines = text.splitlines()
     header_no = _find_header(lines)
@@ -107,7 +109,7 @@ def read_topology_file(path: str | os.PathLike[str]) -> NodeTopology:
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when the text is malformed; the message starts with the path (see :func:`parse_topo_matrix`).
+        ValueError: when the text is malformed; the message starts with the path (see ``parse_topo_matrix``).
     """
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     try:

@@ -3,13 +3,14 @@
 BoTorch is imported inside the modules of this package only, and only when a model is fitted, never at
 ``import lightning_geo``.
 
-Example::
-
+Example:
+    ```python
     from lightning_geo.tuning import Categorical, Float, GeoTuner, Int, SearchSpace
 
     space = SearchSpace({"lr": Float(1e-5, 1e-1, log=True), "layers": Int(1, 6), "act": Categorical(["relu", "gelu"])})
     tuner = GeoTuner(space, monitor="val_loss", max_trials=30)
     best = tuner.search(train_fn)  # train_fn(config, trial) builds a Trainer with trial.reporter() and fits
+    ```
 
 Optional modules, not imported here (they need the ``optuna`` / ``ray`` extras):
 ``lightning_geo.tuning.optuna.GeoSampler`` (GEO's optimizer inside any Optuna study),

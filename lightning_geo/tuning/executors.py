@@ -1,12 +1,12 @@
 """Where trials run: in this process, each in its own subprocess (several at once), or on an engine of yours.
 
-An executor takes ``(train_fn, trial)`` pairs and hands back :class:`TrialRecord` results; the tuner never
-looks inside. :func:`run_trial` is the whole life of a trial (call ``train_fn``, read its reports, classify the
-outcome) and is what every executor runs where the trial runs. To run trials on Ray, use
-:class:`~lightning_geo.tuning.ray_executor.RayExecutor` (each trial a Ray task with its own resources; needs
-``pip install lightning-geo[ray]``); for another engine, implement the three methods of :class:`TrialExecutor`
-around :func:`run_trial`, with ``log_dir`` on a file system the workers share, so that the study sees every
-trial's reports and TensorBoard run.
+An executor takes ``(train_fn, trial)`` pairs and hands back [`TrialRecord`][lightning_geo.tuning.TrialRecord] results;
+the tuner never looks inside. [`run_trial`][lightning_geo.tuning.run_trial] is the whole life of a trial (call
+``train_fn``, read its reports, classify the outcome) and is what every executor runs where the trial runs. To run
+trials on Ray, use ``RayExecutor`` (each trial a Ray task with its own resources; needs ``pip install
+lightning-geo[ray]``); for another engine, implement the three methods of
+[`TrialExecutor`][lightning_geo.tuning.TrialExecutor] around [`run_trial`][lightning_geo.tuning.run_trial], with
+``log_dir`` on a file system the workers share, so that the study sees every trial's reports and TensorBoard run.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run_trial(train_fn: TrainFn, trial: Trial) -> TrialRecord:
 
 
 class TrialExecutor(ABC):
-    """Runs trials; the tuner keeps at most :attr:`n_parallel` of them submitted at once."""
+    """Runs trials; the tuner keeps at most ``n_parallel`` of them submitted at once."""
 
     n_parallel: int = 1
 
@@ -209,7 +209,18 @@ class SubprocessExecutor(TrialExecutor):
 
 
 def make_executor(executor: str | TrialExecutor, n_parallel: int, devices: Sequence[int | str] | None) -> TrialExecutor:
-    """``"in_process"``, ``"subprocess"`` or a :class:`TrialExecutor` instance, as an executor."""
+    """``"in_process"``, ``"subprocess"`` or a [`TrialExecutor`][lightning_geo.tuning.TrialExecutor] instance, as an
+    executor.
+
+    Raises:
+        ValueError: for an unknown ``executor``, ``n_parallel`` above 1 in this process, or ``devices`` with an
+            executor other than ``"subprocess"`` (which would ignore them).
+    """
+    if devices is not None and executor != "subprocess":
+        where = ("in this process the trial's Trainer picks its own devices (Trainer(devices=...) in train_fn)"
+                 if executor == "in_process" else "your executor places its trials itself")
+        raise ValueError(f"devices={list(devices)!r} applies only with executor='subprocess' (one process per device), "
+                         f"not executor={executor!r}: {where}; drop devices= or pass executor='subprocess'")
     if isinstance(executor, TrialExecutor):
         return executor
     if executor == "in_process":

@@ -4,7 +4,7 @@ The method, step by step (the same recipe as Ax's default, with HEBO's robustnes
 
 1. Initial design: the centre of the space, then scrambled Sobol points, ``num_initial`` in all (default
    ``min(10, max(5, d + 1))``; they count against the budget).
-2. Then, per ``ask``: a GP (:mod:`~lightning_geo.tuning.surrogate`) is fitted in double precision on the
+2. Then, per ``ask``: a GP (``surrogate``) is fitted in double precision on the
    normalised inputs and the warped (mean of a robust, bad-tail-compressed scale and a rank scale),
    standardised outcomes; failed trials are imputed at the worst value seen, so the model steers away from
    where they failed.
@@ -16,7 +16,7 @@ The method, step by step (the same recipe as Ax's default, with HEBO's robustnes
    around the best candidates; integers and categories are always on their grid, constraints and already
    tried or pending configs are excluded. With one objective and no constraints the winner is then polished
    by gradient ascent (L-BFGS-B, categories held) from it and from the best trials, on the analytic LogEI
-   (:func:`~lightning_geo.tuning.surrogate.log_expected_improvement`; the MC acquisition where other points are
+   (``log_expected_improvement``; the MC acquisition where other points are
    pending), snapped to the grid, and kept where the acquisition says it is better: the candidate search alone
    lands a few percent short of the acquisition's peak in continuous dimensions, which on smooth 5-6-d problems
    cost 10-35 points of benchmark score.
@@ -137,7 +137,8 @@ def _modes(mode: str | Sequence[str]) -> tuple[Mode, ...]:
 
 
 class BayesianOptimizer:
-    """Bayesian optimisation of a black-box objective over a :class:`SearchSpace`, through ``ask``/``tell``.
+    """Bayesian optimisation of a black-box objective over a [`SearchSpace`][lightning_geo.tuning.SearchSpace], through
+    ``ask``/``tell``.
 
     Args:
         space: The search space.
@@ -152,13 +153,14 @@ class BayesianOptimizer:
     Raises:
         ValueError: for an unknown ``mode`` or a non-positive ``num_initial``/``num_candidates``.
 
-    Example::
-
+    Example:
+        ```python
         opt = BayesianOptimizer(SearchSpace({"x": Float(-5, 5)}), seed=0)
         for _ in range(20):
             params = opt.ask()
             opt.tell(params, (params["x"] - 1.0) ** 2)
         opt.best_params  # close to {"x": 1.0}
+        ```
     """
 
     def __init__(
@@ -239,7 +241,8 @@ class BayesianOptimizer:
         """Record the result of a config.
 
         Args:
-            params: The config, as returned by :meth:`ask` (or any config of the space).
+            params: The config, as returned by [`ask`][lightning_geo.tuning.BayesianOptimizer.ask] (or any config of the
+                space).
             value: The objective (a sequence of them in multi-objective mode). ``None``, NaN or infinity marks
                 a failed trial: it is kept, and the model treats it as the worst result seen so far.
             constraints: Outcome constraint values measured with the result (e.g. memory - budget); a config is
@@ -294,7 +297,7 @@ class BayesianOptimizer:
 
     @property
     def best_params(self) -> Config | None:
-        """The config of :attr:`best` (``None`` before the first success)."""
+        """The config of [`best`][lightning_geo.tuning.BayesianOptimizer.best] (``None`` before the first success)."""
         best = self.best
         return None if best is None else dict(best.config)
 
@@ -479,7 +482,7 @@ class BayesianOptimizer:
 
     @staticmethod
     def _noisy_baseline(model: Any, X: torch.Tensor) -> torch.Tensor:
-        """The trials the noisy EI weighs as the incumbent: all of them, or past :data:`NOISY_BASELINE` the ones
+        """The trials the noisy EI weighs as the incumbent: all of them, or past ``NOISY_BASELINE`` the ones
         whose posterior mean (first outcome) is highest."""
         if len(X) <= NOISY_BASELINE:
             return X

@@ -1,4 +1,4 @@
-"""``GeoSampler``: GEO's :class:`~lightning_geo.tuning.BayesianOptimizer` as an Optuna sampler.
+"""``GeoSampler``: GEO's [`BayesianOptimizer`][lightning_geo.tuning.BayesianOptimizer] as an Optuna sampler.
 
 ``optuna.create_study(sampler=GeoSampler(seed=0))`` runs GEO's BoTorch optimizer inside any Optuna study: its
 storage (in memory, SQLite/RDB, journal), its pruners, ``optuna-dashboard``, ``n_jobs`` and several processes
@@ -10,12 +10,12 @@ sharing one storage. It works as Optuna's own ``GPSampler`` does:
   distribution (the first point of GEO's design), later trials uniform draws seeded by ``(seed, trial
   number, parameter name)``, so that workers sharing a storage never draw the same values (or your own
   ``independent_sampler``).
-- Every ``sample_relative`` rebuilds a :class:`BayesianOptimizer` from the study's trials: completed trials
-  are told their values; failed trials are told as failures (the GP imputes the worst value seen there);
-  pruned trials their last intermediate value (single objective; a failure without one, or with several
-  objectives); constraint values (``constraints_func`` or ``trial.set_constraint``, a value > 0 violates) are
-  modelled by the GP as extra outputs, and the acquisition is weighted by the probability of feasibility;
-  trials still running (other workers) are pending points, so parallel workers get distinct configs.
+- Every ``sample_relative`` rebuilds a [`BayesianOptimizer`][lightning_geo.tuning.BayesianOptimizer] from the study's
+  trials: completed trials are told their values; failed trials are told as failures (the GP imputes the worst value
+  seen there); pruned trials their last intermediate value (single objective; a failure without one, or with several
+  objectives); constraint values (``constraints_func`` or ``trial.set_constraint``, a value > 0 violates) are modelled
+  by the GP as extra outputs, and the acquisition is weighted by the probability of feasibility; trials still running
+  (other workers) are pending points, so parallel workers get distinct configs.
 - Several objectives (``directions=[...]``) use qLogNoisyExpectedHypervolumeImprovement (a Pareto front).
 
 The same trials give the same proposals: every ask is seeded from ``(seed, trials told, trials pending)``,
@@ -69,14 +69,14 @@ def _stepped(distribution: BaseDistribution) -> TypeGuard[IntDistribution | Floa
 
 
 def to_geo(distribution: BaseDistribution, value: Any) -> Any:
-    """An Optuna parameter value as the value of :func:`dimension_of` (a grid index for stepped ones)."""
+    """An Optuna parameter value as the value of ``dimension_of`` (a grid index for stepped ones)."""
     if _stepped(distribution):
         return round((value - distribution.low) / distribution.step)
     return value
 
 
 def from_geo(distribution: BaseDistribution, value: Any) -> Any:
-    """A value of :func:`dimension_of` as the Optuna parameter value (inside the distribution's bounds)."""
+    """A value of ``dimension_of`` as the Optuna parameter value (inside the distribution's bounds)."""
     if isinstance(distribution, CategoricalDistribution):
         return value
     # not categorical: an Int or Float distribution (the other kinds dimension_of searches)
@@ -104,7 +104,8 @@ def _constraints(trial: FrozenTrial) -> list[float]:
 
 
 class GeoSampler(BaseSampler):
-    """An Optuna sampler that proposes trials with GEO's BoTorch :class:`BayesianOptimizer`.
+    """An Optuna sampler that proposes trials with GEO's BoTorch
+    [`BayesianOptimizer`][lightning_geo.tuning.BayesianOptimizer].
 
     Args:
         seed: Seeds the optimizer and the independent sampler; the same study history gives the same
@@ -125,8 +126,8 @@ class GeoSampler(BaseSampler):
         ValueError: for a non-positive ``num_initial``, ``num_candidates < 16`` or a non-callable
             ``constraints_func``.
 
-    Example::
-
+    Example:
+        ```python
         import optuna
         from lightning_geo.tuning.optuna import GeoSampler
 
@@ -137,6 +138,7 @@ class GeoSampler(BaseSampler):
 
         study = optuna.create_study(sampler=GeoSampler(seed=0))
         study.optimize(objective, n_trials=30)
+        ```
     """
 
     def __init__(

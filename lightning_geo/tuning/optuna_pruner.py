@@ -1,6 +1,6 @@
 """``GeoCurvePruner``: GEO's learning-curve pruning rule as an Optuna pruner.
 
-The rule of :class:`~lightning_geo.tuning.CurvePruner`: forecast a running trial's final value from how much
+The rule of [`CurvePruner`][lightning_geo.tuning.CurvePruner]: forecast a running trial's final value from how much
 the study's finished trials still improved after the same step, and prune only when even an optimistic
 forecast cannot beat the best final value so far. It prunes later than Optuna's ``MedianPruner`` and kills
 fewer trials that would have won. Works with anything that calls ``trial.report``/``trial.should_prune``,
@@ -30,9 +30,10 @@ class GeoCurvePruner(BasePruner):
         ValueError: for ``optimism`` outside ``(0, 1]``, a non-positive ``n_startup_trials`` or a negative
             ``n_warmup_steps``.
 
-    Example::
-
+    Example:
+        ```python
         study = optuna.create_study(sampler=GeoSampler(seed=0), pruner=GeoCurvePruner(n_startup_trials=5))
+        ```
     """
 
     def __init__(self, *, optimism: float = 0.9, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:

@@ -18,7 +18,7 @@ and not run (every GEO reader skips it). A trial whose process is gone is run ag
 another machine, where a pid cannot be checked, once that process let it go (``search`` ended with an error or
 a ``KeyboardInterrupt``) or once its heartbeat stopped: every process writes the time (``geo:heartbeat``, its
 clock's seconds since the epoch) to each trial it runs every ``heartbeat_s`` seconds, and a trial whose last
-beat is :data:`STALE_AFTER_BEATS` beats old (5 minutes by default) is taken for interrupted; this assumes the
+beat is ``STALE_AFTER_BEATS`` beats old (5 minutes by default) is taken for interrupted; this assumes the
 machines' clocks agree to well within that (NTP). Should two processes still run one trial (both took it for
 interrupted at the same moment, or a stalled process came back), the first result counts and the second is
 dropped with a warning: a trial may run twice, it is never counted twice.
@@ -27,7 +27,7 @@ GEO's own fields ride along as trial user attributes (``geo:x``: the encoded con
 config as JSON; ``geo:values``: a pruned trial's last report; ``geo:seconds``, ``geo:error``, ``geo:owner``,
 ``geo:heartbeat``, ``geo:heartbeat_s``, ``geo:surplus``), and
 the study's space, monitor and mode as the study user attribute ``geo:header``, which a resume checks.
-:class:`OptunaTrialPruner` lets any Optuna pruner (``optuna.pruners.MedianPruner()``, ``GeoCurvePruner()``)
+``OptunaTrialPruner`` lets any Optuna pruner (``optuna.pruners.MedianPruner()``, ``GeoCurvePruner()``)
 prune the trials of such a study: ``GeoTuner(pruner=optuna.pruners.MedianPruner(), storage="sqlite:///...")``.
 """
 
@@ -78,7 +78,7 @@ STALE_AFTER_BEATS = 10
 SQLITE_TIMEOUT_S = 60.0
 """How long a SQLite write waits for another process's write before 'database is locked' (Python's default: 5 s)."""
 CONNECT_TRIES = 5
-"""Tries to open a database URL while other processes create its tables (see :func:`connect`)."""
+"""Tries to open a database URL while other processes create its tables (see ``connect``)."""
 
 
 def is_optuna_storage(storage: Any) -> bool:
@@ -87,6 +87,57 @@ def is_optuna_storage(storage: Any) -> bool:
     if isinstance(storage, str):
         return "://" in storage
     return type(storage).__module__.startswith("optuna.")
+
+
+STORAGE_EXAMPLE = "sqlite:///path/to/study.db"
+"""A correct storage URL, shown in the messages about wrong ones (three slashes: a path relative to the current
+folder; four for an absolute one, ``sqlite:////data/study.db``)."""
+_DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "mysqldb": "mysqlclient",
+                    "pymysql": "pymysql", "asyncpg": "asyncpg", "pg8000": "pg8000", "oracledb": "oracledb",
+                    "pyodbc": "pyodbc", "mysqlconnector": "mysql-connector-python"}
+
+
+def check_storage_url(url: str) -> None:
+    """Raise ``ValueError`` naming ``storage=`` for a URL that would fail only when the study opens: not a URL,
+    an unknown database, a driver that is not installed, a SQLite file in a folder that does not exist, or
+    ``sqlite://name.db`` (two slashes: SQLAlchemy reads ``name.db`` as a host and opens an in-memory database)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise ValueError(f"storage={url!r} is not a database URL ({err}); e.g. storage={STORAGE_EXAMPLE!r}") from None
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(
+            f"storage={url!r}: unknown database {parsed.drivername!r}; use an SQLAlchemy URL such as "
+            f"{STORAGE_EXAMPLE!r} or 'postgresql://user:password@host/db' (or a path for a JSON lines file)"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        package = _DRIVER_PACKAGES.get(str(dialect.driver), str(dialect.driver))
+        raise ValueError(
+            f"storage={url!r}: the {parsed.get_backend_name()} driver {dialect.driver!r} is not installed ({err}); "
+            f"pip install {package}, or name an installed driver as '{parsed.get_backend_name()}+<driver>://...'"
+        ) from None
+    if parsed.get_backend_name() != "sqlite":
+        return
+    if parsed.host:
+        path = parsed.host + (f"/{parsed.database}" if parsed.database else "")
+        raise ValueError(
+            f"storage={url!r} has two slashes, so {parsed.host!r} is read as a host and the study would live in an "
+            f"in-memory database; a file needs three: storage='sqlite:///{path}' (four for an absolute path)"
+        )
+    if not parsed.database or parsed.database == ":memory:":
+        raise ValueError(f"storage={url!r} is an in-memory database, lost when the process ends and never shared; "
+                         f"give a file, e.g. storage={STORAGE_EXAMPLE!r}")
+    folder = os.path.dirname(os.path.abspath(parsed.database))
+    if not os.path.isdir(folder):
+        raise ValueError(f"storage={url!r}: the folder {folder!r} of the SQLite file does not exist; create it, or "
+                         f"give a path in an existing folder, e.g. storage={STORAGE_EXAMPLE!r}")
 
 
 def _distribution(dim: Float | Int | Categorical) -> BaseDistribution | None:
@@ -103,8 +154,8 @@ def _distribution(dim: Float | Int | Categorical) -> BaseDistribution | None:
 def connect(storage: str | Any) -> Any:
     """The Optuna storage to open (an ``optuna.storages`` instance is used as it is).
 
-    A URL becomes an ``RDBStorage``; for SQLite with a :data:`SQLITE_TIMEOUT_S` busy timeout, so that processes
-    sharing the file wait for each other's writes. Creating it is tried up to :data:`CONNECT_TRIES` times:
+    A URL becomes an ``RDBStorage``; for SQLite with a ``SQLITE_TIMEOUT_S`` busy timeout, so that processes
+    sharing the file wait for each other's writes. Creating it is tried up to ``CONNECT_TRIES`` times:
     processes that open a new database at the same moment race to create its tables, and the losers fail with
     "table ... already exists" or a unique-constraint error on the schema version (seen with 3 processes).
     """
@@ -127,7 +178,7 @@ def _alive(trial: FrozenTrial) -> bool:
     """Whether the process that owns running ``trial`` may still be running it: not when it let the trial go
     (owner ``""``, or none: a study written before owners were kept), nor when it ran on this machine and its
     process is gone or is this one (an earlier ``search`` here), nor when it runs on another machine and its
-    heartbeat is :data:`STALE_AFTER_BEATS` beats old (a trial without heartbeats, written before they were kept,
+    heartbeat is ``STALE_AFTER_BEATS`` beats old (a trial without heartbeats, written before they were kept,
     cannot be judged: alive)."""
     owner = trial.user_attrs.get(_OWNER, "")
     host, _, pid = owner.rpartition(":")
@@ -161,16 +212,20 @@ class OptunaStorage(TrialStorage):
         study_name: The Optuna study's name.
         space: The tuner's search space (for the parameters' distributions).
         mode: ``"min"``/``"max"`` per monitored metric (the study's directions).
-        heartbeat_s: Seconds between two heartbeats of each trial this process runs. Default :data:`HEARTBEAT_S`.
+        heartbeat_s: Seconds between two heartbeats of each trial this process runs. Default ``HEARTBEAT_S``.
 
     Raises:
-        ValueError: for a ``storage`` that is not an Optuna one, or a ``heartbeat_s`` that is not a positive number.
+        ValueError: for a ``storage`` that is not an Optuna one or a URL that cannot open (an unknown database,
+            a driver that is not installed, a SQLite file in a missing folder or ``sqlite://name.db``), or a
+            ``heartbeat_s`` that is not a positive number.
     """
 
     def __init__(self, storage: str | Any, study_name: str, space: SearchSpace, mode: Sequence[str], *,
                  heartbeat_s: float = HEARTBEAT_S) -> None:
         if not is_optuna_storage(storage):
             raise ValueError(f"storage={storage!r} must be an Optuna storage URL or optuna.storages instance")
+        if isinstance(storage, str):
+            check_storage_url(storage)
         self.heartbeat_s = check_heartbeat_s(heartbeat_s)
         self._beating: threading.Thread | None = None
         self._stop_beating = threading.Event()
@@ -192,7 +247,7 @@ class OptunaStorage(TrialStorage):
 
     @property
     def study(self) -> optuna.Study:
-        """The Optuna study (after :meth:`open`)."""
+        """The Optuna study (after ``open``)."""
         assert self._study is not None, "open() the storage first"
         return self._study
 

@@ -3,11 +3,11 @@
 A rule sees the running trial's reports and the *curves of finished trials* (their intermediate reports and
 final values). Both rules compare best-so-far values, which are robust to a noisy validation:
 
-- :class:`MedianPruner` (the rule of Google Vizier and Optuna's default): prune when the trial's best value so
-  far is worse than the median of the finished trials' best values at the same step.
-- :class:`CurvePruner` (model-based): forecast the trial's final value from how much finished trials still
-  improved after the same step (an additive learning-curve model), and prune when even the most optimistic
-  forecast cannot beat the best final value so far. It prunes later than the median rule and kills fewer
+- [`MedianPruner`][lightning_geo.tuning.MedianPruner] (the rule of Google Vizier and Optuna's default): prune when the
+  trial's best value so far is worse than the median of the finished trials' best values at the same step.
+- [`CurvePruner`][lightning_geo.tuning.CurvePruner] (model-based): forecast the trial's final value from how much
+  finished trials still improved after the same step (an additive learning-curve model), and prune when even the most
+  optimistic forecast cannot beat the best final value so far. It prunes later than the median rule and kills fewer
   trials that would have won.
 """
 
@@ -40,8 +40,8 @@ def _best_until(curve: Curve, step: int, sign: float) -> float | None:
 
 
 class PruningRule(Protocol):
-    """What a running trial asks after a report: a :class:`Pruner`, or an Optuna pruner bound to one trial of an
-    Optuna study (:class:`~lightning_geo.tuning.optuna_storage.OptunaTrialPruner`)."""
+    """What a running trial asks after a report: a [`Pruner`][lightning_geo.tuning.Pruner], or an Optuna pruner bound to
+    one trial of an Optuna study (``OptunaTrialPruner``)."""
 
     def should_prune(self, reports: Curve, finished: Sequence[FinishedCurve], mode: str) -> bool:
         """Whether the trial with ``reports`` (its latest last) should stop."""
@@ -140,7 +140,8 @@ class CurvePruner(Pruner):
 
 
 def make_pruner(pruner: str | Pruner | None) -> Pruner | None:
-    """Turn ``"median"``, ``"curve"``, ``None`` or a :class:`Pruner` into a pruner (``None``: never prune).
+    """Turn ``"median"``, ``"curve"``, ``None`` or a [`Pruner`][lightning_geo.tuning.Pruner] into a pruner (``None``:
+    never prune).
 
     Raises:
         ValueError: for anything else; ``GeoTuner`` takes Optuna pruners before calling this.

@@ -1,13 +1,13 @@
-"""``GeoSearch``: GEO's :class:`~lightning_geo.tuning.BayesianOptimizer` as a Ray Tune search algorithm.
+"""``GeoSearch``: GEO's [`BayesianOptimizer`][lightning_geo.tuning.BayesianOptimizer] as a Ray Tune search algorithm.
 
 ``tune.TuneConfig(search_alg=GeoSearch(seed=0), scheduler=ASHAScheduler(), ...)`` proposes Ray Tune's trials
 with GEO's BoTorch optimizer, on Ray's cluster, schedulers and fault tolerance. The space is Ray Tune's own
 ``param_space`` (``tune.uniform``, ``tune.loguniform``, ``tune.randint``, ``tune.lograndint``,
-``tune.choice``; other values are passed unchanged) or a GEO :class:`~lightning_geo.tuning.SearchSpace`.
+``tune.choice``; other values are passed unchanged) or a GEO [`SearchSpace`][lightning_geo.tuning.SearchSpace].
 
 Trials still running are pending points of every ask (so concurrent trials get distinct configs); a trial
 that errors is told as a failure (the GP imputes the worst value seen there); a trial a scheduler stops early
-(ASHA) is told its last reported value. Also :class:`~lightning_geo.tuning.ray_executor.RayExecutor`, to run
+(ASHA) is told its last reported value. Also ``RayExecutor``, to run
 ``GeoTuner``'s trials as Ray tasks, is importable from here.
 """
 
@@ -59,23 +59,25 @@ def space_from_ray(param_space: Mapping[str, Any]) -> SearchSpace:
 
 
 class GeoSearch(Searcher):
-    """A Ray Tune search algorithm that proposes trials with GEO's BoTorch :class:`BayesianOptimizer`.
+    """A Ray Tune search algorithm that proposes trials with GEO's BoTorch
+    [`BayesianOptimizer`][lightning_geo.tuning.BayesianOptimizer].
 
     Args:
-        space: A GEO :class:`SearchSpace` or a Ray Tune ``param_space`` dict; ``None`` (default): the Tuner's
-            ``param_space``, passed in by Ray Tune.
+        space: A GEO [`SearchSpace`][lightning_geo.tuning.SearchSpace] or a Ray Tune ``param_space`` dict; ``None``
+            (default): the Tuner's ``param_space``, passed in by Ray Tune.
         metric: The reported metric to optimise (a list of names: several objectives, a Pareto front);
             ``None``: the ``TuneConfig``'s.
         mode: ``"min"``/``"max"`` (one per metric); ``None``: the ``TuneConfig``'s.
         seed: Seeds the optimiser: the same results give the same proposals. Default 0.
-        num_initial: Trials of GEO's quasi-random initial design (see :class:`BayesianOptimizer`).
+        num_initial: Trials of GEO's quasi-random initial design (see
+            [`BayesianOptimizer`][lightning_geo.tuning.BayesianOptimizer]).
         num_candidates: Sobol candidates per ask. Default 1024.
 
     Raises:
-        ValueError: for a bad ``space`` or ``mode`` (see :func:`space_from_ray`).
+        ValueError: for a bad ``space`` or ``mode`` (see ``space_from_ray``).
 
-    Example::
-
+    Example:
+        ```python
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
         from lightning_geo.tuning.ray import GeoSearch
@@ -87,6 +89,7 @@ class GeoSearch(Searcher):
                                         search_alg=GeoSearch(seed=0), scheduler=ASHAScheduler()),
         )
         best = tuner.fit().get_best_result().config
+        ```
     """
 
     def __init__(
@@ -155,7 +158,7 @@ class GeoSearch(Searcher):
             pickle.dump(self.__dict__, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Load what :meth:`save` wrote."""
+        """Load what ``save`` wrote."""
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
 

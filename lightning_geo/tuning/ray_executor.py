@@ -1,6 +1,6 @@
 """``RayExecutor``: ``GeoTuner``'s trials as Ray tasks, on one machine or a Ray cluster.
 
-Each trial is one Ray task that runs :func:`~lightning_geo.tuning.executors.run_trial` with the resources
+Each trial is one Ray task that runs [`run_trial`][lightning_geo.tuning.run_trial] with the resources
 you ask for per trial (``num_gpus=1``: Ray places each trial on a free GPU and sets ``CUDA_VISIBLE_DEVICES``
 for it). If the worker process dies in the middle of a trial (a killed node, the out-of-memory killer), Ray
 runs the task again, up to ``max_retries`` times, from the start and with the same config and number; once
@@ -43,11 +43,12 @@ class RayExecutor(TrialExecutor):
     Raises:
         ValueError: for a non-positive ``n_parallel``, negative ``num_cpus``/``num_gpus``/``max_retries``.
 
-    Example::
-
+    Example:
+        ```python
         ray.init(address="auto")
         tuner = GeoTuner(space, max_trials=40, executor=RayExecutor(n_parallel=8, num_gpus=1), log_dir="/shared/tuning")
         tuner.search(train_fn)
+        ```
     """
 
     def __init__(

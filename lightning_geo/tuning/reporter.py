@@ -12,8 +12,9 @@ from typing_extensions import override
 
 
 class ReportingTrial(Protocol):
-    """What :class:`TrialReporter` needs of a trial (:class:`~lightning_geo.tuning.Trial` is one): it depends on
-    this, not on the trial module, so the two do not import each other."""
+    """What [`TrialReporter`][lightning_geo.tuning.TrialReporter] needs of a trial
+    ([`Trial`][lightning_geo.tuning.Trial] is one): it depends on this, not on the trial module, so the two do not
+    import each other."""
 
     number: int
     pruned: bool
@@ -61,11 +62,12 @@ class TrialReporter(Callback):
         MonitorNotLoggedError: (a ``KeyError``) at the first validation, if the monitored metric was not logged
             (the available ones are listed); ``GeoTuner`` then stops the study instead of tuning on nothing.
 
-    Example::
-
+    Example:
+        ```python
         def train_fn(config, trial):
             trainer = L.Trainer(max_epochs=5, callbacks=[trial.reporter()], logger=trial.logger())
             trainer.fit(MyModule(lr=config["lr"]), datamodule)
+        ```
     """
 
     def __init__(self, trial: ReportingTrial) -> None:

@@ -1,7 +1,7 @@
 """Search spaces: ``Float``, ``Int``, ``Categorical``, fixed values, conditions and constraints.
 
-A :class:`SearchSpace` maps a configuration (``{"lr": 3e-4, "layers": 4, "act": "gelu"}``) to one row of
-an ``n x d`` tensor the Gaussian process works on, and back:
+A [`SearchSpace`][lightning_geo.tuning.SearchSpace] maps a configuration (``{"lr": 3e-4, "layers": 4, "act": "gelu"}``)
+to one row of an ``n x d`` tensor the Gaussian process works on, and back:
 
 - ``Float``/``Int`` become one column in ``[0, 1]`` (on a log scale with ``log=True``); an ``Int`` is
   rounded when decoded, and encoding a decoded value puts it on the exact grid point, so the GP sees
@@ -193,11 +193,12 @@ class SearchSpace(Mapping[str, Any]):
             value that parameter cannot take.
         TypeError: for a non-string name or a constraint that is not callable.
 
-    Example::
-
+    Example:
+        ```python
         space = SearchSpace({"lr": Float(1e-5, 1e-1, log=True), "layers": Int(1, 6),
                              "act": Categorical(["relu", "gelu"]), "epochs": 3})
         X = space.encode([{"lr": 1e-3, "layers": 2, "act": "gelu", "epochs": 3}])  # 1 x 3, in [0, 1] / indices
+        ```
     """
 
     def __init__(
@@ -341,7 +342,7 @@ class SearchSpace(Mapping[str, Any]):
         return tuple(round(float(v), 9) for v in row)
 
     def key(self, config: Mapping[str, Any]) -> tuple[float, ...]:
-        """:meth:`row_key` of a config's encoding."""
+        """[`row_key`][lightning_geo.tuning.SearchSpace.row_key] of a config's encoding."""
         return self.row_key(self.encode([config])[0].tolist())
 
     @classmethod
@@ -351,10 +352,11 @@ class SearchSpace(Mapping[str, Any]):
         Each entry is ``{"float": [low, high], "log": bool}``, ``{"int": [low, high], "log": bool}``,
         ``{"categorical": [choices...]}`` (each optionally with ``"when": {...}``) or a plain value (fixed).
 
-        Example::
-
+        Example:
+            ```python
             SearchSpace.from_dict({"lr": {"float": [1e-4, 1e-1], "log": True}, "act": {"categorical": ["relu", "gelu"]},
                                    "epochs": 3})
+            ```
         """
         parameters: dict[str, Any] = {}
         kinds = {"float": Float, "int": Int, "categorical": Categorical}
@@ -371,11 +373,16 @@ class SearchSpace(Mapping[str, Any]):
                 )
             kind = found[0]
             extra = {"when": entry["when"]} if "when" in entry else {}
-            if kind == "categorical":
-                parameters[name] = Categorical(entry[kind], **extra)
-                continue
-            bounds = entry[kind]
-            if not isinstance(bounds, Sequence) or len(bounds) != 2:
-                raise ValueError(f"{name}: {kind} needs [low, high], got {bounds!r}")
-            parameters[name] = kinds[kind](bounds[0], bounds[1], log=bool(entry.get("log", False)), **extra)
+            if "log" in entry and not isinstance(entry["log"], bool):
+                raise ValueError(f"{name}: log must be true or false, got {entry['log']!r}")
+            try:
+                if kind == "categorical":
+                    parameters[name] = Categorical(entry[kind], **extra)
+                    continue
+                bounds = entry[kind]
+                if not isinstance(bounds, Sequence) or isinstance(bounds, str) or len(bounds) != 2:
+                    raise ValueError(f"{kind} needs [low, high], got {bounds!r}")
+                parameters[name] = kinds[kind](bounds[0], bounds[1], log=bool(entry.get("log", False)), **extra)
+            except (ValueError, TypeError) as err:  # the dimension's own message, with the entry it is about
+                raise type(err)(f"{name}: {err}") from None
         return cls(parameters)

@@ -6,8 +6,8 @@ written: a torn last line is cut off when the file is opened again. On resume, t
 are replayed (never run again), and trials with only a ``start`` line, the ones that were running when the
 tuner died, are run again with the same number and the same config (a crash does not count as a failure).
 
-:class:`TrialStorage` is what ``GeoTuner`` needs of a storage; the JSON-lines file has one writer, an Optuna
-storage (:class:`~lightning_geo.tuning.optuna_storage.OptunaStorage`) can have several at once.
+``TrialStorage`` is what ``GeoTuner`` needs of a storage; the JSON-lines file has one writer, an Optuna
+storage (``OptunaStorage``) can have several at once.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """The Gaussian-process surrogate: outcome warping, fitting in double precision, parameter importance.
 
-Inputs arrive already normalised by :class:`~lightning_geo.tuning.space.SearchSpace` (unit-cube columns and
+Inputs arrive already normalised by [`SearchSpace`][lightning_geo.tuning.SearchSpace] (unit-cube columns and
 category indices). Outcomes are in *maximisation* form (``-loss`` for a minimised metric). A single
-objective is first warped by :func:`outcome_warp`, the mean of two views of the values:
+objective is first warped by ``outcome_warp``, the mean of two views of the values:
 
-* :func:`robust_warp`: standardised by the median and median absolute deviation, the bad tail (more than 2
+* ``robust_warp``: standardised by the median and median absolute deviation, the bad tail (more than 2
   robust standard deviations below the median) compressed logarithmically and floored. A diverged run that
   returns a loss of 1e9, or a failed trial imputed at the worst value, then weighs little more than a bad
   ordinary trial, where a plain standardised GP would be dragged by it for the rest of the study (the HEBO
   paper, Cowen-Rivers et al. 2022, warps outputs for the same reason), while the good side stays linear, so
   expected improvement sees *how much* better the best trials are.
-* :func:`rank_warp`: the standard-normal quantiles of the ranks (a Gaussian copula). It keeps the best trials
+* ``rank_warp``: the standard-normal quantiles of the ranks (a Gaussian copula). It keeps the best trials
   apart where the values are skewed: when the good ones are bunched at the top of a long spread, the robust
   view alone puts them within a few hundredths of each other and the GP sees a flat top.
 
@@ -35,9 +35,9 @@ import torch
 from scipy.stats import rankdata
 
 BAD_TAIL_START = 2.0
-"""Robust standard deviations below the median where :func:`robust_warp` starts compressing."""
+"""Robust standard deviations below the median where ``robust_warp`` starts compressing."""
 BAD_TAIL_DEPTH = 3.0
-"""How far below :data:`BAD_TAIL_START` the compressed tail may reach (the floor is at -5)."""
+"""How far below ``BAD_TAIL_START`` the compressed tail may reach (the floor is at -5)."""
 
 
 def robust_warp(Y: torch.Tensor) -> torch.Tensor:
@@ -68,8 +68,8 @@ def rank_warp(Y: torch.Tensor) -> torch.Tensor:
 
 
 def outcome_warp(Y: torch.Tensor) -> torch.Tensor:
-    """Warp each column of ``n x m`` values (larger is better) for the GP: the mean of :func:`robust_warp` and
-    :func:`rank_warp`, which keeps the order of the values (see the module's docstring for why both)."""
+    """Warp each column of ``n x m`` values (larger is better) for the GP: the mean of ``robust_warp`` and
+    ``rank_warp``, which keeps the order of the values (see the module's docstring for why both)."""
     return 0.5 * robust_warp(Y) + 0.5 * rank_warp(Y)
 
 
@@ -132,7 +132,7 @@ def fit_surrogate(
 def condition_surrogate(
     X: torch.Tensor, Y: torch.Tensor, *, cat_dims: list[int], hyperparameters: dict[str, torch.Tensor]
 ) -> Any:
-    """The GP of :func:`fit_surrogate` on ``n x d`` inputs and ``n x m`` outcomes with given hyperparameters (a
+    """The GP of ``fit_surrogate`` on ``n x d`` inputs and ``n x m`` outcomes with given hyperparameters (a
     previous fit's ``state_dict``), without optimising them: the cheap update between two fits.
 
     Returns:
@@ -173,7 +173,7 @@ def _build(X: torch.Tensor, Y: torch.Tensor, cat_dims: list[int], hyper: dict[st
 
 
 def log_expected_improvement(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The analytic log expected improvement of a fitted single-output GP (:func:`fit_surrogate`), over the best
+    """The analytic log expected improvement of a fitted single-output GP (``fit_surrogate``), over the best
     posterior mean at its training inputs, as a differentiable function of ``b x d`` inputs returning ``b`` values.
 
     It equals BoTorch's ``LogExpectedImprovement`` up to a constant (it works in the standardised outcome space,

@@ -1,10 +1,10 @@
 """One trial of a study: its config, its intermediate reports, its pruning decision and where it logs.
 
-A :class:`Trial` is handed to the user's ``train_fn(config, trial)``. It is a small picklable object, so it
-travels to a subprocess, to the spawned ranks of ``ddp_spawn`` or to a Ray worker. Its reports are appended to
-``<trial log_dir>/reports.jsonl`` (by global rank 0 only, see :class:`~lightning_geo.tuning.TrialReporter`),
-and the tuner reads them back from there when the trial ends: that file is what lets a report made inside
-a spawned process reach the study.
+A [`Trial`][lightning_geo.tuning.Trial] is handed to the user's ``train_fn(config, trial)``. It is a small picklable
+object, so it travels to a subprocess, to the spawned ranks of ``ddp_spawn`` or to a Ray worker. Its reports are
+appended to ``<trial log_dir>/reports.jsonl`` (by global rank 0 only, see
+[`TrialReporter`][lightning_geo.tuning.TrialReporter]), and the tuner reads them back from there when the trial ends:
+that file is what lets a report made inside a spawned process reach the study.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ class Trial:
             os.fsync(f.fileno())
 
     def load_reports(self) -> None:
-        """Read the reports and the pruned mark back from :attr:`reports_path` (made by any process)."""
+        """Read the reports and the pruned mark back from [`reports_path`][lightning_geo.tuning.Trial.reports_path]
+        (made by any process)."""
         if not self.reports_path.exists():
             return
         reports, pruned = [], False
@@ -123,11 +124,11 @@ class Trial:
         self.reports, self.pruned = reports, pruned or self.pruned
 
     def reporter(self) -> TrialReporter:
-        """A :class:`~lightning_geo.tuning.TrialReporter` callback for this trial's Trainer."""
+        """A [`TrialReporter`][lightning_geo.tuning.TrialReporter] callback for this trial's Trainer."""
         return TrialReporter(self)
 
     def logger(self, **kwargs: Any) -> TensorBoardLogger:
-        """A ``TensorBoardLogger`` that writes this trial's run to :attr:`log_dir` (the study shows it beside the
+        """A ``TensorBoardLogger`` that writes this trial's run to ``log_dir`` (the study shows it beside the
         other trials, and the tuner adds the trial's hyperparameters and result to its HParams tab).
 
         Keyword arguments go to ``TensorBoardLogger`` (e.g. ``log_graph``)."""

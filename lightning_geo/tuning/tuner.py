@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lightning_geo.tuning.optuna_storage import OptunaStorage
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_URL_WITHOUT_SLASHES = re.compile(r"^(sqlite|postgres|postgresql|mysql|mariadb|oracle|mssql)(\+\w+)?:", re.IGNORECASE)
 
 
 class GeoTuner:
@@ -54,17 +55,20 @@ class GeoTuner:
         monitor: The metric to optimise, a key of ``trainer.callback_metrics`` (``"val_loss"`` by default); a
             sequence of names makes a multi-objective study (e.g. ``("val_loss", "step_time")``), whose result
             is a Pareto front; such trials are not pruned.
-        mode: ``"min"`` (default) or ``"max"``, or one per monitored metric.
+        mode: ``"min"`` (default) or ``"max"`` for every monitored metric, or a sequence of one per metric.
         max_trials: Trials in the study, failed and pruned ones included (resumed trials count, and so do those of
             other processes sharing an Optuna study). Default 20.
         n_parallel: Trials at once (needs ``executor="subprocess"`` or your own executor). Default 1.
         executor: ``"in_process"`` (default), ``"subprocess"`` (each trial in a fresh process, isolated from
-            crashes and out-of-memory kills, one device each), or a :class:`TrialExecutor` (e.g.
-            :class:`~lightning_geo.tuning.ray_executor.RayExecutor`: each trial a Ray task).
-        devices: With ``executor="subprocess"``: the ``CUDA_VISIBLE_DEVICES`` value of each parallel slot.
-        pruner: ``"median"`` (default), ``"curve"``, ``None`` (never prune) or a :class:`Pruner`; on an Optuna
-            ``storage``, also an Optuna pruner (``optuna.pruners.MedianPruner(n_startup_trials=5)``,
-            ``GeoCurvePruner()``, any ``optuna.pruners.BasePruner``), which then decides on the Optuna study.
+            crashes and out-of-memory kills, one device each), or a
+            [`TrialExecutor`][lightning_geo.tuning.TrialExecutor] (e.g. ``RayExecutor``: each trial a Ray task).
+        devices: With ``executor="subprocess"``: the ``CUDA_VISIBLE_DEVICES`` value of each parallel slot (any
+            other executor refuses it: in this process the trial's Trainer picks its devices, and an executor of
+            yours places its trials itself).
+        pruner: ``"median"`` (default), ``"curve"``, ``None`` (never prune) or a
+            [`Pruner`][lightning_geo.tuning.Pruner]; on an Optuna ``storage``, also an Optuna pruner
+            (``optuna.pruners.MedianPruner(n_startup_trials=5)``, ``GeoCurvePruner()``, any
+            ``optuna.pruners.BasePruner``), which then decides on the Optuna study.
         log_dir: Root folder of the study's TensorBoard runs and storage. Default ``"tuning"``.
         study_name: The study's folder under ``log_dir``: ``<log_dir>/<study_name>/``. Default ``"study"``.
         storage: The trial file; default ``<log_dir>/<study_name>/trials.jsonl``. An Optuna storage URL
@@ -78,15 +82,15 @@ class GeoTuner:
         num_initial: Quasi-random trials before the GP takes over. Default ``min(10, max(5, d + 1))`` for ``d``
             searched parameters, but at most ``max_trials // 2`` (at least 2), so a short study still uses the
             GP. A study too small to fit the GP or to prune anything says so with one warning.
-        max_consecutive_failures: Stop with :class:`TuningError` when this many trials fail in a row (a bug in
-            ``train_fn`` should not burn the whole budget). Default 5.
+        max_consecutive_failures: Stop with [`TuningError`][lightning_geo.tuning.TuningError] when this many trials fail
+            in a row (a bug in ``train_fn`` should not burn the whole budget). Default 5.
         verbose: Print one line per finished trial. Default ``True``.
         heartbeat_s: On an Optuna storage, seconds between two heartbeats this process writes to each trial it
             runs; a trial of a process on another machine whose last heartbeat is 10 of its beats old is taken for
             interrupted and run again by a process of the study. Default 30 (5 minutes to take over).
 
-    Example::
-
+    Example:
+        ```python
         def train_fn(config, trial):
             model = MyModule(lr=config["lr"], layers=config["layers"])
             trainer = L.Trainer(max_epochs=3, callbacks=[trial.reporter()], logger=trial.logger())
@@ -95,6 +99,7 @@ class GeoTuner:
 
         tuner = GeoTuner(SearchSpace({"lr": Float(1e-4, 1e-1, log=True), "layers": Int(1, 6)}), max_trials=30)
         best = tuner.search(train_fn)
+        ```
     """
 
     def __init__(
@@ -122,10 +127,14 @@ class GeoTuner:
         if not self.monitor or not all(isinstance(m, str) and m for m in self.monitor):
             raise ValueError(f"monitor={monitor!r} must be a metric name or a non-empty sequence of names")
         modes = _modes(mode)
-        if len(modes) == 1 and len(self.monitor) > 1:
+        if isinstance(mode, str) and len(self.monitor) > 1:  # one mode for every metric
             modes = modes * len(self.monitor)
         if len(modes) != len(self.monitor):
-            raise ValueError(f"mode={mode!r} needs one entry per monitored metric {list(self.monitor)}")
+            raise ValueError(
+                f"mode={mode!r} has {len(modes)} entries but monitor={list(self.monitor)!r} has {len(self.monitor)}: "
+                f"give one entry per monitored metric, e.g. mode={['min'] * len(self.monitor)!r}, or one string "
+                "for all of them"
+            )
         self.mode = modes
         for name, value in (("max_trials", max_trials), ("n_parallel", n_parallel),
                             ("max_consecutive_failures", max_consecutive_failures)):
@@ -141,8 +150,16 @@ class GeoTuner:
                 f"n_parallel={n_parallel} differs from the executor's own n_parallel={executor.n_parallel}"
             )
         self.study_dir = Path(log_dir) / study_name
+        if isinstance(storage, str) and "://" not in storage and _URL_WITHOUT_SLASHES.match(storage):
+            raise ValueError(f"storage={storage!r} looks like a database URL without '//' (it would be taken for a "
+                             "file name); write it as 'sqlite:///path/to/study.db'")
         if (isinstance(storage, str) and "://" in storage) or not isinstance(storage, str | Path | None):
-            from lightning_geo.tuning.optuna_storage import OptunaStorage
+            try:
+                from lightning_geo.tuning.optuna_storage import OptunaStorage
+            except ImportError as err:
+                raise ImportError(f"storage={storage!r} is an Optuna storage, which needs Optuna and SQLAlchemy "
+                                  f"({err}): pip install lightning-geo[optuna], or leave storage= out for the JSON "
+                                  "lines file") from err
 
             self.storage: JsonlStorage | OptunaStorage = OptunaStorage(storage, study_name, space, modes,
                                                                        heartbeat_s=heartbeat_s)
@@ -197,13 +214,13 @@ class GeoTuner:
 
     @property
     def best_params(self) -> Config | None:
-        """The config of :attr:`best_trial`."""
+        """The config of [`best_trial`][lightning_geo.tuning.GeoTuner.best_trial]."""
         best = self.best_trial
         return None if best is None else dict(best.params)
 
     @property
     def best_value(self) -> float | None:
-        """The first monitored metric of :attr:`best_trial`."""
+        """The first monitored metric of [`best_trial`][lightning_geo.tuning.GeoTuner.best_trial]."""
         best = self.best_trial
         return None if best is None else best.value
 
@@ -220,7 +237,8 @@ class GeoTuner:
         return results_table(self.trials, self.monitor)
 
     def importance(self) -> dict[str, float]:
-        """Parameter importance from the GP (shares summing to 1); see :meth:`BayesianOptimizer.importance`."""
+        """Parameter importance from the GP (shares summing to 1); see
+        [`BayesianOptimizer.importance`][lightning_geo.tuning.BayesianOptimizer.importance]."""
         return self.optimizer.importance()
 
     def plot(self, path: str | Path | None = None) -> Path:
@@ -267,7 +285,8 @@ class GeoTuner:
                 must be picklable (a module-level function).
 
         Returns:
-            :attr:`best_params` (for a multi-objective study, ``None``: see :meth:`pareto_front`).
+            [`best_params`][lightning_geo.tuning.GeoTuner.best_params] (for a multi-objective study, ``None``: see
+                [`pareto_front`][lightning_geo.tuning.GeoTuner.pareto_front]).
 
         Raises:
             TuningError: after ``max_consecutive_failures`` failed trials in a row (with the last error).

@@ -6,32 +6,36 @@ curves that belong together on one set of axes (the curriculum's threshold, prog
 and the measured gradient amax; a density per parameter).
 
 **Each part declares its own section**, next to its code, as a class attribute ``geo_dashboard_section`` holding a
-:class:`DashboardSection`. This module knows no part: it reads that attribute from whatever the Trainer holds
-(every callback in ``trainer.callbacks``, ``trainer.precision_plugin`` and ``trainer.strategy``). A callback,
-precision plugin or strategy of your own adds a section of its own the same way::
+[`DashboardSection`][lightning_geo.utils.DashboardSection]. This module knows no part: it reads that attribute from
+whatever the Trainer holds (every callback in ``trainer.callbacks``, ``trainer.precision_plugin`` and
+``trainer.strategy``). A callback, precision plugin or strategy of your own adds a section of its own the same way:
 
-    import lightning as L
-    from lightning_geo.utils import DashboardSection
+```python
+import lightning as L
+from lightning_geo.utils import DashboardSection
 
-    class LossWatcher(L.Callback):
-        geo_dashboard_section = DashboardSection(
-            "my losses", {"train and val loss": (r"^train/loss$", r"^val/loss$")}
-        )
+class LossWatcher(L.Callback):
+    geo_dashboard_section = DashboardSection(
+        "my losses", {"train and val loss": (r"^train/loss$", r"^val/loss$")}
+    )
 
-    trainer = L.Trainer(callbacks=[LossWatcher(), DynamicCurriculum()], logger=TensorBoardLogger("runs"))
-    # the run's layout: "GEO curriculum", then "my losses"
+trainer = L.Trainer(callbacks=[LossWatcher(), DynamicCurriculum()], logger=TensorBoardLogger("runs"))
+# the run's layout: "GEO curriculum", then "my losses"
+```
 
-A GEO part builds its section with :meth:`DashboardSection.for_part`, which titles it ``"GEO <part>"`` and makes it
-known by the part's name, so that :func:`geo_dashboard_layout` and GEO's logging functions find it also for a run
+A GEO part builds its section with [`DashboardSection.for_part`][lightning_geo.utils.DashboardSection.for_part], which
+titles it ``"GEO <part>"`` and makes it known by the part's name, so that
+[`geo_dashboard_layout`][lightning_geo.utils.geo_dashboard_layout] and GEO's logging functions find it also for a run
 that does not hold the part (``import lightning_geo`` imports the Trainer parts, so their sections are known).
 
-The layout is written automatically, **once per run**: the first time :func:`~lightning_geo.utils.log_geo_scalars`,
-``log_geo_histogram`` or ``log_geo_text`` writes to a TensorBoard logger's ``SummaryWriter``, a layout with the
-section of every object the Trainer holds that declares one goes to that writer first, and the writer is remembered
-so it never gets a second one. The tuner's study run gets the ``tuning`` section when it is created. Nothing has to
-be added to a training script; to write a Custom Scalars layout of your own as well, declare it as above or pass it
-as ``extra`` to :func:`write_geo_dashboard` before ``trainer.fit`` (a run shows one layout, so two separate ones
-would hide each other).
+The layout is written automatically, **once per run**: the first time
+[`log_geo_scalars`][lightning_geo.utils.log_geo_scalars], ``log_geo_histogram`` or ``log_geo_text`` writes to a
+TensorBoard logger's ``SummaryWriter``, a layout with the section of every object the Trainer holds that declares one
+goes to that writer first, and the writer is remembered so it never gets a second one. The tuner's study run gets the
+``tuning`` section when it is created. Nothing has to be added to a training script; to write a Custom Scalars layout of
+your own as well, declare it as above or pass it as ``extra`` to
+[`write_geo_dashboard`][lightning_geo.utils.write_geo_dashboard] before ``trainer.fit`` (a run shows one layout, so two
+separate ones would hide each other).
 
 Why exactly once, and complete at once: the plugin keeps one layout per run and reads the *last* layout event it
 finds (``custom_scalars_plugin.layout_impl`` reads one point, and TensorBoard's downsampling always keeps the
@@ -41,11 +45,12 @@ first curriculum step). The charts' tags are regular expressions that depend onl
 (``geo/sparsity/.+/row_density`` covers every parameter), so the layouts of different runs in one ``--logdir``
 merge into the same sections, and a resumed run that writes the same layout again changes nothing.
 
-Example::
-
+Example:
+    ```python
     from lightning_geo.utils import geo_dashboard_layout
 
     writer.add_custom_scalars(geo_dashboard_layout(["curriculum", "precision"]))
+    ```
 """
 
 from __future__ import annotations
@@ -67,8 +72,8 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 SECTION_ATTRIBUTE = "geo_dashboard_section"
-"""The class attribute (a :class:`DashboardSection`) by which a callback, precision plugin or strategy declares its
-section of the dashboard."""
+"""The class attribute (a [`DashboardSection`][lightning_geo.utils.DashboardSection]) by which a callback, precision
+plugin or strategy declares its section of the dashboard."""
 
 
 def _title(part: str) -> str:
@@ -82,7 +87,7 @@ class DashboardSection:
 
     Args:
         title: The section's title, e.g. ``"my losses"``. ``"GEO <part>"`` titles belong to GEO's parts (see
-            :meth:`for_part`).
+            [`for_part`][lightning_geo.utils.DashboardSection.for_part]).
         charts: ``{chart title: (tag regex, ...)}``; TensorBoard draws on a chart every scalar tag one of its
             regexes takes (``re.match``), all on one set of axes.
 
@@ -90,9 +95,10 @@ class DashboardSection:
         TypeError: if ``charts`` is not a mapping or a chart's regexes are a single string.
         ValueError: if the title or ``charts`` is empty, a chart has no regex or a regex does not compile.
 
-    Example::
-
+    Example:
+        ```python
         DashboardSection("my losses", {"train and val loss": (r"^train/loss$", r"^val/loss$")})
+        ```
     """
 
     title: str
@@ -127,11 +133,13 @@ class DashboardSection:
         """The section of the GEO part ``part``, titled ``"GEO <part>"`` and known by the part's name from now on.
 
         Args:
-            part: One of :data:`~lightning_geo.utils.GEO_PARTS`.
-            charts: As for :class:`DashboardSection`; every regex should start with ``^geo/<part>/``.
+            part: One of [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS].
+            charts: As for [`DashboardSection`][lightning_geo.utils.DashboardSection]; every regex should start with
+                ``^geo/<part>/``.
 
         Raises:
-            ValueError: if ``part`` is not a GEO part (and as for :class:`DashboardSection`).
+            ValueError: if ``part`` is not a GEO part (and as for
+                [`DashboardSection`][lightning_geo.utils.DashboardSection]).
         """
         if part not in GEO_PARTS:
             raise ValueError(f"part={part!r} is not a GEO part; expected one of {list(GEO_PARTS)}")
@@ -151,7 +159,8 @@ class DashboardSection:
 
 
 _part_sections: dict[str, DashboardSection] = {}
-"""``{part: section}`` for every GEO part whose section was declared (:meth:`DashboardSection.for_part`)."""
+"""``{part: section}`` for every GEO part whose section was declared
+([`DashboardSection.for_part`][lightning_geo.utils.DashboardSection.for_part])."""
 
 _TUNING_SECTION = DashboardSection.for_part(
     "tuning",
@@ -194,7 +203,7 @@ _warned_parts: set[str] = set()
 
 
 def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:
-    """``parts`` validated, without repeats, in :data:`GEO_PARTS` order."""
+    """``parts`` validated, without repeats, in [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS] order."""
     if isinstance(parts, str):
         raise TypeError(f"parts must be a collection of part names, not the string {parts!r}; try [{parts!r}]")
     parts = list(parts)
@@ -216,7 +225,7 @@ def geo_dashboard_layout(parts: Iterable[str] | None = None) -> dict[str, dict[s
     """The Custom Scalars layout for ``parts``, as ``SummaryWriter.add_custom_scalars`` takes it.
 
     Args:
-        parts: GEO part names (see :data:`~lightning_geo.utils.GEO_PARTS`); default ``None``: every part whose
+        parts: GEO part names (see [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS]); default ``None``: every part whose
             section is declared (after ``import lightning_geo``: all of them). Order and repeats do not matter:
             sections follow the order of ``GEO_PARTS``. Empty: an empty layout.
 
@@ -227,23 +236,33 @@ def geo_dashboard_layout(parts: Iterable[str] | None = None) -> dict[str, dict[s
         ValueError: if a name is not a GEO part.
         TypeError: if ``parts`` is a single string.
 
-    Example::
-
+    Example:
+        ```python
         layout = geo_dashboard_layout(["precision"])
         # {"GEO precision": {"loss scale: global and per block": ["Multiline", ["^geo/precision/scale$", ...]], ...}}
+        ```
     """
     return _part_layout(_check_parts(GEO_DASHBOARD_CHARTS if parts is None else parts))
 
 
+def _optimizers(trainer: pl.Trainer) -> list[Any]:
+    """The Trainer's optimizers, where its strategy has made them (none before set-up)."""
+    try:
+        return list(getattr(trainer, "optimizers", []))
+    except (AttributeError, RuntimeError):
+        return []
+
+
 def dashboard_sections_in(trainer: pl.Trainer) -> tuple[DashboardSection, ...]:
-    """The sections declared (``geo_dashboard_section``) by the callbacks, the precision plugin and the strategy of
-    ``trainer``: GEO's in :data:`GEO_PARTS` order, then your own in the order the Trainer holds them.
+    """The sections declared (``geo_dashboard_section``) by the callbacks, the precision plugin, the strategy and the
+    optimizers of ``trainer``: GEO's in [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS] order, then your own in the
+    order the Trainer holds them.
 
     Raises:
         ValueError: if two objects declare different sections with one title.
     """
     holders = [*getattr(trainer, "callbacks", []), getattr(trainer, "precision_plugin", None),
-               getattr(trainer, "strategy", None)]
+               getattr(trainer, "strategy", None), *_optimizers(trainer)]
     found: dict[str, tuple[DashboardSection, Any]] = {}
     for holder in holders:
         section = getattr(holder, SECTION_ATTRIBUTE, None)
@@ -260,11 +279,11 @@ def dashboard_sections_in(trainer: pl.Trainer) -> tuple[DashboardSection, ...]:
 
 
 def geo_parts_in(trainer: pl.Trainer) -> tuple[str, ...]:
-    """The GEO parts a Trainer uses, in :data:`GEO_PARTS` order: those whose section one of its callbacks, its
-    precision plugin or its strategy declares (``"curriculum"`` for a
-    :class:`~lightning_geo.callbacks.DynamicCurriculum` callback, ``"precision"`` for a
-    :class:`~lightning_geo.precision.PredictiveScalingPrecision` plugin, ...; ``"tuning"`` is never in a Trainer:
-    the tuner writes its own study run).
+    """The GEO parts a Trainer uses, in [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS] order: those whose section one of
+    its callbacks, its precision plugin or its strategy declares (``"curriculum"`` for a
+    [`DynamicCurriculum`][lightning_geo.callbacks.DynamicCurriculum] callback, ``"precision"`` for a
+    [`PredictiveScalingPrecision`][lightning_geo.precision.PredictiveScalingPrecision] plugin, ...; ``"tuning"`` is
+    never in a Trainer: the tuner writes its own study run).
     """
     titles = {section.title for section in dashboard_sections_in(trainer)}
     return tuple(part for part in GEO_PARTS if _title(part) in titles)
@@ -298,7 +317,7 @@ def add_geo_dashboard(
     """Write the layout for ``parts`` (and ``extra``) to ``writer``, unless this writer already got one.
 
     For a ``SummaryWriter`` of your own (the tuner's study run uses it); Trainer runs get theirs from
-    :func:`write_geo_dashboard`, automatically.
+    [`write_geo_dashboard`][lightning_geo.utils.write_geo_dashboard], automatically.
 
     Args:
         writer: A ``torch.utils.tensorboard.SummaryWriter`` (one run folder).
@@ -331,9 +350,11 @@ def write_geo_dashboard(
 
     Args:
         trainer: The Trainer (``None``, no TensorBoard logger or a rank other than zero: nothing happens).
-        parts: The GEO sections to write; default ``None``: the parts the Trainer uses (:func:`geo_parts_in`).
-            The sections your own callbacks, plugin or strategy declare are written either way.
-        extra: Categories of your own written in the same layout (see :func:`add_geo_dashboard`); default none.
+        parts: The GEO sections to write; default ``None``: the parts the Trainer uses
+            ([`geo_parts_in`][lightning_geo.utils.geo_parts_in]). The sections your own callbacks, plugin or strategy
+            declare are written either way.
+        extra: Categories of your own written in the same layout (see
+            [`add_geo_dashboard`][lightning_geo.utils.add_geo_dashboard]); default none.
 
     Returns:
         How many writers got the layout now (0 when all had one already).
@@ -341,11 +362,12 @@ def write_geo_dashboard(
     Raises:
         ValueError: if a name in ``parts`` is not a GEO part, or a title in ``extra`` is one of the GEO sections'.
 
-    Example::
-
+    Example:
+        ```python
         trainer = L.Trainer(callbacks=[DynamicCurriculum()], logger=TensorBoardLogger("runs"))
         write_geo_dashboard(trainer, extra={"mine": {"losses": ["Multiline", ["^train/loss$", "^val/loss$"]]}})
         trainer.fit(model)
+        ```
     """
     if parts is not None:
         parts = _check_parts(parts)

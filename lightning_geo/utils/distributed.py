@@ -6,8 +6,8 @@ otherwise ranks diverge or, worse, take different code paths and hang. These hel
 writes its own collective.
 
 Every rank must call them at the same point, with a tensor of the same shape and dtype: they are
-collectives. :func:`local_part` is the one non-collective helper: it reads this rank's shard of a
-sharded (FSDP2 / tensor-parallel) tensor.
+collectives. [`local_part`][lightning_geo.utils.local_part] is the one non-collective helper: it reads this rank's shard
+of a sharded (FSDP2 / tensor-parallel) tensor.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def reduce_tensor(
     Raises:
         ValueError: if ``op`` is not one of the four above.
 
-    Example::
-
+    Example:
+        ```python
         overflow = reduce_tensor(trainer, torch.tensor(float(found_inf)), op="max")
+        ```
     """
     if op not in _REDUCE_OPS:
         raise ValueError(f"op={op!r} is not supported; expected one of {list(_REDUCE_OPS)}")

@@ -3,23 +3,25 @@
 Every GEO part reports its decisions (thresholds, loss scales, plans, LR multipliers) through the
 three functions here, so that a user finds them in one place in TensorBoard:
 
-- :func:`log_geo_scalars` writes numbers to *all* of ``trainer.loggers`` (TensorBoard, CSV, W&B, ...).
-- :func:`log_geo_histogram` and :func:`log_geo_text` write to TensorBoard loggers only; with other
-  loggers they warn once per tag and do nothing.
+- [`log_geo_scalars`][lightning_geo.utils.log_geo_scalars] writes numbers to *all* of ``trainer.loggers`` (TensorBoard,
+  CSV, W&B, ...).
+- [`log_geo_histogram`][lightning_geo.utils.log_geo_histogram] and [`log_geo_text`][lightning_geo.utils.log_geo_text]
+  write to TensorBoard loggers only; with other loggers they warn once per tag and do nothing.
 
 During training all three follow the Trainer's ``log_every_n_steps`` cadence, as ``self.log`` does
 (``throttle=False`` writes at once). All three act on global rank zero only and never communicate, so
 calling them from any rank and any hook is safe under DDP. A Trainer without loggers (``logger=False``)
 makes them silent no-ops. Their first write to a TensorBoard logger also writes the run's GEO dashboard, a
-Custom Scalars layout with a section per GEO part the Trainer uses (see :mod:`lightning_geo.utils.dashboard`).
+Custom Scalars layout with a section per GEO part the Trainer uses (see ``lightning_geo.utils.dashboard``).
 
-Example::
-
+Example:
+    ```python
     from lightning_geo.utils import log_geo_scalars
 
     class MyCallback(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             log_geo_scalars(trainer, "curriculum", {"threshold": self.threshold})
+    ```
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-GEO_PARTS: tuple[str, ...] = ("curriculum", "sparsity", "precision", "strategy", "tuning")
+GEO_PARTS: tuple[str, ...] = ("curriculum", "sparsity", "precision", "strategy", "tuning", "batch", "optim")
 """The parts that may log under ``geo/``; each owns the tags below ``geo/<part>/``."""
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
@@ -47,12 +49,12 @@ def geo_tag(part: str, name: str) -> str:
     """Build the flat tag ``geo/<part>/<name>`` after checking both pieces.
 
     Args:
-        part: One of :data:`GEO_PARTS`.
+        part: One of [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS].
         name: A metric name; may itself contain ``/`` (``"wte/row_density"``) but no empty piece,
             spaces or other characters TensorBoard would mangle.
 
     Raises:
-        ValueError: if ``part`` is not one of :data:`GEO_PARTS` or ``name`` is malformed.
+        ValueError: if ``part`` is not one of [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS] or ``name`` is malformed.
     """
     if part not in GEO_PARTS:
         raise ValueError(f"part={part!r} is not a GEO part; expected one of {list(GEO_PARTS)}")
@@ -105,7 +107,7 @@ def _should_write(trainer: pl.Trainer | None, throttle: bool) -> bool:
 
 
 def _dashboard_first(trainer: pl.Trainer, part: str | None) -> None:
-    """Before the first write to a TensorBoard logger: the run's GEO dashboard (see :mod:`.dashboard`)."""
+    """Before the first write to a TensorBoard logger: the run's GEO dashboard (see ``dashboard``)."""
     from lightning_geo.utils.dashboard import _ensure_geo_dashboard  # dashboard imports this module
 
     _ensure_geo_dashboard(trainer, part)
@@ -123,12 +125,13 @@ def log_geo_scalars(
 
     Args:
         trainer: The running Trainer (``None`` or a Trainer without loggers: nothing happens).
-        part: One of :data:`GEO_PARTS`, e.g. ``"precision"``.
+        part: One of [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS], e.g. ``"precision"``.
         values: ``{name: value}``; values are numbers, bools or one-element tensors (moved to the CPU).
-        step: The x-axis step; default :func:`logging_step` (the step of Lightning's own logging).
+        step: The x-axis step; default [`logging_step`][lightning_geo.utils.logging_step] (the step of Lightning's own
+            logging).
         throttle: If ``True`` (default), calls inside the training loop write only on the Trainer's
-            ``log_every_n_steps`` cadence (see :func:`is_log_step`), like ``self.log``; pass ``False``
-            for a one-off decision that must not be dropped.
+            ``log_every_n_steps`` cadence (see [`is_log_step`][lightning_geo.utils.is_log_step]), like ``self.log``;
+            pass ``False`` for a one-off decision that must not be dropped.
 
     Raises:
         ValueError: for an unknown ``part``, a malformed name or a tensor with more than one element.
@@ -172,10 +175,10 @@ def log_geo_histogram(
 
     Args:
         trainer: The running Trainer (``None`` or no loggers: nothing happens).
-        part: One of :data:`GEO_PARTS`.
-        name: The metric name (see :func:`geo_tag`).
+        part: One of [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS].
+        name: The metric name (see [`geo_tag`][lightning_geo.utils.geo_tag]).
         values: Any tensor; it is flattened, detached and copied to the CPU as float32.
-        step: The x-axis step; default :func:`logging_step`.
+        step: The x-axis step; default [`logging_step`][lightning_geo.utils.logging_step].
         throttle: Write only on the ``log_every_n_steps`` cadence during training (default ``True``).
     """
     tag = geo_tag(part, name)
@@ -201,10 +204,10 @@ def log_geo_text(
 
     Args:
         trainer: The running Trainer (``None`` or no loggers: nothing happens).
-        part: One of :data:`GEO_PARTS`.
-        name: The metric name (see :func:`geo_tag`).
+        part: One of [`GEO_PARTS`][lightning_geo.utils.GEO_PARTS].
+        name: The metric name (see [`geo_tag`][lightning_geo.utils.geo_tag]).
         text: Markdown text; TensorBoard renders tables and code blocks.
-        step: The x-axis step; default :func:`logging_step`.
+        step: The x-axis step; default [`logging_step`][lightning_geo.utils.logging_step].
         throttle: Write only on the ``log_every_n_steps`` cadence during training (default ``True``).
     """
     tag = geo_tag(part, name)

@@ -1,7 +1,7 @@
 """Rows of a gradient, shared by GEO's sparsity callback and its optimizer (neither imports the other).
 
-- :func:`touched_rows`: the one definition of a *touched* row (a row of the gradient with any non-zero entry).
-- :data:`ROW_DENSITY_RULE`: the attribute by which an optimizer says that it applies the row-density rule itself
+- ``touched_rows``: the one definition of a *touched* row (a row of the gradient with any non-zero entry).
+- ``ROW_DENSITY_RULE``: the attribute by which an optimizer says that it applies the row-density rule itself
   (``GeoAdamW`` sets it), so that ``SparsityAwareLR`` measures and logs but sets no LR multipliers for it.
 """
 
@@ -19,7 +19,7 @@ density itself."""
 
 def applies_row_density_rule(optimizer: Any) -> bool:
     """Whether ``optimizer`` scales its steps by row frequency and parameter density itself (see
-    :data:`ROW_DENSITY_RULE`)."""
+    ``ROW_DENSITY_RULE``)."""
     return getattr(optimizer, ROW_DENSITY_RULE, False) is True
 
 

@@ -11,7 +11,7 @@ host syncs that stall the launch queue, not the arithmetic. Both are counted her
   family and boolean-mask indexing (``x[mask]``, ``x[mask] = v``); plus Python-level ``Tensor.tolist``,
   ``Tensor.numpy`` and ``Tensor.cpu`` calls, patched while the counter is active.
 
-:func:`measure_step_cost` takes the difference of two runs of different lengths, so set-up (model
+``measure_step_cost`` takes the difference of two runs of different lengths, so set-up (model
 construction, the first step's state initialisation, the end of fit) cancels and what is left is the
 steady-state per-step cost, periodic work (a probe every N steps) included as its average.
 """
@@ -71,11 +71,12 @@ class StepCostCounter(TorchDispatchMode):
     Only the thread that enters it is counted (DataLoader worker processes are not). Nested ops (what an op
     calls inside its own implementation) are not seen: one dispatched op is one count.
 
-    Example::
-
+    Example:
+        ```python
         with StepCostCounter() as counter:
             loss = model(x).sum(); loss.backward(); optimizer.step()
         print(counter.ops, counter.syncs)
+        ```
     """
 
     def __init__(self) -> None:

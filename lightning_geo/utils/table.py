@@ -10,13 +10,14 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
     Numbers are right-aligned and everything else left-aligned; cells are converted with ``str``.
 
-    Example::
-
+    Example:
+        ```pycon
         >>> print(format_table(["arm", "loss"], [["baseline", 1.25], ["geo", 1.5]]))
         arm       loss
         --------  ----
         baseline  1.25
         geo        1.5
+        ```
     """
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
     if any(len(row) != len(headers) for row in cells):
