@@ -105,8 +105,9 @@ def geo_parts_used(config: DemoConfig, plan: str | None = None, predictive: bool
     elif config.resolved_precision in MIXED_PRECISIONS:
         precision = (f"precision: Lightning's {config.resolved_precision} (bf16 has no loss scale to predict; "
                      "PredictiveScalingPrecision acts in 16-mixed)")
-    elif config.precision is None:
-        precision = "precision: not used: this CPU has no bf16 instructions, so both arms train in fp32 (faster here)"
+    elif config.resolved_precision == "32-true" and default_mixed_precision(config.accelerator) == "32-true":
+        precision = ("precision: not used at --precision 32-true, the default on this CPU: it has no bf16 "
+                     "instructions, and emulated mixed precision would be slower than fp32")
     else:
         precision = (f"precision: not used at --precision {config.resolved_precision} "
                      "(it needs 16-mixed or bf16-mixed)")
