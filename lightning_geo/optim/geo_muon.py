@@ -24,7 +24,6 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.adam import adam
 
 from lightning_geo.optim.geo_adamw import GeoAdamW, load_keeping_row_counts_float32
 from lightning_geo.optim.muon_routing import RULES, Route, route_parameters
@@ -482,26 +481,15 @@ class GeoMuon(Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.float32)  # on the host, as torch's AdamW keeps it
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        states = [self.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adam(
-            [local_part(p) for p in params],
-            [local_part(p.grad) for p in params if p.grad is not None],
-            [local_part(s["exp_avg"]) for s in states],
-            [local_part(s["exp_avg_sq"]) for s in states],
-            [],
-            [s["step"] for s in states],
-            foreach=group["foreach"],
-            fused=group["fused"],
-            decoupled_weight_decay=True,
-            amsgrad=False,
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=False,
-        )
+        # GeoAdamW's own call of torch's AdamW, on the local shards (the step count is shared, not sharded)
+        items = []
+        for param in params:
+            assert param.grad is not None  # _with_grad kept only these
+            state = self.state[param]
+            shard = {"exp_avg": local_part(state["exp_avg"]), "exp_avg_sq": local_part(state["exp_avg_sq"]),
+                     "step": state["step"]}
+            items.append((local_part(param), local_part(param.grad), shard))
+        GeoAdamW._adamw_step(items, group)
 
     def _rows_view(self) -> GeoAdamW:
         """A GeoAdamW acting on this optimizer's ``"rows"`` groups and state (the same objects, not copies)."""
