@@ -8,6 +8,8 @@
 #                newest CUDA build pip picks). Set it empty to install without constraints.
 #   DEMO_ARGS    extra flags for `lightning-geo demo`, e.g. DEMO_ARGS="--budget 60s" or "--arm geo"
 #   PYTEST_ARGS  extra flags for pytest, e.g. PYTEST_ARGS="-m 'not slow'"
+#   TEST_WORKERS pytest worker processes for `make test` (default 2; each takes whole test files, so a file's
+#                fixtures are set up once); TEST_WORKERS=0 runs the tests in this process
 #
 # `make docs` builds the documentation site strictly into build/site (as tests/test_docs.py does in
 # `make test`); `make docs-serve` serves it with live reload on http://127.0.0.1:8000.
@@ -18,6 +20,7 @@ HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 CONSTRAINTS ?= $(if $(HAS_NVIDIA),,constraints/cpu.txt)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 BIN := $(VENV)/bin
 # The demo needs the package and its demo extra (tokenizers); the tests, docs and lint need the test extra
@@ -32,7 +35,7 @@ demo: $(STAMP)
 	$(BIN)/lightning-geo demo $(DEMO_ARGS)
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 install: $(TEST_STAMP)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -24,6 +25,7 @@ from lightning_geo.callbacks import DynamicCurriculum, SparsityAwareLR
 from lightning_geo.demo.model import CharLanguageModel
 from lightning_geo.precision import PredictiveScalingPrecision
 from lightning_geo.strategies import GeoHybridStrategy
+from lightning_geo.strategies.geo_hybrid import _leave_process_group as leave_process_group
 from tests.real_models import ForceBlockScales
 
 GLOBAL_BATCH = 8
@@ -90,6 +92,56 @@ class GeoRecorder(Callback):
         self.record["density"].append(sparsity.tracker.row_density.get("model.wte.weight"))
 
 
+class PhaseTrace(Callback):
+    """Appends what the run is doing to a file, one line per phase, flushed at once: a process killed at a random
+    moment leaves the phase it was killed in as the file's last line (``benchmarks/faults.py`` reads it)."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115  (open for the whole run)
+
+    def _write(self, phase: str, trainer) -> None:
+        self.file.write(f"{phase} {trainer.global_step}\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._write("step", trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._write("after-step", trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self._write("checkpoint", trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._write("epoch-end", trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._write("validation", trainer)
+
+
+def _die_inside_checkpoint_save(save_number: int) -> None:
+    """Inside the ``save_number``-th distributed checkpoint save, after the shards are written and before
+    ``meta.pt``: cut this rank's shard to half its size (as a kill in the middle of writing it leaves it), then
+    SIGKILL this process."""
+    import lightning.pytorch.strategies.model_parallel as model_parallel
+
+    write_shards = model_parallel._distributed_checkpoint_save
+    saves = 0
+
+    def write_then_die(state, path):
+        nonlocal saves
+        saves += 1
+        write_shards(state, path)
+        if saves == save_number:
+            rank = int(os.environ.get("RANK", "0"))
+            for shard in Path(path).glob(f"__{rank}_*.distcp"):
+                shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    model_parallel._distributed_checkpoint_save = write_then_die
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -99,7 +151,18 @@ def main() -> None:
     parser.add_argument("--topology", default=None,
                         help="a `nvidia-smi topo -m` file to plan on; '{node}' in it becomes this node's rank")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--resume", default=None, help="checkpoint path to resume from")
+    parser.add_argument("--resume", default=None, help="checkpoint path (or 'last') to resume from")
+    parser.add_argument("--every", type=int, default=3, help="checkpoint every this many steps")
+    parser.add_argument("--save-last", action="store_true", help="ModelCheckpoint(save_last=True)")
+    parser.add_argument("--kill-in-save", type=int, default=None,
+                        help="the process cuts its shard short and is SIGKILLed inside this (1-based) checkpoint save")
+    parser.add_argument("--in-place-saves", action="store_true",
+                        help="save as Lightning's ModelParallelStrategy does: into the checkpoint's own folder")
+    parser.add_argument("--shuffle", action="store_true",
+                        help="a shuffled DataLoader, sharded by Lightning (with --geo: the curriculum's sampler)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--validate", action="store_true", help="validate on 2 batches at the end of every epoch")
+    parser.add_argument("--trace", default=None, help="append each phase of the run to this file (PhaseTrace)")
     parser.add_argument("--activation-checkpointing", action="store_true", help="force activation checkpointing")
     parser.add_argument("--geo", choices=("adamw", "geo_adamw"), default=None,
                         help="add every GEO part: PredictiveScalingPrecision('16-mixed'), DynamicCurriculum "
@@ -132,35 +195,61 @@ def main() -> None:
     trainer = pl.Trainer(
         strategy=strategy, accelerator="cpu", devices=devices, num_nodes=num_nodes, max_steps=args.steps,
         logger=TensorBoardLogger(out, name="", version="tb"), enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, limit_val_batches=0,
+        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=args.shuffle,
+        limit_val_batches=2 if args.validate else 0,
         log_every_n_steps=1,
-        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=3, save_top_k=-1),
-                   *geo_parts.get("callbacks", [])],
+        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=-1,
+                                   save_last=args.save_last),
+                   *geo_parts.get("callbacks", []), *([PhaseTrace(args.trace)] if args.trace else [])],
         plugins=geo_parts.get("plugins"),
     )
+
+    sampler_kwargs: dict = {}  # as the strategy gave them during the fit (a one-process mesh is gone after it)
 
     class Data(pl.LightningDataModule):
         def train_dataloader(self):
             # Lightning's own sampler would shuffle; this one keeps dataset order on the strategy's replicas
             kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
+            sampler_kwargs.update(kwargs)
             dataset = Windows(3 * GLOBAL_BATCH)
+            batch_size = GLOBAL_BATCH // kwargs["num_replicas"]
+            if args.shuffle:
+                return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=args.workers)
+            sampler = DistributedSampler(dataset, shuffle=False, **kwargs)
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=args.workers)
+
+        def val_dataloader(self):
+            kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
+            dataset = Windows(2 * GLOBAL_BATCH)
             sampler = DistributedSampler(dataset, shuffle=False, **kwargs)
             return DataLoader(dataset, batch_size=GLOBAL_BATCH // kwargs["num_replicas"], sampler=sampler)
 
+    if args.in_place_saves:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        GeoHybridStrategy.save_checkpoint = ModelParallelStrategy.save_checkpoint
+        GeoHybridStrategy.remove_checkpoint = ModelParallelStrategy.remove_checkpoint
+    if args.kill_in_save is not None:
+        _die_inside_checkpoint_save(args.kill_in_save)
     trainer.fit(model, datamodule=Data(), ckpt_path=args.resume)
+    # every rank joins the gathers of sharded parameters; float64 sums: a fingerprint of the final weights
+    weights = [float((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum())
+               for p in model.parameters()]
     if trainer.is_global_zero:
-        result = {"losses": model.losses, "parameters": sum(p.numel() for p in model.parameters()),
+        result = {"losses": model.losses, "parameters": sum(p.numel() for p in model.parameters()), "weights": weights,
                   "world_size": trainer.world_size, "global_step": trainer.global_step}
         if isinstance(trainer.strategy, GeoHybridStrategy):
             plan = trainer.strategy.plan
             result.update(plan=plan.name, mesh=list(plan.mesh_shape), applied={
                 k: v for k, v in trainer.strategy.applied.items() if isinstance(v, (int, str, bool, list))
             }, device_order=list(plan.device_order), table=trainer.strategy.report.table(),
-                sampler=trainer.strategy.distributed_sampler_kwargs,
+                sampler=sampler_kwargs,
                 nodes=[node.source for node in trainer.strategy.cluster.nodes])
         if geo is not None:
             result["geo"] = geo.record
         (out / "result.json").write_text(json.dumps(result))
+    # every rank leaves the gloo group together, whatever strategy ran (Lightning's DDP leaves it to exit)
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 
 import lightning_geo  # noqa: F401  (registers "geo_hybrid")
+from lightning_geo.strategies.geo_hybrid import _leave_process_group as leave_process_group
 from tests.real_models import PARTS, CausalLM, GradientRecorder, geo_trainer_parts, train_loader
 
 GLOBAL_BATCH = 8
@@ -55,6 +56,8 @@ def main() -> None:
                   "block_scales": recorder.block_scales}
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "result.json").write_text(json.dumps(result))
+    # every rank leaves the gloo group together, whatever strategy ran (Lightning's DDP leaves it to exit)
+    leave_process_group()
 
 
 if __name__ == "__main__":

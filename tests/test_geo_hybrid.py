@@ -34,16 +34,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> dict:
-    """Run ``worker`` under ``torchrun`` with ``nproc`` processes (plain python for 0) and read its result."""
+def start_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> subprocess.CompletedProcess:
+    """Run ``worker`` under ``torchrun`` with ``nproc`` processes (plain python for 0) until it ends."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if nproc == 0:
         command = [sys.executable, str(worker)]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                    f"--master_port={_free_port()}", str(worker)]
-    done = subprocess.run([*command, "--out", str(out), *args], env=env, capture_output=True, text=True,
+    return subprocess.run([*command, "--out", str(out), *args], env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def run_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> dict:
+    """Run ``worker`` as [`start_worker`] does, check that it succeeded and read its result."""
+    done = start_worker(out, nproc, *args, worker=worker)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((out / "result.json").read_text())
 

@@ -231,7 +231,8 @@ def test_fit_demo_geo_logs_every_geo_part(tmp_path, text_folder):
         assert any(tag.startswith(f"geo/{part}/") for tag in tags), (part, sorted(tags))
     assert min(value for _, value in tags["geo/curriculum/seq_len"]) < 32  # the warmup shortened batches
     assert yaml.safe_load((log_dir / "config.yaml").read_text())["trainer"]["strategy"] == "geo_hybrid"
-    (checkpoint,) = (log_dir / "checkpoints").iterdir()  # geo_hybrid's distributed checkpoint: a folder
+    # geo_hybrid's distributed checkpoint: a link to a folder (and the hidden folder it names)
+    (checkpoint,) = (p for p in (log_dir / "checkpoints").iterdir() if not p.name.startswith("."))
     cli = DemoLightningCLI(["test", "--config", DEMO_GEO, *_tiny(text_folder, tmp_path), "--ckpt_path",
                             str(checkpoint)])
     assert cli.trainer.callback_metrics["test/loss"] < tags["train/loss"][0][1]  # the trained weights were loaded

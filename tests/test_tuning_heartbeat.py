@@ -5,6 +5,7 @@ twice. A process on another machine cannot be checked by pid, so each running tr
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -70,19 +71,37 @@ def test_a_trial_with_a_recent_heartbeat_is_left_to_its_process(tmp_path):
 
 def test_a_trial_whose_heartbeat_stops_during_a_search_is_taken_over(tmp_path):
     """The other machine's process dies while this one runs the study: once trial 0's heartbeat is stale, this
-    process runs it again, so the study still ends with every trial complete."""
+    process runs it again, so the study still ends with every trial complete.
+
+    The other process keeps beating until this search has started a trial of its own, then dies; so however slow
+    this machine is to open the study, trial 0 goes stale during the search, never before it."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     heartbeat_s = 0.05  # stale after STALE_AFTER_BEATS * 0.05 s
     _trial_running_elsewhere(url, tmp_path, beat_age_s=0.0, heartbeat_s=heartbeat_s)
+    elsewhere = optuna.load_study(study_name="s", storage=url)
+    trial_0 = next(t._trial_id for t in elsewhere.trials if t.number == 0)
+    died = threading.Event()
+
+    def beat_until_death() -> None:
+        while not died.wait(heartbeat_s):
+            elsewhere._storage.set_trial_user_attr(trial_0, HEARTBEAT, time.time())
+
+    beating = threading.Thread(target=beat_until_death, daemon=True)
+    beating.start()
     calls: list[int] = []
 
     def train_fn(config, trial):
         calls.append(trial.number)
+        died.set()
         time.sleep(heartbeat_s * STALE_AFTER_BEATS / 2)
         return config["x"] ** 2
 
-    _tuner(url, tmp_path, heartbeat_s=heartbeat_s).search(train_fn)
-    assert 0 in calls[1:] and sorted(calls) == list(range(MAX_TRIALS))
+    try:
+        _tuner(url, tmp_path, heartbeat_s=heartbeat_s).search(train_fn)
+    finally:
+        died.set()
+        beating.join()
+    assert calls[0] != 0 and 0 in calls[1:] and sorted(calls) == list(range(MAX_TRIALS))
     assert _states(url) == {n: "COMPLETE" for n in range(MAX_TRIALS)}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -99,3 +100,58 @@ def test_a_trial_started_over_max_trials_by_a_race_is_not_run(tmp_path):
                      pruner=None, verbose=False)
     again.search(lambda config, trial: calls.append(trial.number) or 0.5)
     assert calls == [0] and [t.number for t in again.trials] == [0]  # trial 0 run again; trial 1 never
+
+
+def _killed_worker(url: str, log_dir: str, barrier, out: str, die_in: int) -> None:
+    """A tuner process that SIGKILLs itself in the middle of its ``die_in``-th trial (after one report)."""
+    ran: list[int] = []
+
+    def train_fn(config, trial):
+        if not ran:
+            barrier.wait(timeout=60)
+        ran.append(trial.number)
+        Path(out).write_text(json.dumps({"pid": os.getpid(), "ran": ran}))
+        value = (config["x"] - 0.3) ** 2 + (config["y"] + 0.2) ** 2
+        trial.report(value + 1.0, step=1)
+        if len(ran) == die_in:
+            os.kill(os.getpid(), signal.SIGKILL)  # no exception, no clean-up: as the out-of-memory killer does
+        time.sleep(0.02)
+        return value
+
+    _tuner(url, log_dir).search(train_fn)
+
+
+@pytest.mark.filterwarnings("ignore:GeoTuner. max_trials=12 is too small")
+@pytest.mark.parametrize("die_in", [1, 3])
+def test_a_tuner_process_killed_mid_trial_loses_no_trial_and_doubles_none(tmp_path, die_in):
+    """The other process takes the dead process's running trial over (its pid is gone, or a zombie its parent has
+    not collected) and runs it with its number and config; the study ends as an unkilled one would: every trial
+    once, each value the objective of its own config, the best the best of them."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    outs = [tmp_path / "survivor.json", tmp_path / "killed.json"]
+    workers = [context.Process(target=_worker, args=(url, str(tmp_path), barrier, str(outs[0]))),
+               context.Process(target=_killed_worker, args=(url, str(tmp_path), barrier, str(outs[1]), die_in))]
+    for worker in workers:
+        worker.start()
+    workers[0].join(timeout=240)  # the killed one stays a zombie until joined: the survivor must see it dead
+    workers[1].join(timeout=10)
+    assert [w.exitcode for w in workers] == [0, -signal.SIGKILL]
+    survivor, killed = (json.loads(out.read_text()) for out in outs)
+    late: list[int] = []  # a trial the dead process held after the survivor's last look: the next search runs it
+    _tuner(url, tmp_path).search(lambda config, trial: late.append(trial.number) or (
+        (config["x"] - 0.3) ** 2 + (config["y"] + 0.2) ** 2))
+    dead_trial = killed["ran"][-1]
+    assert dead_trial in survivor["ran"] + late  # run again, by the survivor unless it had already stopped
+    if die_in == 1:  # the survivor had most of the study still to run when the other process died
+        assert dead_trial in survivor["ran"] and late == []
+    assert sorted(survivor["ran"] + killed["ran"][:-1] + late) == list(range(MAX_TRIALS))  # nothing else twice
+
+    study = optuna.load_study(study_name="shared", storage=url)
+    trials = [t for t in study.trials if not t.user_attrs.get("geo:surplus")]
+    assert sorted(t.number for t in trials) == list(range(MAX_TRIALS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    values = [(t.params["x"] - 0.3) ** 2 + (t.params["y"] + 0.2) ** 2 for t in trials]
+    assert [t.value for t in trials] == pytest.approx(values)  # the taken-over trial kept its config
+    assert study.best_value == pytest.approx(min(values))

@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from typing_extensions import override
@@ -68,7 +68,11 @@ def _timer(trainer: pl.Trainer) -> tuple[Timer, float] | None:
     """Lightning's ``Timer`` callback and the run's ``max_time`` in seconds, or ``None`` without a ``max_time``."""
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
     remaining = timer.time_remaining() if timer is not None else None
-    return None if timer is None or remaining is None else (timer, timer.time_elapsed() + remaining)
+    if timer is None or remaining is None:
+        return None
+    # the Timer's own duration: elapsed + remaining reads the clock twice (2.00001 s for max_time=2 s)
+    duration = getattr(timer, "_duration", None)
+    return timer, float(duration) if duration is not None else timer.time_elapsed() + remaining
 
 
 def _max_time(trainer: pl.Trainer) -> float | None:
@@ -370,6 +374,7 @@ class DynamicCurriculum(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._follow_reshard(trainer)
         total_steps = float(trainer.estimated_stepping_batches)
         deadline, unit = self._deadline.amount, self._deadline.unit
         if unit == "fraction" and not math.isfinite(total_steps):
@@ -398,6 +403,24 @@ class DynamicCurriculum(Callback):
                 f"{capacity[unit]:,.6g} {unit}; give a deadline within the run"
             )
         log_geo_text(trainer, "curriculum", "config", self._describe(), throttle=False)
+
+    def _follow_reshard(self, trainer: pl.Trainer) -> None:
+        """After a resume on another number of processes (or batch size per process), move Lightning's count of
+        the epoch's batches to the sampler's, so that the epoch ends where the sampler's samples do."""
+        sampler = self._sampler
+        if sampler is None or sampler.resharded_from is None:
+            return
+        shift = sampler.reshard_batch_shift
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        for field in ("ready", "started", "processed", "completed"):
+            setattr(progress, field, max(0, getattr(progress, field) + shift))
+        replicas, batch_size = sampler.resharded_from
+        rank_zero_info(
+            f"DynamicCurriculum: resumed on {sampler.num_replicas} process(es) x batch {sampler.batch_size} from a "
+            f"checkpoint of {replicas} x {batch_size}; epoch {sampler.epoch} continues with the samples it has not "
+            f"trained on ({sampler.num_batches - sampler._consumed} batches of this run left)"
+        )
+        sampler.resharded_from = None
 
     def _describe(self) -> str:
         if self.mode == "samples":

@@ -40,6 +40,15 @@ def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _per_rank_size(num_samples: int, batch_size: int, batch: int, head: tuple[int, int] | None) -> int:
+    """Samples per rank in batch number ``batch`` of an epoch of ``num_samples`` per rank; ``head`` is
+    ``(batch, samples)``: that batch's first samples per rank were trained before a re-shard."""
+    per_rank = min(batch_size, num_samples - batch * batch_size)
+    if head is not None and head[0] == batch:
+        per_rank -= head[1]
+    return per_rank
+
+
 class CurriculumSampler(DistributedSampler):
     """A deterministic, resumable, DDP-sharded sampler whose pool grows with the curriculum's threshold.
 
@@ -90,6 +99,9 @@ class CurriculumSampler(DistributedSampler):
         self._permutations: tuple[int, list[torch.Tensor]] | None = None
         self._order_list: tuple[int, list[int]] | None = None  # (epoch, first permutation as a list)
         self._iteration = 0
+        self._head: tuple[int, int] | None = None  # (batch, samples per rank already trained): after a re-shard
+        self.resharded_from: tuple[int, int] | None = None  # (num_replicas, batch_size) of the checkpoint, if other
+        self.reshard_batch_shift = 0  # this run's batches of the epoch trained, less the checkpoint's
 
     # -- binding -----------------------------------------------------------------------------------------
     def set_world(self, num_replicas: int, rank: int) -> None:
@@ -178,11 +190,15 @@ class CurriculumSampler(DistributedSampler):
 
     def _batch_sizes(self, batch: int) -> tuple[int, int]:
         """(samples per rank, global samples) of batch number ``batch`` of the epoch."""
-        per_rank = min(self.batch_size, self.num_samples - batch * self.batch_size)
+        per_rank = _per_rank_size(self.num_samples, self.batch_size, batch, self._head)
         return per_rank, per_rank * self.num_replicas
 
     def _draw(self, batch: int) -> list[int]:
-        _, global_size = self._batch_sizes(batch)
+        return self._draw_count(self._batch_sizes(batch)[1], batch)
+
+    def _draw_count(self, global_size: int, batch: int) -> list[int]:
+        """The next ``global_size`` samples: the admitted ones along the first permutation, the hard share along
+        the second, shuffled together (deterministically in ``batch``)."""
         admitted = self.admitted_count(global_size)
         if admitted >= self._size:
             return self._draw_all_admitted(global_size)
@@ -237,6 +253,7 @@ class CurriculumSampler(DistributedSampler):
             self._consumed = 0
             self._pending = []
             self._cursors = [0] * _PERMUTATION_STREAMS
+            self._head = None
 
     def mark_consumed(self) -> list[int] | None:
         """Record that the oldest drawn batch was trained on; returns its global indices (rank slices in
@@ -259,32 +276,81 @@ class CurriculumSampler(DistributedSampler):
             "seed": self.seed,
             "num_replicas": self.num_replicas,
             "batch_size": self.batch_size,
+            "head": list(self._head) if self._head is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore [`state_dict`][lightning_geo.callbacks.CurriculumSampler.state_dict]'s output; the world size and
-        batch size must match the saved run.
+        """Restore [`state_dict`][lightning_geo.callbacks.CurriculumSampler.state_dict]'s output.
 
         A sampler built without an explicit seed takes the checkpoint's (the resumed run continues the saved
-        run's order whatever its global seed).
+        run's order whatever its global seed). A run resumed on another number of processes, or with another
+        batch size per process, continues the saved epoch with the samples it had not trained on yet: the samples
+        the checkpoint had drawn but not trained on come first, regrouped into this run's global batches, then
+        the draws continue along the same permutations; no sample of the epoch is repeated or skipped.
+        ``resharded_from`` then holds the checkpoint's ``(num_replicas, batch_size)`` and the callback moves
+        Lightning's batch count of the epoch to this run's batches.
 
         Raises:
-            ValueError: if the run is resumed with a different world size, batch size or explicit seed (the
-                sequence of batches could not continue).
+            ValueError: if the run is resumed with an explicit seed other than the checkpoint's, or on a number of
+                processes that cannot share the epoch's remaining samples evenly (the samples already trained in
+                this run's first batch must split evenly over its processes).
         """
         if not self._explicit_seed and int(state["seed"]) != self.seed:
             self.seed = int(state["seed"])
             self._order = self._permutations = self._order_list = None  # drawn from the other seed
-        for key, now in (("num_replicas", self.num_replicas), ("batch_size", self.batch_size), ("seed", self.seed)):
-            if int(state[key]) != now:
-                raise ValueError(
-                    f"cannot resume the curriculum's sampler: the checkpoint has {key}={state[key]}, "
-                    f"this run has {key}={now}; resume with the same setting to continue its batches"
-                )
+        if int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"cannot resume the curriculum's sampler: the checkpoint has seed={state['seed']}, "
+                f"this run has seed={self.seed}; resume with the same setting to continue its batches"
+            )
         self.epoch = int(state["epoch"])
-        self._consumed = int(state["consumed"])
-        self._pending = [list(b) for b in state["pending"]]
         self._cursors = [int(c) for c in state["cursors"]]
         self.threshold = float(state["threshold"])
         self.hard_share = float(state["hard_share"])
         self._iteration += 1  # an iterator made before the restore must not draw any more
+        head = state.get("head")
+        saved_world = (int(state["num_replicas"]), int(state["batch_size"]))
+        if saved_world == (self.num_replicas, self.batch_size):
+            self._consumed = int(state["consumed"])
+            self._pending = [list(b) for b in state["pending"]]
+            self._head = (int(head[0]), int(head[1])) if head else None
+            self.resharded_from, self.reshard_batch_shift = None, 0
+            return
+        self.resharded_from = saved_world
+        self._reshard(state, *saved_world)
+
+    def _reshard(self, state: dict[str, Any], num_replicas: int, batch_size: int) -> None:
+        """Continue the checkpoint's epoch, drawn for ``num_replicas`` x ``batch_size``, in this run's batches."""
+        saved_head = (int(state["head"][0]), int(state["head"][1])) if state.get("head") else None
+        saved_samples = math.ceil(self._size / num_replicas)  # per rank and epoch, in the saved run
+        saved_consumed = int(state["consumed"])
+        trained = sum(_per_rank_size(saved_samples, batch_size, b, saved_head) * num_replicas
+                      for b in range(saved_consumed))
+        queue = [i for batch in state["pending"] for i in batch]
+        self._pending, self._head = [], None
+        global_batch = self.batch_size * self.num_replicas
+        consumed, already = divmod(trained, global_batch)
+        if saved_consumed >= math.ceil(saved_samples / batch_size) or consumed >= self.num_batches:
+            self._consumed = self.num_batches  # the saved epoch was over: the next one starts afresh
+            self.reshard_batch_shift = self.num_batches - saved_consumed
+            return
+        if already % self.num_replicas:
+            raise ValueError(
+                f"cannot resume the curriculum's sampler on {self.num_replicas} processes: the checkpoint's epoch "
+                f"has {trained} samples trained, which leaves {already} of this run's batch of {global_batch} that "
+                f"cannot be split evenly over its processes; resume with a batch size per process of "
+                f"{batch_size * num_replicas // self.num_replicas or 1} (the same global batch) or on "
+                f"{num_replicas} processes"
+            )
+        self._consumed = consumed
+        self.reshard_batch_shift = consumed - saved_consumed
+        if already:
+            self._head = (consumed, already // self.num_replicas)
+        batch = consumed
+        while queue:  # drawn but not trained: first, in this run's batches; the last one filled by new draws
+            size = self._batch_sizes(batch)[1]
+            group, queue = queue[:size], queue[size:]
+            if len(group) < size:
+                group += self._draw_count(size - len(group), batch)
+            self._pending.append(group)
+            batch += 1

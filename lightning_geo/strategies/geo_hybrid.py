@@ -12,6 +12,7 @@ and the flattened ``data_parallel`` Lightning's own examples use) and paralleliz
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
@@ -32,7 +33,19 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import DTensor
 
 from lightning_geo.strategies.bandwidth import GB, Bandwidths
-from lightning_geo.strategies.checkpoint import UnreadableCheckpointError, checkpoint_problem, unreadable_message
+from lightning_geo.strategies.checkpoint import (
+    LIGHTNING_METADATA,
+    UnreadableCheckpointError,
+    checkpoint_problem,
+    unreadable_message,
+)
+from lightning_geo.strategies.checkpoint_swap import (
+    fsync_file,
+    linked_version,
+    remove_checkpoint,
+    swap_in,
+    version_folder,
+)
 from lightning_geo.strategies.parallelize import count_parameters, find_blocks, parallelize
 from lightning_geo.strategies.planner import ModelSize, Plan, PlanReport, mesh_shapes, plan_parallelism
 from lightning_geo.strategies.rings import device_order
@@ -46,9 +59,21 @@ PLAN_KINDS = ("auto", "ddp", "fsdp", "hsdp", "tensor_parallel")
 MESH_DIM_NAMES = ("data_parallel_replicate", "data_parallel_shard", "tensor_parallel")
 
 
+LEAVE_TIMEOUT = timedelta(seconds=10)
+"""How long a rank leaving at interpreter exit waits for the others to leave too (a gloo group only)."""
+
+
 def _leave_process_group() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    """At interpreter exit: on gloo, wait (at most ``LEAVE_TIMEOUT``) until every rank is leaving; then destroy
+    the group. A gloo rank that shut its group down while a peer still held its connections aborted now and then
+    after a finished run ("terminate called without an active exception")."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_backend() == "gloo":
+        # a rank that died, or one still training, only costs the others the timeout
+        with contextlib.suppress(RuntimeError):
+            torch.distributed.monitored_barrier(timeout=LEAVE_TIMEOUT)
+    torch.distributed.destroy_process_group()
 
 
 class GeoHybridStrategy(ModelParallelStrategy):
@@ -445,6 +470,39 @@ class GeoHybridStrategy(ModelParallelStrategy):
             torch.distributed.destroy_process_group()
             self._device_mesh = None
             self._data_parallel_mesh = None
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any | None = None
+    ) -> None:
+        """As ``ModelParallelStrategy``, but a kill while saving never leaves ``filepath`` half-written.
+
+        A distributed checkpoint (the default) is written into a new hidden folder beside ``filepath``
+        (``.last.ckpt.geo-<token>``) and, once every rank has written it, ``filepath`` becomes a link to it in one
+        atomic rename; the folder it named before is then removed. A kill at any moment leaves ``filepath`` on the
+        previous complete checkpoint, so ``fit(ckpt_path="last")`` always resumes. A single-file checkpoint
+        (``save_distributed_checkpoint=False``) is written by Lightning, to a temporary file renamed into place.
+        """
+        path = Path(self.broadcast(str(filepath)))
+        if not self._save_distributed_checkpoint:
+            if self.is_global_zero and linked_version(path) is not None:  # this name was a folder version before
+                remove_checkpoint(path)
+            self.barrier("geo_hybrid_checkpoint_cleared")
+            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+            return
+        folder = Path(self.broadcast(str(version_folder(path))))
+        super().save_checkpoint(checkpoint, folder, storage_options=storage_options)
+        if self.is_global_zero:
+            fsync_file(folder / LIGHTNING_METADATA)
+        self.barrier("geo_hybrid_checkpoint_written")
+        if self.is_global_zero:
+            swap_in(path, folder)
+        self.barrier("geo_hybrid_checkpoint_swapped")
+
+    def remove_checkpoint(self, filepath: str | Path) -> None:
+        """Remove a checkpoint (on rank 0): a link this strategy made with the folder it names, a folder or a
+        file."""
+        if self.is_global_zero:
+            remove_checkpoint(Path(filepath))
 
     def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
         """As ``ModelParallelStrategy``; also for a one-process run on the single-device plan.

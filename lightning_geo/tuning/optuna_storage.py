@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import optuna
@@ -195,7 +196,18 @@ def _alive(trial: FrozenTrial) -> bool:
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    return not _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but its parent has not collected it yet (Linux; ``False`` where unknown). A
+    killed tuner process that a ``multiprocessing`` parent or a shell has not waited for still answers
+    ``os.kill(pid, 0)``; its trials must be taken over all the same."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]  # the state follows the command name in parentheses
 
 
 def _is_geo_trial(trial: FrozenTrial) -> bool:
