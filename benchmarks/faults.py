@@ -7,16 +7,19 @@ Each run is ``tests/geo_hybrid_worker.py`` (the worker of the distributed tests)
 (``PredictiveScalingPrecision('16-mixed')``, ``DynamicCurriculum(mode="seq_len")``, ``SparsityAwareLR``,
 ``GeoAdamW``), ``ModelCheckpoint(every_n_train_steps=2, save_last=True)``, a shuffled DataLoader (the
 curriculum puts its resumable sampler into it) and a validation at the end of every 3-batch epoch. A kill is a
-SIGKILL of the run's whole process group, at one of two kinds of moment:
+SIGKILL of the run and every process it started, at one of four kinds of moment, in turn:
 
 - ``random``: uniformly within the uninterrupted run's training time (from its first step to its end), so it
-  lands inside steps, checkpoint saves, validations and epoch ends in proportion to their time;
-- ``in-save``: a few milliseconds (uniform, 0-40 ms) after a randomly chosen checkpoint save began.
+  lands inside steps, checkpoint saves, validations and epoch ends in proportion to their time (checkpoint saves
+  take most of this tiny model's time);
+- ``in-save``, ``in-step``, ``in-validation``: a few milliseconds (uniform, 0-40 ms) after a randomly chosen
+  checkpoint save, training step or validation began.
 
 The phase the kill hit is the last line the run's ``PhaseTrace`` wrote. The killed run is then resumed with
 ``ckpt_path="last"`` (a fresh start if no ``last.ckpt`` exists yet) and must end with every loss after its
 resume step and its final weights (float64 sums of every parameter) equal to the uninterrupted run's, bit for
-bit. A resume that fails, or that reads a checkpoint a kill cut short, counts as a corrupt checkpoint picked up.
+bit (a kill after the last step resumes with nothing left to train: its weights are compared). A resume that
+fails, or that reads a checkpoint a kill cut short, counts as a corrupt checkpoint picked up.
 
 The control arm (``--control-kills``) saves as Lightning's ``ModelParallelStrategy`` does (into the checkpoint's
 own folder, over the previous one) and is killed ``in-save`` the same way.
@@ -25,6 +28,7 @@ own folder, over the previous one) and is killed ``in-save`` the same way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -45,6 +49,15 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "geo_hybrid_worker.py"
 RESULTS = ROOT / "benchmarks" / "results" / "faults.txt"
 EVERY_PART = ("--geo", "geo_adamw", "--validate", "--shuffle")
+
+
+# a targeted kill: the trace line it waits for, and how many of them a run of `steps` steps writes
+PHASE_OF_MODE = {
+    "in-save": ("checkpoint", lambda steps: 2 * (steps // 2)),  # two saves per interval: epoch=..ckpt and last
+    "in-step": ("step", lambda steps: steps),
+    "in-validation": ("validation", lambda steps: steps // 3),  # one per 3-batch epoch
+}
+MODES = ("random", *PHASE_OF_MODE)
 
 
 @dataclass
@@ -82,6 +95,31 @@ def _run(out: Path, processes: int, steps: int, *extra: str) -> tuple[int, str]:
     done = subprocess.run(_command(out, processes, steps, extra), env=_env(), capture_output=True, text=True,
                           timeout=600)
     return done.returncode, done.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun's workers and theirs), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the run and every process it started, at once (torchrun's workers leave its process group)."""
+    for pid in [process.pid, *_descendants(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
 
 
 def _trace_lines(trace: Path) -> list[str]:
@@ -129,14 +167,14 @@ def kill_and_resume(work: Path, number: int, kill: Kill, steps: int, train_s: fl
     if started and kill.mode == "random":
         time.sleep(rng.uniform(0.0, train_s))
     elif started:
-        saves = rng.randint(1, max(1, 2 * (steps // 2) - 1))  # the checkpoint line to wait for (two per interval)
-        started = _wait_for(trace, process, lambda lines: sum(line.startswith("checkpoint") for line in lines) >= saves)
+        phase, count = PHASE_OF_MODE[kill.mode]
+        nth = rng.randint(1, max(1, count(steps) - 1))  # which of the run's lines of that phase to wait for
+        started = _wait_for(trace, process, lambda lines: sum(line.startswith(phase) for line in lines) >= nth)
         time.sleep(rng.uniform(0.0, 0.040))
     if process.poll() is not None:
         kill.phase, kill.error = "ended before the kill", f"exit {process.returncode}"
         return kill
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    _kill_tree(process)
     lines = _trace_lines(trace)
     kill.phase = lines[-1] if lines else "start-up"
     resume = ("--resume", "last") if (out / "ckpt" / "last.ckpt").exists() else ()
@@ -146,6 +184,10 @@ def kill_and_resume(work: Path, number: int, kill: Kill, steps: int, train_s: fl
         return kill
     result = json.loads((out / "result.json").read_text())
     kill.resumed_from = steps - len(result["losses"])
+    if kill.resumed_from >= steps and not kill.phase.endswith(f" {steps}"):  # the kill did not stop the run
+        kill.error = "the killed run went on to its end"
+        kill.resumed_from = None
+        return kill
     kill.losses_equal = result["losses"] == ref["losses"][kill.resumed_from:]
     kill.weights_equal = result["weights"] == ref["weights"]
     return kill
@@ -153,7 +195,7 @@ def kill_and_resume(work: Path, number: int, kill: Kill, steps: int, train_s: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kills", type=int, default=36, help="kills of one-process runs (half random, half in-save)")
+    parser.add_argument("--kills", type=int, default=36, help="kills of one-process runs (the modes in turn)")
     parser.add_argument("--kills-2p", type=int, default=14, help="kills of two-process FSDP runs")
     parser.add_argument("--control-kills", type=int, default=10, help="in-save kills of the in-place control arm")
     parser.add_argument("--steps", type=int, default=12)
@@ -163,8 +205,8 @@ def main() -> None:
         if getattr(args, flag) < (1 if flag == "steps" else 0):
             parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be non-negative (steps positive)")
     version, rng, say = code_version(), random.Random(args.seed), Transcript()
-    plan = ([Kill("geo", 1, "random" if i % 2 else "in-save") for i in range(args.kills)]
-            + [Kill("geo", 2, "random" if i % 2 else "in-save") for i in range(args.kills_2p)]
+    plan = ([Kill("geo", 1, MODES[i % len(MODES)]) for i in range(args.kills)]
+            + [Kill("geo", 2, MODES[i % len(MODES)]) for i in range(args.kills_2p)]
             + [Kill("control", 1, "in-save") for _ in range(args.control_kills)])
     with tempfile.TemporaryDirectory(prefix="geo_faults_") as tmp:
         work = Path(tmp)

@@ -17,6 +17,7 @@ whose trials all fail (or fail too often in a row) ends ``lightning-geo tune`` w
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from lightning_geo.demo.config import (
     PRECISIONS,
     TOKENIZERS,
     DemoConfig,
+    check_output_file,
 )
 
 if TYPE_CHECKING:
@@ -53,8 +55,10 @@ def _positive(kind: Callable[[str], int | float], allow_zero: bool = False) -> C
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not (value >= 0 if allow_zero else value > 0) or value != value:  # also rejects NaN
+        if not (value >= 0 if allow_zero else value > 0):  # also rejects nan (and -inf)
             raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else 'positive'}, got {text}")
+        if not math.isfinite(value):  # float() takes "inf"
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         return value
 
     parse.__name__ = f"{'non-negative' if allow_zero else 'positive'} {kind.__name__}"
@@ -74,6 +78,29 @@ def _precision(text: str) -> str:
     if text not in PRECISIONS:
         raise argparse.ArgumentTypeError(f"unknown precision {text!r}; choose one of {', '.join(PRECISIONS)}")
     return text
+
+
+_ACCELERATOR_DEVICES = {
+    "gpu": "CUDA device", "cuda": "CUDA device", "mps": "Apple MPS device", "tpu": "TPU (torch_xla)",
+}
+"""The device each Lightning accelerator name needs, for the message when it is missing."""
+
+
+def _accelerator(text: str) -> str:
+    """A Lightning accelerator name that works on this machine, checked as the flag is parsed (before any work)."""
+    if text in ("auto", "cpu"):
+        return text
+    from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
+
+    usable = ["auto", *(name for name in sorted(AcceleratorRegistry)
+                        if AcceleratorRegistry[name]["accelerator"].is_available())]
+    if CUDAAccelerator.is_available() or MPSAccelerator.is_available():
+        usable.append("gpu")  # Lightning's "gpu": CUDA, or MPS on Apple silicon
+    if text in usable:
+        return text
+    problem = (f"no {_ACCELERATOR_DEVICES[text]} was found for {text!r}" if text in _ACCELERATOR_DEVICES
+               else f"unknown accelerator {text!r}")
+    raise argparse.ArgumentTypeError(f"{problem}; use one of this machine's: {', '.join(usable)}")
 
 
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -139,7 +166,8 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"one of {', '.join(PRECISIONS)} (default: 16-mixed on a GPU, bf16-mixed on a CPU with bf16 "
         "instructions, where fp16 is emulated and slow, 32-true on one without them; 32-true for a plain single "
         "run with --steps)")
-    add("--accelerator", default=_DEFAULTS["accelerator"], help="Lightning accelerator: cpu, gpu or auto")
+    add("--accelerator", type=_accelerator, default=_DEFAULTS["accelerator"],
+        help="Lightning accelerator: cpu, gpu or auto")
     add("--devices", type=pos_int, default=_DEFAULTS["devices"], help="devices (processes); more than 1 runs DDP")
     add("--val-every", type=pos_int, default=None,
         help=f"with --steps: validate every N steps and at the end (default: {_DEFAULTS['val_every']}; 25 for both "
@@ -177,7 +205,7 @@ def _add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--tokens", type=pos_int, default=300_000, help="demo: training characters per trial")
     add("--corpus", metavar="PATH", default=None, help="demo: text file or folder (default: Python's stdlib)")
     add("--seq-len", type=pos_int, default=64, help="demo: characters per sample")
-    add("--accelerator", default="auto", help="demo: Lightning accelerator")
+    add("--accelerator", type=_accelerator, default="auto", help="demo: Lightning accelerator")
     add("--executor", choices=("in_process", "subprocess"), default=None,
         help="run trials in this process or each in its own (default: in_process, or the file's)")
     add("--parallel", type=pos_int, default=None, help="trials at once (needs --executor subprocess)")
@@ -232,7 +260,7 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--batch-size", type=_positive(int), default=32, help="the DataLoader's batch size before bucketing")
     add("--precision", choices=("32-true", *MIXED_PRECISIONS), default="32-true",
         help="mixed precisions run under GEO's PredictiveScalingPrecision")
-    add("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu or auto")
+    add("--accelerator", type=_accelerator, default="auto", help="Lightning accelerator: cpu, gpu or auto")
     add("--output", metavar="FILE", default=None, help="also write the scores as tab-separated values")
 
 
@@ -266,12 +294,18 @@ def _fail(message: object, command: str = "demo") -> int:
 
 
 def _demo_arm(args: argparse.Namespace) -> str:
-    """``both``, ``plain`` or ``geo``: ``--compare`` and ``--geo`` are the old spellings of ``--arm both|geo``."""
-    if args.compare:
-        return "both"
-    if args.geo:
-        return "geo"
-    return args.arm or "both"
+    """``both``, ``plain`` or ``geo``: ``--compare`` and ``--geo`` are the old spellings of ``--arm both|geo``.
+
+    Raises:
+        ValueError: naming the flags, when they ask for different arms (``--arm plain --geo``).
+    """
+    asked = [(f"--arm {args.arm}", args.arm)] if args.arm else []
+    asked += [(flag, arm) for flag, arm, given in (("--compare", "both", args.compare), ("--geo", "geo", args.geo))
+              if given]
+    if len({arm for _, arm in asked}) > 1:
+        raise ValueError(f"{' and '.join(flag for flag, _ in asked)} ask for different runs (--geo is --arm geo, "
+                         "--compare is --arm both); give one of them")
+    return asked[0][1] if asked else "both"
 
 
 def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
@@ -288,6 +322,14 @@ def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
         options["budget"] = DEMO_BUDGET
     if args.steps is not None and args.budget is not None:
         raise ValueError("give either --steps or --budget, not both")
+    if args.n_embd % args.n_head:
+        below = next(d for d in range(args.n_head - 1, 0, -1) if args.n_embd % d == 0)  # 1 divides
+        above = next((d for d in range(args.n_head + 1, args.n_embd + 1) if args.n_embd % d == 0), None)
+        near = f"{below} or {above}" if above else str(below)
+        raise ValueError(f"--n-head {args.n_head} does not divide --n-embd {args.n_embd} (each head gets "
+                         f"n_embd / n_head dimensions); give a --n-head that does, e.g. {near}, or another --n-embd")
+    if args.summary_json:
+        check_output_file(args.summary_json, flag="--summary-json", what="the summary")
     if args.max_train_chars == 0:
         options["max_train_chars"] = None
     tuned = args.tokenizer == "bpe"
@@ -348,7 +390,7 @@ def _demo(args: argparse.Namespace) -> int:
         return _fail(err)
     if result is not None:
         if args.summary_json:
-            Path(args.summary_json).write_text(result.to_json())
+            _write_output(args.summary_json, result.to_json())
         print("\n" + result.table())
         if result.sample:
             print("\nsample from the trained model:\n" + result.sample)
@@ -459,6 +501,11 @@ def _predict(args: argparse.Namespace) -> int:
     from lightning_geo.demo.predict import score_folder
     from lightning_geo.strategies.checkpoint import checkpoint_problem, unreadable_message
 
+    if args.output:
+        try:
+            check_output_file(args.output, flag="--output", what="the scores")
+        except ValueError as err:
+            return _fail(err, "predict")
     if not Path(args.checkpoint).exists():
         return _fail(f"checkpoint {args.checkpoint!r} does not exist", "predict")
     problem = checkpoint_problem(args.checkpoint)  # a file, or the folder strategy="geo_hybrid" saves
@@ -466,7 +513,7 @@ def _predict(args: argparse.Namespace) -> int:
         return _fail(unreadable_message("--checkpoint", args.checkpoint, problem), "predict")
     try:
         result = score_folder(args.checkpoint, args.folder, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                              precision=args.precision, accelerator=args.accelerator)
+                              precision=args.precision, accelerator=args.accelerator, name="--checkpoint")
     except (ValueError, OSError, KeyError, RuntimeError) as err:  # not text; not a demo checkpoint
         return _fail(err, "predict")
     print(result.table())
@@ -474,8 +521,15 @@ def _predict(args: argparse.Namespace) -> int:
     if args.output:
         lines = ["file\tcharacters\tbits_per_char"]
         lines += [f"{s.path}\t{s.characters}\t{s.bits_per_char:.6f}" for s in result.scores]
-        Path(args.output).write_text("\n".join(lines) + "\n")
+        _write_output(args.output, "\n".join(lines) + "\n")
     return 0
+
+
+def _write_output(path: str, text: str) -> None:
+    """Write ``text`` to the file of a flag that ``check_output_file`` checked, creating its folder if missing."""
+    file = Path(path).expanduser()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text)
 
 
 def _detected_or_cpu_topology(gpus_per_node: int | None) -> NodeTopology:

@@ -78,6 +78,24 @@ def _default_precision(accelerator: str | None) -> str:
     return chosen
 
 
+def _part_names(argument: str, names: Any) -> set[str]:
+    """The part names ``exclude=`` or ``include=`` gave (one name or several), each checked."""
+    if isinstance(names, str):
+        names = [names]
+    try:
+        chosen = set(names)
+    except TypeError:
+        raise TypeError(
+            f"recipe({argument}=...): expected part names (a list of strings), got {names!r}; "
+            f"the parts are {list(RECIPE_PARTS)}"
+        ) from None
+    unknown = sorted(map(repr, chosen - set(RECIPE_PARTS)))
+    if unknown:
+        raise ValueError(f"recipe({argument}=...): unknown part(s) [{', '.join(unknown)}]; "
+                         f"the parts are {list(RECIPE_PARTS)}")
+    return chosen
+
+
 def recipe(
     *,
     callbacks: Callback | Sequence[Callback] | None = None,
@@ -143,14 +161,7 @@ def recipe(
             malformed ``seq_len_warmup``, a ``strategy`` other than geo_hybrid, a precision the precision part cannot
             train in, or a ``Precision`` plugin in ``plugins`` while the precision part is on.
     """
-    excluded = set(exclude) if not isinstance(exclude, str) else {exclude}
-    unknown = sorted(excluded - set(RECIPE_PARTS))
-    if unknown:
-        raise ValueError(f"recipe(exclude=...): unknown part(s) {unknown}; the parts are {list(RECIPE_PARTS)}")
-    included = set(include) if not isinstance(include, str) else {include}
-    unknown = sorted(included - set(RECIPE_PARTS))
-    if unknown:
-        raise ValueError(f"recipe(include=...): unknown part(s) {unknown}; the parts are {list(RECIPE_PARTS)}")
+    excluded, included = _part_names("exclude", exclude), _part_names("include", include)
     if included & excluded:
         raise ValueError(f"recipe(): {sorted(included & excluded)} is both in include= and in exclude=; pick one")
     excluded |= set(RECIPE_PARTS) - set(DEFAULT_RECIPE_PARTS) - included

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_geo import recipe
+from lightning_geo.callbacks import CurriculumSampler, DynamicCurriculum, SparsityAwareLR
 from lightning_geo.demo.corpus import load_corpus
 from lightning_geo.demo.data import CharDataModule
 from lightning_geo.demo.model import CharLanguageModel
@@ -30,6 +31,7 @@ from lightning_geo.strategies.topology import single_node
 from lightning_geo.strategies.topology_smi import read_topology_file
 from lightning_geo.tuning import Float, GeoTuner, SearchSpace
 from lightning_geo.tuning.config_file import load_study_file
+from lightning_geo.utils import reduce_tensor
 from tests.helpers import tiny_trainer
 from tests.test_demo_cli import _run_main
 from tests.test_topology import TOPOLOGY_DIR
@@ -297,3 +299,53 @@ def test_resuming_from_a_broken_geo_hybrid_checkpoint_names_it(tmp_path: Path, d
                                                         r"\(truncated or corrupt\): .*resume from another") as info:
         _geo_hybrid_trainer(tmp_path).fit(BoringModel(), ckpt_path=folder)
     assert info.value.__cause__ is not None
+
+
+# ---------------------------------------------------------------- a string for a number, one thing for a list
+
+
+class _NoLength(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield 1
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        pytest.param(lambda: recipe(exclude=5), TypeError, r"recipe\(exclude=...\): expected part names",
+                     id="recipe-exclude-int"),
+        pytest.param(lambda: DynamicCurriculum(start_threshold="0.5"),
+                     TypeError, r"start_threshold='0.5' must be a number", id="curriculum-start-threshold-str"),
+        pytest.param(lambda: DynamicCurriculum(hard_fraction="0.1"),
+                     TypeError, r"hard_fraction='0.1' must be a number", id="curriculum-hard-fraction-str"),
+        pytest.param(lambda: CurriculumSampler(5), TypeError,
+                     r"dataset=int has no length", id="sampler-dataset-int"),
+        pytest.param(lambda: CurriculumSampler(_NoLength()), TypeError,
+                     r"dataset=_NoLength has no length.*not an IterableDataset", id="sampler-iterable-dataset"),
+        pytest.param(lambda: CurriculumSampler([1, 2], seed="abc"), TypeError,
+                     r"seed='abc' must be an integer", id="sampler-seed-str"),
+        pytest.param(lambda: PredictiveScalingPrecision(fp32_modules=torch.nn.LayerNorm), TypeError,
+                     r"fp32_modules=.* must be a list.*fp32_modules=\[LayerNorm\]", id="precision-fp32-modules-class"),
+        pytest.param(lambda: PredictiveScalingPrecision(fp32_modules="LayerNorm"), TypeError,
+                     r"fp32_modules='LayerNorm' must be a list", id="precision-fp32-modules-str"),
+        pytest.param(lambda: PredictiveScalingPrecision(enabled="false"), TypeError,
+                     r"enabled='false' must be True or False", id="precision-enabled-str"),
+        pytest.param(lambda: SparsityAwareLR(log_histograms="no"), TypeError,
+                     r"`log_histograms` must be a bool", id="sparsity-log-histograms-str"),
+        pytest.param(lambda: GeoHybridStrategy(tensor_parallel_plan="auto"), TypeError,
+                     r"tensor_parallel_plan='auto' must be a mapping", id="geo-hybrid-tp-plan-str"),
+        pytest.param(lambda: reduce_tensor(pl.Trainer(logger=False), "1.0"),
+                     TypeError, r"tensor='1.0' must be a tensor or a Python number", id="reduce-tensor-str"),
+    ],
+)
+def test_a_wrong_type_is_refused_at_construction_by_name(make: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_unknown_block_names_are_refused_in_bf16_too(tmp_path: Path) -> None:
+    """Block names are checked whatever the precision: a typo does not wait for a switch to 16-mixed."""
+    plugin = PredictiveScalingPrecision("bf16-mixed", blocks=["nope"])
+    trainer = tiny_trainer(tmp_path, max_steps=1, plugins=[plugin], limit_val_batches=0)
+    with pytest.raises(ValueError, match=r"blocks=\['nope'\]: \['nope'\] are not submodules of BoringModel"):
+        trainer.fit(BoringModel())

@@ -38,8 +38,9 @@ TINY = [
 
 def _demo_argv(corpus, out, *extra: str) -> list[str]:
     """One plain arm of `demo` on ``corpus`` (the character model, by steps) with the tiny settings, logging under
-    ``out``; later flags override earlier ones, and ``--geo`` / ``--compare`` override ``--arm plain``."""
-    return ["demo", "--arm", "plain", "--tokenizer", "char", "--corpus", str(corpus), "--out", str(out), *TINY, *extra]
+    ``out``; later flags override earlier ones; with ``--geo`` / ``--compare`` in ``extra`` no ``--arm plain``."""
+    arm = [] if {"--geo", "--compare"} & set(extra) else ["--arm", "plain"]
+    return ["demo", *arm, "--tokenizer", "char", "--corpus", str(corpus), "--out", str(out), *TINY, *extra]
 
 
 def _run_main(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -252,7 +253,7 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder, geo)
         "lightning_geo",
         "demo",
         "--arm",
-        "plain",
+        "geo" if geo else "plain",
         "--tokenizer",
         "char",
         "--corpus",
@@ -264,7 +265,7 @@ def test_python_dash_m_runs_ddp_on_two_cpu_processes(tmp_path, text_folder, geo)
         "--out",
         str(tmp_path / "runs"),
         *TINY,
-        *(["--geo", "--seq-len", "32"] if geo else []),
+        *(["--seq-len", "32"] if geo else []),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)

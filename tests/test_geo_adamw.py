@@ -210,20 +210,20 @@ def test_row_step_stays_float32_for_low_precision_parameters():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"lr": -1.0}, ValueError, "`lr` must be in"),
+        ({"lr": -1.0}, ValueError, "lr=-1.0 must be"),
         ({"betas": (0.9,)}, ValueError, "`betas` must be a pair"),
         ({"betas": (0.9, 1.0)}, ValueError, r"`betas` must each be in \[0, 1\)"),
-        ({"eps": -1e-8}, ValueError, "`eps`"),
-        ({"weight_decay": -0.1}, ValueError, "`weight_decay`"),
-        ({"row_scale_power": -0.5}, ValueError, "`row_scale_power`"),
-        ({"max_row_scale": 0.5}, ValueError, "`max_row_scale`"),
+        ({"eps": -1e-8}, ValueError, "eps="),
+        ({"weight_decay": -0.1}, ValueError, "weight_decay="),
+        ({"row_scale_power": -0.5}, ValueError, "row_scale_power="),
+        ({"max_row_scale": 0.5}, ValueError, "max_row_scale="),
         ({"decay_rows": "some"}, ValueError, r"`decay_rows` must be one of \('touched', 'all'\)"),
         ({"row_wise": "yes"}, TypeError, "`row_wise` must be a bool"),
         ({"foreach": 1}, TypeError, "`foreach` must be None or a bool"),
         ({"fused": 1}, TypeError, "`fused` must be None or a bool"),
         ({"fused": True, "foreach": True}, ValueError, "`fused=True` and `foreach=True` cannot be combined"),
         ({"rows_on_host": "yes"}, TypeError, "`rows_on_host` must be None or a bool"),
-        ({"lr": "fast"}, TypeError, "`lr` must be a number"),
+        ({"lr": "fast"}, TypeError, "lr='fast' must be a number"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, match):

@@ -161,7 +161,7 @@ def test_centre_of_each_distribution_kind():
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         GeoSampler(**kwargs)
 
 

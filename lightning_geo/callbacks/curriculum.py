@@ -47,6 +47,7 @@ from lightning_geo.callbacks.curriculum_seq_len import (
     token_shape,
 )
 from lightning_geo.utils import DashboardSection, log_geo_histogram, log_geo_scalars, log_geo_text
+from lightning_geo.utils.checks import check_number
 from lightning_geo.utils.distributed import reduce_tensor
 
 MODES: tuple[str, ...] = ("samples", "seq_len")
@@ -195,12 +196,11 @@ class DynamicCurriculum(Callback):
         validate_scorer("length" if scorer is None else scorer)
         if pacing not in PACINGS:
             raise ValueError(f"pacing={pacing!r} is not one of {list(PACINGS)}")
-        if start_threshold is not None and not 0.0 < start_threshold <= 1.0:
-            raise ValueError(f"start_threshold={start_threshold!r} must be in (0, 1]")
-        if not 0.0 <= hard_fraction < 1.0:
-            raise ValueError(f"hard_fraction={hard_fraction!r} must be in [0, 1)")
-        if not max_speedup >= 1.0:
-            raise ValueError(f"max_speedup={max_speedup!r} must be >= 1 (mastery pacing is never slower than linear)")
+        if start_threshold is not None:
+            check_number("DynamicCurriculum", "start_threshold", start_threshold, 0.0, 1.0, low_open=True)
+        check_number("DynamicCurriculum", "hard_fraction", hard_fraction, 0.0, 1.0, high_open=True)
+        check_number("DynamicCurriculum", "max_speedup", max_speedup, 1.0)  # mastery is never slower than linear
+        check_number("DynamicCurriculum", "mastery_tolerance", mastery_tolerance, 0.0)
         if seq_len_mode not in SEQ_LEN_MODES:
             raise ValueError(f"seq_len_mode={seq_len_mode!r} is not one of {list(SEQ_LEN_MODES)}")
         if isinstance(seq_dim, bool) or seq_dim not in SEQ_DIMS:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 
 _PERMUTATION_STREAMS = 2  # one per pool: admitted (easy) and above the threshold (hard)
 
@@ -68,12 +68,20 @@ class CurriculumSampler(DistributedSampler):
         rank: This process's rank; default: the process group's rank, else 0.
 
     Raises:
+        TypeError: for a dataset without a length (an ``IterableDataset``) or a seed that is not an integer.
         ValueError: for an empty dataset or a rank outside ``[0, num_replicas)``.
     """
 
     def __init__(
         self, dataset: Dataset, *, seed: int | None = None, num_replicas: int | None = None, rank: int | None = None
     ) -> None:
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            raise TypeError(
+                f"CurriculumSampler: dataset={type(dataset).__name__} has no length; it samples a map-style dataset "
+                "(with __len__ and __getitem__), not an IterableDataset"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"CurriculumSampler: seed={seed!r} must be an integer or None (the run's global seed)")
         initialized = dist.is_available() and dist.is_initialized()
         num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if initialized else 1)
         rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
@@ -84,7 +92,7 @@ class CurriculumSampler(DistributedSampler):
         self.drop_last = False
         self.batch_size = 1
         self.epoch = 0
-        self._size = len(dataset)  # type: ignore[arg-type]
+        self._size = len(dataset)
         if self._size < 1:
             raise ValueError("CurriculumSampler needs a non-empty dataset")
         self.set_world(num_replicas, rank)

@@ -198,7 +198,9 @@ class SparsityAwareLR(pl.Callback):
         if not isinstance(scale_lr, bool):
             raise TypeError(f"SparsityAwareLR: `scale_lr` must be a bool, got {scale_lr!r}")
         self.scale_lr = scale_lr
-        self.log_histograms = bool(log_histograms)
+        if not isinstance(log_histograms, bool):
+            raise TypeError(f"SparsityAwareLR: `log_histograms` must be a bool, got {log_histograms!r}")
+        self.log_histograms = log_histograms
         if not isinstance(log_untracked, bool):
             raise TypeError(f"SparsityAwareLR: `log_untracked` must be a bool, got {log_untracked!r}")
         self.log_untracked = log_untracked

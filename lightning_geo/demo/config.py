@@ -208,23 +208,58 @@ def check_out_folder(out: str) -> None:
     Raises:
         ValueError: naming ``--out`` and why, e.g. for ``/proc/nope`` or a path through a file.
     """
-    path = Path(out).expanduser()
-    problem = None
-    if path.exists():
-        if not path.is_dir():
-            problem = "it is not a folder"
-        elif not os.access(path, os.W_OK | os.X_OK):
-            problem = "the folder is not writable"
-    else:
-        parent = path.absolute().parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            problem = f"{str(parent)!r} is not a folder"
-        else:
-            try:
-                os.rmdir(tempfile.mkdtemp(prefix=".lightning_geo_probe_", dir=parent))
-            except OSError as err:
-                problem = f"no folder can be created in {str(parent)!r} ({err.strerror or err})"
+    problem = _folder_problem(Path(out).expanduser())
     if problem is not None:
         raise ValueError(f"--out {out!r}: cannot write the run's logs there: {problem}")
+
+
+def check_output_file(path: str, *, flag: str, what: str) -> None:
+    """Fail early, in one line naming ``flag``, when ``what`` could not be written to the file ``path`` later.
+
+    The file may exist (then it must be a writable file); its folder is checked as ``check_out_folder`` checks
+    ``--out``: it must be writable, or creatable (the writer then creates it).
+
+    Args:
+        path: The file to write, e.g. ``--summary-json``'s.
+        flag: The command-line flag that gave it, for the message.
+        what: What will be written, for the message (``"the summary"``).
+
+    Raises:
+        ValueError: naming ``flag`` and why, e.g. for ``/proc/nope/summary.json`` or a folder.
+
+    Example:
+        ``check_output_file(args.output, flag="--output", what="the scores")`` before scoring.
+    """
+    file = Path(path).expanduser()
+    if file.is_dir():
+        problem: str | None = "it is a folder; give a file name"
+    elif file.exists() and not os.access(file, os.W_OK):
+        problem = "the file is not writable"
+    else:
+        problem = _folder_problem(file.absolute().parent)
+    if problem is not None:
+        raise ValueError(f"{flag} {path!r}: cannot write {what} there: {problem}")
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why no file could be written in the folder ``path`` (created if missing), or ``None`` if one could.
+
+    An existing folder must be writable; for a missing one its nearest existing parent is probed by creating and
+    removing a temporary folder in it (nothing is left behind, and nothing is created for ``path``).
+    """
+    if path.exists():
+        if not path.is_dir():
+            return "it is not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return "the folder is not writable"
+        return None
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lightning_geo_probe_", dir=parent))
+    except OSError as err:
+        return f"no folder can be created in {str(parent)!r} ({err.strerror or err})"
+    return None

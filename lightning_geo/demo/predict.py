@@ -27,7 +27,7 @@ from lightning_geo.callbacks.bucket_collate import pad_collate
 from lightning_geo.demo.config import MIXED_PRECISIONS
 from lightning_geo.demo.corpus import CorpusError, _iter_files, _read_text
 from lightning_geo.demo.model import CharLanguageModel
-from lightning_geo.strategies.checkpoint import load_module
+from lightning_geo.strategies.checkpoint import load_module, read_checkpoint
 from lightning_geo.utils.table import format_table
 
 PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", *MIXED_PRECISIONS)
@@ -129,6 +129,30 @@ def read_folder(folder: str | Path) -> tuple[list[str], list[str]]:
     return paths, texts
 
 
+def load_demo_model(checkpoint: str | Path, *, name: str = "checkpoint") -> CharLanguageModel:
+    """The ``CharLanguageModel`` in ``checkpoint`` (a file, or the folder ``strategy="geo_hybrid"`` saves), on the CPU.
+
+    Args:
+        checkpoint: A checkpoint of the demo model.
+        name: What messages call ``checkpoint`` (``"--checkpoint"`` for the command-line flag).
+
+    Raises:
+        ValueError: naming ``name``, if it holds another model (what it holds instead: its hyperparameters and
+            first weights); ``UnreadableCheckpointError`` (a ValueError) if it is truncated or corrupt.
+        OSError: if it does not exist.
+    """
+    try:
+        return load_module(CharLanguageModel, checkpoint, name=name)
+    except (TypeError, KeyError, RuntimeError) as err:  # CharLanguageModel's arguments or weights are not there
+        state = read_checkpoint(checkpoint, name=name)  # read again, on this path only, to say what it holds
+        hparams = sorted(state.get("hyper_parameters") or {})
+        weights = list(state.get("state_dict") or {})
+        shown = ", ".join(weights[:3]) + (", ..." if len(weights) > 3 else "") if weights else "none"
+        raise ValueError(f"{name} {checkpoint} is not a checkpoint of the demo model (CharLanguageModel, whose "
+                         f"hyperparameters include 'vocab'): it holds hyperparameters {hparams or 'none'} and weights "
+                         f"{shown}; give one that 'lightning-geo fit' saved") from err
+
+
 def score_folder(
     checkpoint: str | Path,
     folder: str | Path,
@@ -137,6 +161,7 @@ def score_folder(
     batch_size: int = 32,
     precision: str = "32-true",
     accelerator: str = "auto",
+    name: str = "checkpoint",
 ) -> PredictResult:
     """Score every text file under ``folder`` with the demo model in ``checkpoint``, length-bucketed.
 
@@ -148,16 +173,17 @@ def score_folder(
         batch_size: The DataLoader's batch size; predictions are regrouped by it. Default 32.
         precision: One of ``PREDICT_PRECISIONS``. Default ``"32-true"``.
         accelerator: Lightning accelerator. Default ``"auto"``.
+        name: What messages call ``checkpoint`` (``"--checkpoint"`` for the command-line flag).
 
     Raises:
-        ValueError: for an unknown ``precision`` or a subword-vocabulary checkpoint; CorpusError (a ValueError)
-            for a folder without text.
+        ValueError: for an unknown ``precision``, a checkpoint of another model or a subword-vocabulary one;
+            CorpusError (a ValueError) for a folder without text.
         OSError: if the checkpoint does not exist; ``UnreadableCheckpointError`` (a ValueError) if it is
             truncated or corrupt.
     """
     if precision not in PREDICT_PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(PREDICT_PRECISIONS)}")
-    model = load_module(CharLanguageModel, checkpoint)  # a file, or the folder strategy="geo_hybrid" saves
+    model = load_demo_model(checkpoint, name=name)
     vocab = model.hparams["vocab"]
     if not isinstance(vocab, str):
         raise ValueError(f"{checkpoint} is a subword-vocabulary model; predict scores character models "

@@ -61,6 +61,7 @@ from torch.optim import Optimizer
 from torch.optim.adam import adam
 
 from lightning_geo.optim.row_modes import POSITIONAL, RECHECK_EVERY, ROWS, UNTOUCHED, row_modes
+from lightning_geo.utils.checks import check_number
 from lightning_geo.utils.distributed import local_part
 from lightning_geo.utils.positions import position_name_hint
 from lightning_geo.utils.rows import touched_rows
@@ -100,17 +101,6 @@ _UNSET = -1.0  # density_ema before the parameter's first step under the row rul
 # Bias corrections of rows never touched are 0; clamping them keeps 0 / 0 out of the arithmetic
 # (such rows get a step size of exactly 0 anyway).
 _TINY = 1e-30
-
-
-def _check_float(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"GeoAdamW: `{name}` must be a number, got {type(value).__name__}")
-    value = float(value)
-    bad_low = value <= low if low_open else value < low
-    if bad_low or value > high or value != value:
-        left = "(" if low_open else "["
-        raise ValueError(f"GeoAdamW: `{name}` must be in {left}{low}, {high}], got {value}")
-    return value
 
 
 _SHARE_KEY = "_touched_share_of_all_shards"  # set in a step's state view of a sharded parameter, never stored
@@ -245,19 +235,19 @@ class GeoAdamW(Optimizer):
             if lr.numel() != 1:
                 raise ValueError("GeoAdamW: a tensor `lr` must have one element")
         else:
-            _check_float("lr", lr, 0.0, float("inf"))
+            check_number("GeoAdamW", "lr", lr, 0.0, float("inf"))
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"GeoAdamW: `betas` must be a pair (beta1, beta2), got {betas!r}")
-        _check_float("betas[0]", betas[0], 0.0, 1.0)
-        _check_float("betas[1]", betas[1], 0.0, 1.0)
+        check_number("GeoAdamW", "betas[0]", betas[0], 0.0, 1.0)
+        check_number("GeoAdamW", "betas[1]", betas[1], 0.0, 1.0)
         if betas[0] >= 1.0 or betas[1] >= 1.0:
             raise ValueError(f"GeoAdamW: `betas` must each be in [0, 1), got {tuple(betas)}")
-        _check_float("eps", group["eps"], 0.0, float("inf"))
-        _check_float("weight_decay", group["weight_decay"], 0.0, float("inf"))
-        _check_float("row_scale_power", group["row_scale_power"], 0.0, 4.0)
-        _check_float("max_row_scale", group["max_row_scale"], 1.0, float("inf"))
-        _check_float("density_power", group["density_power"], 0.0, 4.0)
+        check_number("GeoAdamW", "eps", group["eps"], 0.0, float("inf"))
+        check_number("GeoAdamW", "weight_decay", group["weight_decay"], 0.0, float("inf"))
+        check_number("GeoAdamW", "row_scale_power", group["row_scale_power"], 0.0, 4.0)
+        check_number("GeoAdamW", "max_row_scale", group["max_row_scale"], 1.0, float("inf"))
+        check_number("GeoAdamW", "density_power", group["density_power"], 0.0, 4.0)
         if not isinstance(group["row_wise"], bool):
             raise TypeError(f"GeoAdamW: `row_wise` must be a bool, got {group['row_wise']!r}")
         if group["decay_rows"] not in DECAY_ROWS:

@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 
 from lightning_geo.optim.geo_adamw import GeoAdamW, load_keeping_row_counts_float32
 from lightning_geo.optim.muon_routing import RULES, Route, route_parameters
+from lightning_geo.utils.checks import check_number
 from lightning_geo.utils.cpu_precision import cpu_has_native_bf16
 from lightning_geo.utils.dashboard import DashboardSection
 from lightning_geo.utils.distributed import local_part
@@ -57,16 +58,6 @@ def _torch_muon() -> ModuleType:
             f"GeoMuon needs torch >= {MIN_TORCH} (torch.optim.Muon); this is torch {torch.__version__}"
         ) from None
     return _muon
-
-
-def _check_float(name: str, value: Any, low: float, high: float = float("inf"), *, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"GeoMuon: `{name}` must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not low <= value <= high or (high_open and value == high):
-        right = ")" if high_open else "]"
-        raise ValueError(f"GeoMuon: `{name}` must be in [{low}, {high}{right}, got {value}")
-    return value
 
 
 def _is_sharded(tensor: Tensor) -> bool:
@@ -225,12 +216,12 @@ class GeoMuon(Optimizer):
                 f"GeoMuon: `model` must be an nn.Module (pass `self` in configure_optimizers), got "
                 f"{type(model).__name__}; it routes each parameter by the layer that owns it"
             )
-        _check_float("lr", lr, 0.0)
-        _check_float("weight_decay", weight_decay, 0.0)
-        _check_float("other_weight_decay", other_weight_decay, 0.0)
-        _check_float("momentum", momentum, 0.0, 1.0, high_open=True)
-        _check_float("ns_eps", ns_eps, 0.0)
-        _check_float("eps", eps, 0.0)
+        check_number("GeoMuon", "lr", lr, 0.0)
+        check_number("GeoMuon", "weight_decay", weight_decay, 0.0)
+        check_number("GeoMuon", "other_weight_decay", other_weight_decay, 0.0)
+        check_number("GeoMuon", "momentum", momentum, 0.0, 1.0, high_open=True)
+        check_number("GeoMuon", "ns_eps", ns_eps, 0.0)
+        check_number("GeoMuon", "eps", eps, 0.0)
         if not isinstance(nesterov, bool):
             raise TypeError(f"GeoMuon: `nesterov` must be a bool, got {nesterov!r}")
         if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps <= 99:
@@ -238,15 +229,15 @@ class GeoMuon(Optimizer):
         if not isinstance(ns_coefficients, (tuple, list)) or len(ns_coefficients) != 3:
             raise ValueError(f"GeoMuon: `ns_coefficients` must be three numbers (a, b, c), got {ns_coefficients!r}")
         for i, c in enumerate(ns_coefficients):
-            _check_float(f"ns_coefficients[{i}]", c, float("-inf"))
+            check_number("GeoMuon", f"ns_coefficients[{i}]", c, float("-inf"))
         if ns_dtype not in NS_DTYPES:
             raise ValueError(f"GeoMuon: `ns_dtype` must be one of {NS_DTYPES}, got {ns_dtype!r}")
         if adjust_lr_fn not in ADJUST_LR_FNS:
             raise ValueError(f"GeoMuon: `adjust_lr_fn` must be one of {ADJUST_LR_FNS}, got {adjust_lr_fn!r}")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"GeoMuon: `betas` must be a pair (beta1, beta2), got {betas!r}")
-        _check_float("betas[0]", betas[0], 0.0, 1.0, high_open=True)
-        _check_float("betas[1]", betas[1], 0.0, 1.0, high_open=True)
+        check_number("GeoMuon", "betas[0]", betas[0], 0.0, 1.0, high_open=True)
+        check_number("GeoMuon", "betas[1]", betas[1], 0.0, 1.0, high_open=True)
         if not (foreach is None or isinstance(foreach, bool)):
             raise TypeError(f"GeoMuon: `foreach` must be None or a bool, got {foreach!r}")
 

@@ -28,6 +28,7 @@ from lightning_geo.precision.scale_rule import FP16_MAX, AmaxPredictor, power_of
 from lightning_geo.precision.scheduler_hold import hold_step_schedulers, release_schedulers
 from lightning_geo.precision.underflow import UnderflowProbe, summarize_underflow
 from lightning_geo.utils import DashboardSection, local_part, log_geo_scalars, log_geo_text, reduce_tensor
+from lightning_geo.utils.checks import check_bool
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -197,6 +198,14 @@ class PredictiveScalingPrecision(MixedPrecision):
                 "PredictiveScalingPrecision: growth_factor and growth_interval are ignored; the scale is "
                 "predicted from measured gradients each step rather than grown by probing for overflows."
             )
+        if isinstance(fp32_modules, (str, type)):
+            one = fp32_modules.__name__ if isinstance(fp32_modules, type) else repr(fp32_modules)
+            raise TypeError(
+                f"fp32_modules={fp32_modules!r} must be a list (of module names, patterns or nn.Module classes); "
+                f"for one, pass fp32_modules=[{one}]"
+            )
+        check_bool("PredictiveScalingPrecision", "enabled", enabled)
+        check_bool("PredictiveScalingPrecision", "per_block", per_block)
         fp32_modules = list(fp32_modules)
         for entry in fp32_modules:
             if not (isinstance(entry, str) or (isinstance(entry, type) and issubclass(entry, nn.Module))):
@@ -286,6 +295,12 @@ class PredictiveScalingPrecision(MixedPrecision):
             )
         for name in self._resolve_fp32_modules(module):
             self._promote(name, warn=False)
+        if self.blocks != "auto":  # checked whatever the precision, so that a typo does not wait for 16-mixed
+            names_in_model = dict(module.named_modules())
+            missing = [b for b in self.blocks if b not in names_in_model]
+            if missing:
+                raise ValueError(f"blocks={list(self.blocks)!r}: {missing} are not submodules of "
+                                 f"{type(module).__name__}; pass their qualified names, or blocks='auto'")
         if self.scaling and self.per_block:
             names = find_block_stacks(module) if self.blocks == "auto" else list(self.blocks)
             if names:

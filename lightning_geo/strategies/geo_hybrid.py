@@ -194,6 +194,11 @@ class GeoHybridStrategy(ModelParallelStrategy):
         self._gpu_memory_gb = gpu_memory_gb
         self._memory_fraction = float(memory_fraction)
         self._activation_checkpointing = activation_checkpointing
+        if tensor_parallel_plan is not None and not isinstance(tensor_parallel_plan, Mapping):
+            raise TypeError(
+                f"GeoHybridStrategy: tensor_parallel_plan={tensor_parallel_plan!r} must be a mapping "
+                "{qualified module name: ParallelStyle} (ColwiseParallel(), RowwiseParallel(), ...) or None"
+            )
         self._tensor_parallel_plan = tensor_parallel_plan
         self._prefer_simpler_within = float(prefer_simpler_within)
         self.report: PlanReport | None = None

@@ -34,6 +34,17 @@ DIVERGED = "diverged: the monitored metric is not finite"
 ``max_consecutive_failures``)."""
 
 
+def _check_devices(devices: Any) -> list[str] | None:
+    """``devices`` as the ``CUDA_VISIBLE_DEVICES`` value of each parallel slot, or ``TypeError`` naming it."""
+    if devices is None:
+        return None
+    if (isinstance(devices, str) or not isinstance(devices, Sequence)
+            or not all(isinstance(d, int | str) and not isinstance(d, bool) for d in devices)):
+        raise TypeError(f"devices={devices!r} must be a list of device ids, one per parallel trial (e.g. "
+                        "devices=[0, 1] for two trials on GPUs 0 and 1), or None")
+    return [str(d) for d in devices]
+
+
 def run_trial(train_fn: TrainFn, trial: Trial) -> TrialRecord:
     """Run one trial and classify how it ended; never raises (except ``KeyboardInterrupt``/``SystemExit``).
 
@@ -122,15 +133,20 @@ class SubprocessExecutor(TrialExecutor):
         devices: One entry per parallel slot, set as ``CUDA_VISIBLE_DEVICES`` of the trial's process (so
             ``devices=1`` in the trial's Trainer means "my GPU"). Default: GPUs ``0 .. n_parallel - 1`` when
             CUDA has at least ``n_parallel`` of them, otherwise the environment is left as it is.
+
+    Raises:
+        ValueError: for a non-positive ``n_parallel`` or fewer ``devices`` than ``n_parallel``.
+        TypeError: for ``devices`` that are not a list of device ids (ints or strings).
     """
 
     def __init__(self, n_parallel: int = 1, devices: Sequence[int | str] | None = None) -> None:
         if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
             raise ValueError(f"n_parallel={n_parallel!r} must be a positive integer")
+        ids = _check_devices(devices)
         if devices is not None and len(devices) < n_parallel:
             raise ValueError(f"devices={list(devices)!r} needs one entry per parallel trial (n_parallel={n_parallel})")
         self.n_parallel = n_parallel
-        self.devices = [str(d) for d in devices] if devices is not None else self._default_devices(n_parallel)
+        self.devices = ids if ids is not None else self._default_devices(n_parallel)
         self._context = multiprocessing.get_context("spawn")
         self._running: dict[int, tuple[Any, Any, Trial, str | None, float]] = {}  # sentinel -> process, ...
 
@@ -215,7 +231,9 @@ def make_executor(executor: str | TrialExecutor, n_parallel: int, devices: Seque
     Raises:
         ValueError: for an unknown ``executor``, ``n_parallel`` above 1 in this process, or ``devices`` with an
             executor other than ``"subprocess"`` (which would ignore them).
+        TypeError: for ``devices`` that are not a list of device ids.
     """
+    _check_devices(devices)
     if devices is not None and executor != "subprocess":
         where = ("in this process the trial's Trainer picks its own devices (Trainer(devices=...) in train_fn)"
                  if executor == "in_process" else "your executor places its trials itself")

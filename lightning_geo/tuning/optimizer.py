@@ -136,6 +136,40 @@ def _modes(mode: str | Sequence[str]) -> tuple[Mode, ...]:
     return cast("tuple[Mode, ...]", modes)  # checked just above
 
 
+def _metric_names(metric: str | Sequence[str], *, name: str = "monitor") -> tuple[str, ...]:
+    """``metric`` as a tuple of names; ``name`` is what the caller calls that argument, for messages."""
+    metrics = (metric,) if isinstance(metric, str) else tuple(metric) if isinstance(metric, Sequence) else ()
+    if not metrics or not all(isinstance(m, str) and m for m in metrics):
+        raise ValueError(f"{name}={metric!r} must be a metric name or a non-empty sequence of names")
+    return metrics
+
+
+def _objectives(metric: str | Sequence[str], mode: str | Sequence[str], *,
+                name: str = "monitor") -> tuple[tuple[str, ...], tuple[Mode, ...]]:
+    """The metric names and one checked mode per metric (one mode string: the same for every metric)."""
+    metrics = _metric_names(metric, name=name)
+    modes = _modes(mode)
+    if isinstance(mode, str):
+        modes = modes * len(metrics)
+    if len(modes) != len(metrics):
+        raise ValueError(
+            f"mode={mode!r} has {len(modes)} entries but {name}={list(metrics)!r} has {len(metrics)}: give one entry "
+            f"per monitored metric, e.g. mode={['min'] * len(metrics)!r}, or one string for all of them"
+        )
+    return metrics, modes
+
+
+def _check_settings(*, seed: Any, num_initial: Any, num_candidates: Any) -> None:
+    """The optimiser's settings, checked where they are given (``BayesianOptimizer``, ``GeoSearch``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed={seed!r} must be an integer")
+    if num_initial is not None and (isinstance(num_initial, bool) or not isinstance(num_initial, int)
+                                    or num_initial < 1):
+        raise ValueError(f"num_initial={num_initial!r} must be a positive integer or None")
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 16:
+        raise ValueError(f"num_candidates={num_candidates!r} must be an integer >= 16")
+
+
 class BayesianOptimizer:
     """Bayesian optimisation of a black-box objective over a [`SearchSpace`][lightning_geo.tuning.SearchSpace], through
     ``ask``/``tell``.
@@ -174,12 +208,7 @@ class BayesianOptimizer:
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed={seed!r} must be an integer")
-        if num_initial is not None and (not isinstance(num_initial, int) or num_initial < 1):
-            raise ValueError(f"num_initial={num_initial!r} must be a positive integer or None")
-        if not isinstance(num_candidates, int) or num_candidates < 16:
-            raise ValueError(f"num_candidates={num_candidates!r} must be an integer >= 16")
+        _check_settings(seed=seed, num_initial=num_initial, num_candidates=num_candidates)
         self.space = space
         self.seed = seed
         self.modes = _modes(mode)

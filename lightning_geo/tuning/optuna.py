@@ -37,7 +37,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_geo.tuning.optimizer import BayesianOptimizer, Mode, TuningError
+from lightning_geo.tuning.optimizer import BayesianOptimizer, Mode, TuningError, _check_settings
 from lightning_geo.tuning.space import Categorical, Dimension, Float, Int, SearchSpace
 
 _PENDING_KEY = "geo:relative_params"  # the relative params of a running trial, for other workers' pending points
@@ -151,13 +151,7 @@ class GeoSampler(BaseSampler):
         constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed={seed!r} must be an integer or None")
-        if num_initial is not None and (isinstance(num_initial, bool) or not isinstance(num_initial, int)
-                                        or num_initial < 1):
-            raise ValueError(f"num_initial={num_initial!r} must be a positive integer or None")
-        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 16:
-            raise ValueError(f"num_candidates={num_candidates!r} must be an integer >= 16")
+        _check_settings(seed=0 if seed is None else seed, num_initial=num_initial, num_candidates=num_candidates)
         if constraints_func is not None and not callable(constraints_func):
             raise ValueError(f"constraints_func={constraints_func!r} must be a callable frozen_trial -> floats or None")
         if independent_sampler is not None and not isinstance(independent_sampler, BaseSampler):

@@ -27,6 +27,7 @@ class GeoCurvePruner(BasePruner):
         n_warmup_steps: Reports at a step below this are never pruned. Default 0.
 
     Raises:
+        TypeError: for an ``optimism`` that is not a number.
         ValueError: for ``optimism`` outside ``(0, 1]``, a non-positive ``n_startup_trials`` or a negative
             ``n_warmup_steps``.
 

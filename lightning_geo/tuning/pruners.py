@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from lightning_geo.utils.checks import check_number
+
 Curve = Sequence[tuple[int, float]]
 """Intermediate reports of one trial: ``(step, value)`` pairs in reporting order."""
 
@@ -54,12 +56,16 @@ class Pruner(ABC):
         n_startup_trials: Finished trials needed before anything is pruned. Default 5.
         n_warmup_steps: Reports at a step below this are never pruned (training is noisy at the start).
             Default 0.
+
+    Raises:
+        ValueError: for a ``n_startup_trials`` that is not a positive integer or a ``n_warmup_steps`` that is not a
+            non-negative integer.
     """
 
     def __init__(self, *, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
-        if not isinstance(n_startup_trials, int) or n_startup_trials < 1:
+        if isinstance(n_startup_trials, bool) or not isinstance(n_startup_trials, int) or n_startup_trials < 1:
             raise ValueError(f"n_startup_trials={n_startup_trials!r} must be a positive integer")
-        if not isinstance(n_warmup_steps, int) or n_warmup_steps < 0:
+        if isinstance(n_warmup_steps, bool) or not isinstance(n_warmup_steps, int) or n_warmup_steps < 0:
             raise ValueError(f"n_warmup_steps={n_warmup_steps!r} must be a non-negative integer")
         self.n_startup_trials = n_startup_trials
         self.n_warmup_steps = n_warmup_steps
@@ -117,13 +123,15 @@ class CurvePruner(Pruner):
             higher prunes less. Default 0.9.
         n_startup_trials: Finished trials needed before anything is pruned. Default 5.
         n_warmup_steps: Reports at a step below this are never pruned. Default 0.
+
+    Raises:
+        TypeError: for an ``optimism`` that is not a number.
+        ValueError: for an ``optimism`` outside ``(0, 1]``, and as [`Pruner`][lightning_geo.tuning.Pruner] does.
     """
 
     def __init__(self, *, optimism: float = 0.9, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
         super().__init__(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
-        if not 0.0 < optimism <= 1.0:
-            raise ValueError(f"optimism={optimism!r} must be in (0, 1]")
-        self.optimism = optimism
+        self.optimism = check_number("CurvePruner", "optimism", optimism, 0, 1, low_open=True)
 
     def _prune(self, best: float, step: int, finished: Sequence[FinishedCurve], sign: float) -> bool:
         gains = []

@@ -22,9 +22,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.sample import Categorical as RayCategorical
 from ray.tune.search.sample import Domain, Float, Integer, LogUniform, Quantized
 
-from lightning_geo.tuning.optimizer import BayesianOptimizer, _modes
+from lightning_geo.tuning.optimizer import BayesianOptimizer, _check_settings, _metric_names, _modes, _objectives
 from lightning_geo.tuning.ray_executor import RayExecutor
-from lightning_geo.tuning.space import Categorical, Config, Int, SearchSpace
+from lightning_geo.tuning.space import Categorical, Config, Int, SearchSpace, as_space
 from lightning_geo.tuning.space import Float as GeoFloat
 
 
@@ -74,7 +74,9 @@ class GeoSearch(Searcher):
         num_candidates: Sobol candidates per ask. Default 1024.
 
     Raises:
-        ValueError: for a bad ``space`` or ``mode`` (see ``space_from_ray``).
+        ValueError: for a bad ``space`` (see ``space_from_ray``), ``metric`` or ``mode`` (a list of modes must have
+            one entry per metric), or a non-positive ``num_initial`` or ``num_candidates < 16``.
+        TypeError: for a ``space`` that is neither a SearchSpace nor a mapping, or a ``seed`` that is not an integer.
 
     Example:
         ```python
@@ -102,20 +104,27 @@ class GeoSearch(Searcher):
         num_initial: int | None = None,
         num_candidates: int = 1024,
     ) -> None:
-        if isinstance(metric, Sequence) and not isinstance(metric, str):
-            metric = list(metric)
-        if isinstance(mode, Sequence) and not isinstance(mode, str):
-            mode = list(mode)
-        if mode is not None:
-            _modes(mode)  # raises ValueError for anything but min/max
+        _check_settings(seed=seed, num_initial=num_initial, num_candidates=num_candidates)
+        if metric is not None and mode is not None:  # checked here: Ray's Searcher would assert
+            metrics, modes = _objectives(metric, mode, name="metric")
+            several = not isinstance(metric, str)  # Ray wants a str for both or a list of the same length for both
+            metric, mode = (list(metrics), list(modes)) if several else (metrics[0], modes[0])
+        elif metric is not None:
+            metrics = _metric_names(metric, name="metric")
+            metric = metric if isinstance(metric, str) else list(metrics)
+        elif mode is not None:
+            modes = _modes(mode)  # raises ValueError for anything but min/max
+            mode = mode if isinstance(mode, str) else list(modes)
         # Ray's Searcher takes lists of metrics and modes (multi-objective) though its hints say str
         super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]
         self.seed = seed
         self.num_initial = num_initial
         self.num_candidates = num_candidates
         self._space: SearchSpace | None = None
-        if space is not None:
-            self._space = space if isinstance(space, SearchSpace) else space_from_ray(space)
+        if isinstance(space, Mapping) and not isinstance(space, SearchSpace):
+            self._space = space_from_ray(space)
+        elif space is not None:
+            self._space = as_space(space)  # a SearchSpace, or TypeError naming space
         self._optimizer: BayesianOptimizer | None = None
         self._live: dict[str, Config] = {}  # trial id -> config suggested and not yet completed
 
@@ -169,11 +178,10 @@ class GeoSearch(Searcher):
                 raise RuntimeError("GeoSearch has no search space: pass space= or a param_space to tune.Tuner")
             if not self._metric or not self._mode:
                 raise RuntimeError("GeoSearch needs metric= and mode=, here or in tune.TuneConfig")
-            metrics = self._metric if isinstance(self._metric, list) else [self._metric]
-            modes = _modes(self._mode)
+            _, modes = _objectives(self._metric, self._mode, name="metric")  # the Tuner's may not match this one's
             self._optimizer = BayesianOptimizer(
-                self._space, seed=self.seed, mode=modes * len(metrics) if len(modes) == 1 else modes,
-                num_initial=self.num_initial, num_candidates=self.num_candidates,
+                self._space, seed=self.seed, mode=modes, num_initial=self.num_initial,
+                num_candidates=self.num_candidates,
             )
         return self._optimizer
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from lightning_geo.utils.checks import check_bool
+
 Config = dict[str, Any]
 """One point of a search space: parameter name -> value (fixed values included)."""
 
@@ -154,6 +156,7 @@ def _check_range(dim: Float | Int, kind: type) -> None:
             raise TypeError(f"{name}: {bound}={value!r} must be an integer")
     if not dim.low < dim.high:
         raise ValueError(f"{name}: low ({dim.low}) must be smaller than high ({dim.high})")
+    check_bool(name, "log", dim.log)
     if dim.log and dim.low <= 0:
         raise ValueError(f"{name}: log=True needs a positive low, got low={dim.low}")
     object.__setattr__(dim, "low", kind(dim.low))
@@ -386,3 +389,18 @@ class SearchSpace(Mapping[str, Any]):
             except (ValueError, TypeError) as err:  # the dimension's own message, with the entry it is about
                 raise type(err)(f"{name}: {err}") from None
         return cls(parameters)
+
+
+def as_space(space: Any) -> SearchSpace:
+    """``space`` as a [`SearchSpace`][lightning_geo.tuning.SearchSpace]: a mapping ``{name: Float(...) | Int(...) |
+    Categorical(...) | fixed value}`` is wrapped in one.
+
+    Raises:
+        TypeError: naming ``space`` for anything else.
+    """
+    if isinstance(space, SearchSpace):
+        return space
+    if not isinstance(space, Mapping):
+        raise TypeError(f"space={space!r} must be a SearchSpace or a mapping of name -> Float(...), Int(...), "
+                        "Categorical(...) or fixed value")
+    return SearchSpace(space)

@@ -44,6 +44,27 @@ def check_heartbeat_s(heartbeat_s: Any) -> float:
     return float(heartbeat_s)
 
 
+def check_folder(folder: str | os.PathLike[str], *, name: str, value: Any) -> None:
+    """``ValueError`` naming ``name`` (the argument ``value`` was given as) unless ``folder`` is a folder this process
+    may write in, or could be created as one: its nearest existing parent is such a folder. Creates nothing."""
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        raise ValueError(f"{name}={str(value)!r}: {existing} is a file, so the folder {path} cannot be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}={str(value)!r}: this process may not write in {existing}, so the folder {path} "
+                         "cannot be made or written there")
+
+
+def make_folder(folder: str | os.PathLike[str], *, name: str, value: Any) -> None:
+    """Create ``folder`` (and its parents), or ``ValueError`` naming ``name`` if that fails (which ``check_folder``
+    cannot always tell without trying: root may write in ``/proc``, yet nothing can be made there)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{name}={str(value)!r}: cannot create the folder {folder} ({err.strerror or err})") from err
+
+
 @dataclass
 class StoredStudy:
     """What a storage file holds: finished trials in finishing order and trials that never finished."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,16 +16,17 @@ from lightning_geo.tuning.optimizer import (
     BayesianOptimizer,
     Mode,
     TuningError,
-    _modes,
+    _objectives,
     default_num_initial,
     pareto_mask,
 )
 from lightning_geo.tuning.pruners import Pruner, PruningRule, make_pruner
 from lightning_geo.tuning.reporter import MONITOR_MISSING
-from lightning_geo.tuning.space import Categorical, Config, SearchSpace
-from lightning_geo.tuning.storage import HEARTBEAT_S, JsonlStorage, check_heartbeat_s
+from lightning_geo.tuning.space import Categorical, Config, SearchSpace, as_space
+from lightning_geo.tuning.storage import HEARTBEAT_S, JsonlStorage, check_folder, check_heartbeat_s, make_folder
 from lightning_geo.tuning.study_log import StudyWriter, plot_study, progress_line, results_table
 from lightning_geo.tuning.trial import Trial, TrialRecord, TrialState
+from lightning_geo.utils.checks import check_bool
 
 if TYPE_CHECKING:
     from optuna.pruners import BasePruner
@@ -51,7 +52,8 @@ class GeoTuner:
     together at ``max_trials`` finished trials.
 
     Args:
-        space: What to search over.
+        space: What to search over: a [`SearchSpace`][lightning_geo.tuning.SearchSpace], or the mapping one is built
+            from (``{"lr": Float(1e-4, 1e-1, log=True), "epochs": 3}``).
         monitor: The metric to optimise, a key of ``trainer.callback_metrics`` (``"val_loss"`` by default); a
             sequence of names makes a multi-objective study (e.g. ``("val_loss", "step_time")``), whose result
             is a Pareto front; such trials are not pruned.
@@ -62,16 +64,17 @@ class GeoTuner:
         executor: ``"in_process"`` (default), ``"subprocess"`` (each trial in a fresh process, isolated from
             crashes and out-of-memory kills, one device each), or a
             [`TrialExecutor`][lightning_geo.tuning.TrialExecutor] (e.g. ``RayExecutor``: each trial a Ray task).
-        devices: With ``executor="subprocess"``: the ``CUDA_VISIBLE_DEVICES`` value of each parallel slot (any
-            other executor refuses it: in this process the trial's Trainer picks its devices, and an executor of
-            yours places its trials itself).
+        devices: With ``executor="subprocess"``: a list of the ``CUDA_VISIBLE_DEVICES`` value of each parallel
+            slot, e.g. ``[0, 1]`` (any other executor refuses it: in this process the trial's Trainer picks its
+            devices, and an executor of yours places its trials itself).
         pruner: ``"median"`` (default), ``"curve"``, ``None`` (never prune) or a
             [`Pruner`][lightning_geo.tuning.Pruner]; on an Optuna ``storage``, also an Optuna pruner
             (``optuna.pruners.MedianPruner(n_startup_trials=5)``, ``GeoCurvePruner()``, any
             ``optuna.pruners.BasePruner``), which then decides on the Optuna study.
-        log_dir: Root folder of the study's TensorBoard runs and storage. Default ``"tuning"``.
+        log_dir: Root folder of the study's TensorBoard runs and storage; it must be a folder this process can
+            write or create. Default ``"tuning"``.
         study_name: The study's folder under ``log_dir``: ``<log_dir>/<study_name>/``. Default ``"study"``.
-        storage: The trial file; default ``<log_dir>/<study_name>/trials.jsonl``. An Optuna storage URL
+        storage: The trial file (not a folder); default ``<log_dir>/<study_name>/trials.jsonl``. An Optuna storage URL
             (``"sqlite:///tuning/study.db"``) or ``optuna.storages`` instance (``JournalStorage`` for a shared file
             system) keeps the study as the Optuna study ``study_name`` there instead, which ``optuna.load_study``
             and ``optuna-dashboard`` open (needs ``pip install lightning-geo[optuna]``); same resume contract,
@@ -89,6 +92,12 @@ class GeoTuner:
             runs; a trial of a process on another machine whose last heartbeat is 10 of its beats old is taken for
             interrupted and run again by a process of the study. Default 30 (5 minutes to take over).
 
+    Raises:
+        ValueError: for a bad ``monitor``, ``mode``, trial count, ``executor``, ``pruner``, ``study_name``,
+            ``storage`` or ``heartbeat_s``, or a ``log_dir`` this process cannot write in.
+        TypeError: for a ``space`` that is neither a SearchSpace nor a mapping, ``devices`` that are not a list of
+            device ids, a ``seed`` that is not an integer, or a ``resume``/``verbose`` that is not a bool.
+
     Example:
         ```python
         def train_fn(config, trial):
@@ -104,7 +113,7 @@ class GeoTuner:
 
     def __init__(
         self,
-        space: SearchSpace,
+        space: SearchSpace | Mapping[str, Any],
         *,
         monitor: str | Sequence[str] = "val_loss",
         mode: Mode | Sequence[Mode] = "min",
@@ -123,23 +132,14 @@ class GeoTuner:
         verbose: bool = True,
         heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
-        self.monitor = (monitor,) if isinstance(monitor, str) else tuple(monitor)
-        if not self.monitor or not all(isinstance(m, str) and m for m in self.monitor):
-            raise ValueError(f"monitor={monitor!r} must be a metric name or a non-empty sequence of names")
-        modes = _modes(mode)
-        if isinstance(mode, str) and len(self.monitor) > 1:  # one mode for every metric
-            modes = modes * len(self.monitor)
-        if len(modes) != len(self.monitor):
-            raise ValueError(
-                f"mode={mode!r} has {len(modes)} entries but monitor={list(self.monitor)!r} has {len(self.monitor)}: "
-                f"give one entry per monitored metric, e.g. mode={['min'] * len(self.monitor)!r}, or one string "
-                "for all of them"
-            )
-        self.mode = modes
+        space = as_space(space)
+        self.monitor, self.mode = _objectives(monitor, mode)
         for name, value in (("max_trials", max_trials), ("n_parallel", n_parallel),
                             ("max_consecutive_failures", max_consecutive_failures)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        check_bool("GeoTuner", "resume", resume)
+        check_bool("GeoTuner", "verbose", verbose)
         if not isinstance(study_name, str) or not _NAME.match(study_name):
             raise ValueError(f"study_name={study_name!r} must be a folder name of letters, digits, '_', '.', '-'")
         self.space = space
@@ -149,7 +149,9 @@ class GeoTuner:
             raise ValueError(
                 f"n_parallel={n_parallel} differs from the executor's own n_parallel={executor.n_parallel}"
             )
+        self.log_dir = log_dir
         self.study_dir = Path(log_dir) / study_name
+        check_folder(self.study_dir, name="log_dir", value=log_dir)
         if isinstance(storage, str) and "://" not in storage and _URL_WITHOUT_SLASHES.match(storage):
             raise ValueError(f"storage={storage!r} looks like a database URL without '//' (it would be taken for a "
                              "file name); write it as 'sqlite:///path/to/study.db'")
@@ -161,10 +163,16 @@ class GeoTuner:
                                   f"({err}): pip install lightning-geo[optuna], or leave storage= out for the JSON "
                                   "lines file") from err
 
-            self.storage: JsonlStorage | OptunaStorage = OptunaStorage(storage, study_name, space, modes,
+            self.storage: JsonlStorage | OptunaStorage = OptunaStorage(storage, study_name, space, self.mode,
                                                                        heartbeat_s=heartbeat_s)
         else:
             check_heartbeat_s(heartbeat_s)
+            if storage is not None and Path(storage).is_dir():
+                raise ValueError(f"storage={str(storage)!r} is a folder; storage= is the trial file, e.g. "
+                                 f"{str(Path(storage) / 'trials.jsonl')!r} (leave it out for "
+                                 "<log_dir>/<study_name>/trials.jsonl)")
+            if storage is not None:
+                check_folder(Path(storage).parent, name="storage", value=storage)
             self.storage = JsonlStorage(storage if storage is not None else self.study_dir / "trials.jsonl")
         self.pruner = self._check_pruner(pruner)
         self.resume = resume
@@ -172,7 +180,7 @@ class GeoTuner:
         self.verbose = verbose
         self.seed = seed
         self.num_initial = num_initial if num_initial is not None else default_num_initial(space.d, max_trials)
-        self.optimizer = BayesianOptimizer(space, seed=seed, mode=modes, num_initial=self.num_initial)
+        self.optimizer = BayesianOptimizer(space, seed=seed, mode=self.mode, num_initial=self.num_initial)
         self.trials: list[TrialRecord] = []
         self._warn_if_too_small()
 
@@ -290,10 +298,12 @@ class GeoTuner:
 
         Raises:
             TuningError: after ``max_consecutive_failures`` failed trials in a row (with the last error).
-            ValueError: if ``resume=False`` and the storage already holds trials, or it holds another study.
+            ValueError: if ``resume=False`` and the storage already holds trials, or it holds another study, or the
+                study's folder under ``log_dir`` cannot be created.
         """
         if not callable(train_fn):
             raise TypeError(f"train_fn must be callable as train_fn(config, trial), got {train_fn!r}")
+        make_folder(self.study_dir, name="log_dir", value=self.log_dir)
         stored = self.storage.open(self._header())
         if stored.finished and not self.resume:
             raise ValueError(f"{self.storage.path} already holds {len(stored.finished)} trials; pass resume=True "

@@ -46,6 +46,7 @@ def reduce_tensor(
 
     Raises:
         ValueError: if ``op`` is not one of the four above.
+        TypeError: if ``tensor`` is neither a tensor nor a Python number.
 
     Example:
         ```python
@@ -55,6 +56,8 @@ def reduce_tensor(
     if op not in _REDUCE_OPS:
         raise ValueError(f"op={op!r} is not supported; expected one of {list(_REDUCE_OPS)}")
     strategy = _strategy(trainer_or_strategy)
+    if isinstance(tensor, str) or not isinstance(tensor, torch.Tensor | int | float):
+        raise TypeError(f"reduce_tensor: tensor={tensor!r} must be a tensor or a Python number")
     value = torch.as_tensor(tensor)
     # Lightning's reduce is in place and NCCL needs the tensor on the rank's own device.
     work = value.detach().to(strategy.root_device, copy=True)
