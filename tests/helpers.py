@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_geo.strategies.geo_hybrid import _leave_process_group as leave_process_group
 
 
 class SpawnDDPWithCleanExit(DDPStrategy):
@@ -29,15 +30,7 @@ class SpawnDDPWithCleanExit(DDPStrategy):
 
     def teardown(self) -> None:
         super().teardown()
-        if not torch.distributed.is_initialized():
-            return
-        try:
-            # bounded, so that a test where only one rank failed ends with its error instead of hanging here
-            torch.distributed.monitored_barrier(timeout=timedelta(seconds=60))
-        except RuntimeError:
-            pass
-        finally:
-            torch.distributed.destroy_process_group()
+        leave_process_group()  # geo_hybrid's own exit: a bounded barrier, then destroy
 
 
 if "ddp_spawn_clean_exit" not in StrategyRegistry:

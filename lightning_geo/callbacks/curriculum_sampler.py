@@ -49,6 +49,12 @@ def _per_rank_size(num_samples: int, batch_size: int, batch: int, head: tuple[in
     return per_rank
 
 
+def _saved_head(state: dict[str, Any]) -> tuple[int, int] | None:
+    """The ``head`` of a saved state as ``(batch, samples)``; ``None`` when absent (and in older checkpoints)."""
+    head = state.get("head")
+    return (int(head[0]), int(head[1])) if head else None
+
+
 class CurriculumSampler(DistributedSampler):
     """A deterministic, resumable, DDP-sharded sampler whose pool grows with the curriculum's threshold.
 
@@ -316,12 +322,11 @@ class CurriculumSampler(DistributedSampler):
         self.threshold = float(state["threshold"])
         self.hard_share = float(state["hard_share"])
         self._iteration += 1  # an iterator made before the restore must not draw any more
-        head = state.get("head")
         saved_world = (int(state["num_replicas"]), int(state["batch_size"]))
         if saved_world == (self.num_replicas, self.batch_size):
             self._consumed = int(state["consumed"])
             self._pending = [list(b) for b in state["pending"]]
-            self._head = (int(head[0]), int(head[1])) if head else None
+            self._head = _saved_head(state)
             self.resharded_from, self.reshard_batch_shift = None, 0
             return
         self.resharded_from = saved_world
@@ -329,7 +334,7 @@ class CurriculumSampler(DistributedSampler):
 
     def _reshard(self, state: dict[str, Any], num_replicas: int, batch_size: int) -> None:
         """Continue the checkpoint's epoch, drawn for ``num_replicas`` x ``batch_size``, in this run's batches."""
-        saved_head = (int(state["head"][0]), int(state["head"][1])) if state.get("head") else None
+        saved_head = _saved_head(state)
         saved_samples = math.ceil(self._size / num_replicas)  # per rank and epoch, in the saved run
         saved_consumed = int(state["consumed"])
         trained = sum(_per_rank_size(saved_samples, batch_size, b, saved_head) * num_replicas
