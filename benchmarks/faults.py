@@ -1,6 +1,7 @@
 """Kill a GEO run anywhere, resume it with ``ckpt_path="last"``: does it continue the uninterrupted run bit for bit?
 
-``python benchmarks/faults.py [--kills 36] [--kills-2p 14] [--control-kills 10] [--steps 12] [--seed 0]``
+``python benchmarks/faults.py [--kills 36] [--kills-2p 14] [--control-kills 10] [--tuner-kills 10]
+[--reshard-seeds 3] [--steps 12] [--seed 0] [--out PATH]``
 
 Each run is ``tests/geo_hybrid_worker.py`` (the worker of the distributed tests): the demo model under
 ``strategy="geo_hybrid"`` (the single-device plan in one process, FSDP over two), with every GEO part on
@@ -23,6 +24,19 @@ fails, or that reads a checkpoint a kill cut short, counts as a corrupt checkpoi
 
 The control arm (``--control-kills``) saves as Lightning's ``ModelParallelStrategy`` does (into the checkpoint's
 own folder, over the previous one) and is killed ``in-save`` the same way.
+
+The tuner segment (``--tuner-kills``, ``benchmarks/faults_tuner.py``, whose docstring has the details) kills one of
+two ``GeoTuner`` processes sharing a SQLite study mid-trial (in its objective, or while it writes a trial's start, a
+report or the result) and checks the study: no trial lost, none doubled, its trials and best those of an unkilled
+study with the same seed.
+
+The reshard segment (``--reshard-seeds``, ``benchmarks/faults_reshard.py``) resumes the same every-part run on
+another number of processes (2 -> 1, 1 -> 2, 2 -> 4) from a checkpoint at a step drawn per seed and case: the
+samples, loss scales, density statistics and GeoAdamW's row state must continue exactly, the losses, moments and
+weights within stated bounds (the gradients are summed over another number of processes, in another order).
+
+The results file is written when every segment ran (each count above zero), or to ``--out``: a partial run does not
+replace the published campaign.
 """
 
 from __future__ import annotations
@@ -42,6 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_common import Transcript, code_version, command_line, write_results
+from faults_reshard import LOSS_RTOL, MOMENT_RTOL, WEIGHT_ATOL_PER_STEP, run_reshard_resumes
+from faults_reshard import table as reshard_table
+from faults_tuner import NUM_TRIALS, kill_rows, run_tuner_kills, summary_rows, target_line
 
 from lightning_geo.utils.table import format_table
 
@@ -198,10 +215,16 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=36, help="kills of one-process runs (the modes in turn)")
     parser.add_argument("--kills-2p", type=int, default=14, help="kills of two-process FSDP runs")
     parser.add_argument("--control-kills", type=int, default=10, help="in-save kills of the in-place control arm")
+    parser.add_argument("--tuner-kills", type=int, default=10,
+                        help="kills of a GeoTuner process sharing a SQLite study (0 skips the tuner segment)")
+    parser.add_argument("--reshard-seeds", type=int, default=3,
+                        help="seeds of resumes on another number of processes (2->1, 1->2, 2->4 each; 0 skips)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"results file (default {RESULTS.relative_to(ROOT)}: only when every segment runs)")
     args = parser.parse_args()
-    for flag in ("kills", "kills_2p", "control_kills", "steps"):
+    for flag in ("kills", "kills_2p", "control_kills", "tuner_kills", "reshard_seeds", "steps"):
         if getattr(args, flag) < (1 if flag == "steps" else 0):
             parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be non-negative (steps positive)")
     version, rng, say = code_version(), random.Random(args.seed), Transcript()
@@ -223,16 +246,40 @@ def main() -> None:
                 f"{'resumed from step ' + str(k.resumed_from) if k.resumed_from is not None else k.error}"
                 + ("" if k.losses_equal is None else f", losses {'equal' if k.losses_equal else 'DIFFER'}, "
                    f"weights {'equal' if k.weights_equal else 'DIFFER'}"))
+        tuner_started = time.monotonic()
+        tuner_kills = run_tuner_kills(work, args.tuner_kills, args.seed, rng, say)[0] if args.tuner_kills else []
+        if args.tuner_kills:
+            say(f"tuner segment: {time.monotonic() - tuner_started:.0f} s")
+        reshard = []
+        for seed in range(args.seed, args.seed + args.reshard_seeds):
+            reshard += run_reshard_resumes(seed, work=work / f"reshard_{seed}", from_start=True)
+            say(f"resumes on another number of processes, seed {seed}: "
+                + ", ".join(f"{r['case']} at step {r['resume_step']} {r['outcome']}" for r in reshard[-3:]))
     mark = say.mark()
-    say(f"# Kill anywhere, resume with ckpt_path='last' ({args.steps} steps, checkpoint every 2, seed {args.seed})")
-    say()
-    say(format_table(["#", "arm", "procs", "kill", "phase at the kill (step)", "resumed from", "losses", "weights",
-                      "error"],
-                     [[i + 1, k.arm, k.processes, k.mode, k.phase, "" if k.resumed_from is None else k.resumed_from,
-                       {True: "equal", False: "DIFFER", None: ""}[k.losses_equal],
-                       {True: "equal", False: "DIFFER", None: ""}[k.weights_equal], k.error]
-                      for i, k in enumerate(done)]))
-    say()
+    if done:
+        say(f"# Kill anywhere, resume with ckpt_path='last' ({args.steps} steps, checkpoint every 2, seed {args.seed})")
+        say()
+        say(format_table(["#", "arm", "procs", "kill", "phase at the kill (step)", "resumed from", "losses",
+                          "weights", "error"],
+                         [[i + 1, k.arm, k.processes, k.mode, k.phase,
+                           "" if k.resumed_from is None else k.resumed_from,
+                           {True: "equal", False: "DIFFER", None: ""}[k.losses_equal],
+                           {True: "equal", False: "DIFFER", None: ""}[k.weights_equal], k.error]
+                          for i, k in enumerate(done)]))
+        say()
+    if tuner_kills:
+        say(f"# The tuner killed mid-trial: GeoTuner, two processes on one SQLite study of {NUM_TRIALS} trials, "
+            f"one SIGKILLed (seed {args.seed})")
+        say()
+        say(format_table(*kill_rows(tuner_kills, first=len(done) + 1)))
+        say()
+    if reshard:
+        say(f"# Resumed on another number of processes ({len(reshard) // 3} seeds from {args.seed}; 6 steps, epochs "
+            "of 3, a checkpoint after every step; the resume step drawn per case; 'from start' is an uninterrupted "
+            "run on the new number of processes, for scale)")
+        say()
+        say(reshard_table(reshard))
+        say()
     rows = []
     for arm, processes in sorted({(k.arm, k.processes) for k in done}):
         group = [k for k in done if (k.arm, k.processes) == (arm, processes) and k.phase != "ended before the kill"]
@@ -244,14 +291,39 @@ def main() -> None:
             phases[name] = phases.get(name, 0) + 1
         rows.append([arm, processes, len(group), f"{exact}/{len(group)}", failed,
                      ", ".join(f"{p} {n}" for p, n in sorted(phases.items()))])
+    rows += summary_rows(tuner_kills)
+    for case in sorted({r["case"] for r in reshard}, key=lambda c: reshard.index(next(r for r in reshard
+                                                                                        if r["case"] == c))):
+        group = [r for r in reshard if r["case"] == case]
+        within = sum(r["outcome"] == "within bound" for r in group)
+        rows.append([f"processes {case}", case.replace("->", "/"), len(group), f"{within}/{len(group)} within bound",
+                     len(group) - within, ", ".join(f"step {r['resume_step']}" for r in group)])
     say(format_table(["arm", "procs", "kills", "bit-for-bit resumes", "failed resumes", "phases hit"], rows))
-    geo = [k for k in done if k.arm == "geo" and k.phase != "ended before the kill"]
-    met = bool(geo) and all(k.losses_equal and k.weights_equal for k in geo)
+    if tuner_kills:
+        say("(a tuner study resumes bit for bit when it ends with every trial complete once, with the unkilled study's")
+        say(" configs and values bit for bit and its best; it fails with a lost or doubled trial or an error)")
     say()
-    say(f"target: every GEO resume continues bit for bit and no corrupt checkpoint is picked up: "
-        f"{'met' if met else 'NOT met'} ({sum(bool(k.losses_equal and k.weights_equal) for k in geo)}/{len(geo)})")
+    geo = [k for k in done if k.arm == "geo" and k.phase != "ended before the kill"]
+    if geo:
+        met = all(k.losses_equal and k.weights_equal for k in geo)
+        say(f"target: every GEO resume continues bit for bit and no corrupt checkpoint is picked up: "
+            f"{'met' if met else 'NOT met'} ({sum(bool(k.losses_equal and k.weights_equal) for k in geo)}/{len(geo)})")
+    if tuner_kills:
+        say(target_line(tuner_kills))
+    if reshard:
+        within = sum(r["outcome"] == "within bound" for r in reshard)
+        say(f"target: every resume on another number of processes within the bounds (losses {LOSS_RTOL:g} and Adam "
+            f"moments' norms {MOMENT_RTOL:g} relative, weights {WEIGHT_ATOL_PER_STEP:g} per step after the resume, "
+            f"samples, scales, density and row state exact): {'met' if within == len(reshard) else 'NOT met'} "
+            f"({within}/{len(reshard)})")
     say(f"\ncommand: {command_line(__file__)}")
-    write_results(RESULTS, say.since(mark), version=version)
+    every_segment = all(getattr(args, flag) > 0
+                        for flag in ("kills", "kills_2p", "control_kills", "tuner_kills", "reshard_seeds"))
+    if args.out is not None or every_segment:
+        write_results(args.out or RESULTS, say.since(mark), version=version)
+    else:
+        print(f"\nnot written: a run without every segment does not replace {RESULTS.relative_to(ROOT)} "
+              "(pass --out to write it elsewhere)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared pytest set-up: the ``gpu`` marker skips cleanly without CUDA; fixtures for tiny corpora."""
+"""Shared pytest set-up: the ``gpu`` marker skips cleanly without CUDA, the ``four_processes`` marker unless selected
+(``-m four_processes``); fixtures for tiny corpora."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
     skip_gpu = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False on this machine")
+    skip_four = pytest.mark.skip(reason="a 4-process run: select it with -m four_processes")
+    four_selected = "four_processes" in (config.getoption("markexpr", "") or "")
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if "four_processes" in item.keywords and not four_selected:
+            item.add_marker(skip_four)
 
 
 @pytest.fixture

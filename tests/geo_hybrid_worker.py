@@ -1,9 +1,11 @@
 """One training run of the demo model for the geo_hybrid tests, started by ``torchrun`` (or plain python).
 
-Writes ``<out>/result.json`` on rank 0: the global mean training loss of every step, the plan, the mesh, the
-per-rank sample indices of the first step and what the strategy applied. The global batch is always 8
-samples in dataset order (no shuffling), so every layout sees the same samples at the same step and the
-losses of a 1-process run and a parallel one must agree to rounding.
+Writes ``<out>/result.json`` on rank 0: the global mean training loss of every step, the dataset indices of
+every step's global batch (``samples``: the data-parallel ranks' slices in rank order), the plan, the mesh and
+what the strategy applied; with ``--geo`` also the final state of GeoAdamW (``optimizer``), of the density
+statistics (``sparsity``), of the precision plugin (``precision``) and of the curriculum (``curriculum``). The
+global batch is always 8 samples, in dataset order without ``--shuffle``, so every layout sees the same samples
+at the same step and the losses of a 1-process run and a parallel one must agree to rounding.
 """
 
 from __future__ import annotations
@@ -60,6 +62,59 @@ class Model(CharLanguageModel):
         loss = super().training_step(batch, batch_idx)
         self.losses.append(float(self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")))
         return loss
+
+
+class SampleIds(Callback):
+    """The dataset index of every row this rank trains on, per step, read off the batch's full-length inputs
+    (before the curriculum shortens them: put it before ``DynamicCurriculum`` in the callbacks), so the samples
+    are observed independently of the sampler that drew them."""
+
+    def __init__(self, dataset: Windows) -> None:
+        self.index = {tuple(x.tolist()): i for i, (x, _) in enumerate(dataset.samples)}
+        self.steps: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.steps.append([self.index[tuple(row.tolist())] for row in batch[0]])
+
+    def global_batches(self, data_parallel_rank: int) -> list[list[int]]:
+        """Every step's global batch: the data-parallel ranks' rows in rank order (a collective on every rank
+        while the process group is up; ranks of one tensor-parallel group read the same rows, taken once)."""
+        gathered: list = [(data_parallel_rank, self.steps)]
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (data_parallel_rank, self.steps))
+        by_rank = {}
+        for rank, steps in gathered:
+            by_rank.setdefault(rank, steps)
+        return [[i for rank in sorted(by_rank) for i in by_rank[rank][step]] for step in range(len(self.steps))]
+
+
+def _whole(tensor) -> torch.Tensor:
+    """A tensor in full (a DTensor gathered from its shards: a collective), as float64 on the CPU."""
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().double().cpu()
+
+
+def optimizer_state(model, optimizer) -> dict[str, dict]:
+    """Per parameter name, its optimizer state: 0-D and 1-D entries (step, GeoAdamW's ``row_step`` and
+    ``density_ema``) in full, larger ones (the moments) as float64 norms. Every rank must call it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():  # a validation leaves FSDP's root module unsharded: other parameter objects
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    out: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        state = optimizer.state.get(param, {})
+        entry: dict = {}
+        for key in sorted(state):
+            value = state[key]
+            if isinstance(value, torch.Tensor):
+                whole = _whole(value)
+                entry[key] = whole.tolist() if whole.dim() <= 1 else float(whole.norm())
+            elif isinstance(value, (int, float, str)):
+                entry[key] = value
+        out[name] = entry
+    return out
 
 
 class GeoRecorder(Callback):
@@ -171,6 +226,8 @@ def main() -> None:
                         help="with --geo: every block region at its own scale (ForceBlockScales)")
     parser.add_argument("--precision", default="16-mixed",
                         help="with --geo: the precision plugin's precision; '32': no plugin, float32")
+    parser.add_argument("--save-weights", action="store_true",
+                        help="also write the final parameters, whole, to <out>/weights.pt (rank 0)")
     args = parser.parse_args()
 
     devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -186,6 +243,7 @@ def main() -> None:
     model = Model(max_steps=args.steps, **({"optimizer": args.geo} if args.geo else {}))
     out = Path(args.out)
     geo = GeoRecorder() if args.geo else None
+    sample_ids = SampleIds(Windows(3 * GLOBAL_BATCH))
     geo_parts: dict = {} if geo is None else {
         "plugins": [] if args.precision == "32" else [PredictiveScalingPrecision(args.precision)],
         "callbacks": [DynamicCurriculum(mode="seq_len", deadline=0.5, min_seq_len=4, seq_len_step=4),
@@ -198,7 +256,7 @@ def main() -> None:
         enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=args.shuffle,
         limit_val_batches=2 if args.validate else 0,
         log_every_n_steps=1,
-        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=-1,
+        callbacks=[sample_ids, ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=-1,
                                    save_last=args.save_last),
                    *geo_parts.get("callbacks", []), *([PhaseTrace(args.trace)] if args.trace else [])],
         plugins=geo_parts.get("plugins"),
@@ -235,9 +293,15 @@ def main() -> None:
     # every rank joins the gathers of sharded parameters; float64 sums: a fingerprint of the final weights
     weights = [float((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum())
                for p in model.parameters()]
+    whole = {name: _whole(p).float() for name, p in model.named_parameters()} if args.save_weights else {}
+    samples = sample_ids.global_batches(sampler_kwargs.get("rank", 0))
+    optimizer = optimizer_state(model, trainer.optimizers[0]) if geo is not None else None
     if trainer.is_global_zero:
         result = {"losses": model.losses, "parameters": sum(p.numel() for p in model.parameters()), "weights": weights,
-                  "world_size": trainer.world_size, "global_step": trainer.global_step}
+                  "world_size": trainer.world_size, "global_step": trainer.global_step, "samples": samples,
+                  "train_samples": len(sample_ids.index)}
+        if args.save_weights:
+            torch.save(whole, out / "weights.pt")
         if isinstance(trainer.strategy, GeoHybridStrategy):
             plan = trainer.strategy.plan
             result.update(plan=plan.name, mesh=list(plan.mesh_shape), applied={
@@ -247,6 +311,21 @@ def main() -> None:
                 nodes=[node.source for node in trainer.strategy.cluster.nodes])
         if geo is not None:
             result["geo"] = geo.record
+            result["optimizer"] = optimizer
+            sparsity = next(c for c in trainer.callbacks if isinstance(c, SparsityAwareLR)).tracker
+            result["sparsity"] = {"row_density": sparsity.row_density, "measurements": sparsity.measurements,
+                                  "pending_steps": sparsity.pending_steps,
+                                  "hit_counts": {n: c.tolist() for n, c in sparsity.hit_counts.items()}}
+            curriculum = next(c for c in trainer.callbacks if isinstance(c, DynamicCurriculum))
+            estimator = curriculum.state_dict()["estimator"]  # the mastery estimate's smoothed loss per batch
+            result["curriculum"] = {"threshold": curriculum.threshold, "progress": curriculum.progress,
+                                    "samples_seen": curriculum.samples_seen, "tokens_seen": curriculum.tokens_seen,
+                                    "smoothed_losses": estimator["history"]}
+            precision = trainer.precision_plugin
+            if isinstance(precision, PredictiveScalingPrecision):
+                state = precision.state_dict()
+                result["precision"] = {"steps": state["steps"], "skipped_steps": state["skipped_steps"],
+                                       "regions": state["regions"]["names"], "scales": state["regions"]["scales"]}
         (out / "result.json").write_text(json.dumps(result))
     # every rank leaves the gloo group together, whatever strategy ran (Lightning's DDP leaves it to exit)
     leave_process_group()

@@ -18,7 +18,7 @@ from lightning_geo.callbacks import BatchSizeSchedule, GradientNoiseScale, Spars
 from lightning_geo.callbacks.batch_size_schedule import target_accumulation
 from lightning_geo.callbacks.noise_scale import noise_scale_terms
 from lightning_geo.demo.plot import read_scalars
-from tests.helpers import DDP_SPAWN_CPU, TinyModel, TinyTextModel, tiny_trainer
+from tests.helpers import DDP_CPU, TinyModel, TinyTextModel, tiny_trainer
 
 MICRO_BATCH = 8
 
@@ -264,7 +264,7 @@ class DecisionDump(pl.Callback):
 def test_two_ranks_hold_the_same_estimate_and_take_the_same_decisions(tmp_path):
     model = MeanEstimation(num_samples=1024, shift=2.0, lr=0.1)
     schedule = BatchSizeSchedule(min_accumulation=2, max_accumulation=8, ema=0.5, estimate_every=1)
-    trainer = _trainer(tmp_path, [schedule, DecisionDump(tmp_path)], **DDP_SPAWN_CPU)
+    trainer = _trainer(tmp_path, [schedule, DecisionDump(tmp_path)], **DDP_CPU)
     trainer.fit(model)
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1

@@ -21,7 +21,7 @@ from lightning_geo.callbacks import CurriculumSampler, DynamicCurriculum
 from lightning_geo.callbacks.curriculum_pacing import Deadline, MasteryEstimator, fixed_pace, next_threshold
 from lightning_geo.callbacks.curriculum_scores import UNSEEN, compute_scores
 from lightning_geo.callbacks.curriculum_seq_len import shorten_batch_
-from tests.helpers import DDP_SPAWN_CPU, tiny_trainer
+from tests.helpers import DDP_CPU, tiny_trainer
 
 NUM_SAMPLES = 96
 SEQ = 16
@@ -514,7 +514,7 @@ def test_loss_scorer_needs_per_sample_losses(tmp_path: Path) -> None:
 @pytest.mark.ddp
 def test_ddp_ranks_get_disjoint_equal_shards_and_agree_on_the_threshold(tmp_path: Path) -> None:
     curriculum = DynamicCurriculum(scorer="loss", deadline="10 steps", mastery_window=3, hard_fraction=0.25)
-    _fit(tmp_path, curriculum, recorder=Recorder(tmp_path), max_steps=12, **DDP_SPAWN_CPU)
+    _fit(tmp_path, curriculum, recorder=Recorder(tmp_path), max_steps=12, **DDP_CPU)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 12
     for a, b in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True):
@@ -526,7 +526,7 @@ def test_ddp_ranks_get_disjoint_equal_shards_and_agree_on_the_threshold(tmp_path
 def test_ddp_scoring_error_on_rank_zero_fails_every_rank_instead_of_hanging(tmp_path: Path) -> None:
     # Both spawned ranks exit with the error (a hang would time the test out); spawn re-raises rank 0's.
     with pytest.raises(ProcessRaisedException, match="every training sample has length 5"):
-        _fit(tmp_path, DynamicCurriculum(scorer="length"), Regressor(sampler="fixed_length"), **DDP_SPAWN_CPU)
+        _fit(tmp_path, DynamicCurriculum(scorer="length"), Regressor(sampler="fixed_length"), **DDP_CPU)
 
 
 @pytest.mark.ddp
@@ -535,7 +535,7 @@ def test_ddp_resume_continues_every_ranks_batches_exactly(tmp_path: Path) -> Non
         (tmp_path / name).mkdir()
         curriculum = DynamicCurriculum(scorer="loss", deadline="16 steps", mastery_window=3, hard_fraction=0.25)
         _fit(
-            tmp_path / name, curriculum, recorder=Recorder(tmp_path / name), max_steps=16, **DDP_SPAWN_CPU, **overrides
+            tmp_path / name, curriculum, recorder=Recorder(tmp_path / name), max_steps=16, **DDP_CPU, **overrides
         )
 
     def batches(name: str) -> list[list[list[int]]]:

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from lightning_geo.callbacks import CurriculumSampler, DynamicCurriculum
-from tests.helpers import DDP_SPAWN_CPU, tiny_trainer
+from tests.helpers import DDP_CPU, tiny_trainer
 from tests.test_curriculum import NUM_SAMPLES, CrashAt, Regressor
 
 SAMPLES = 96
@@ -128,6 +128,14 @@ class EpochBatches(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self.path is not None:
             (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.batches))
+            (self.path / "curriculum.json").write_text(json.dumps(_counts(trainer)))
+
+
+def _counts(trainer: pl.Trainer) -> dict[str, Any]:
+    """The curriculum's token count and the smoothed training loss of each batch its mastery estimate read."""
+    curriculum = next(c for c in trainer.callbacks if isinstance(c, DynamicCurriculum))  # type: ignore[attr-defined]
+    state = curriculum.state_dict()
+    return {"tokens_seen": state["tokens_seen"], "smoothed_losses": state["estimator"]["history"]}
 
 
 def _curriculum() -> DynamicCurriculum:
@@ -136,27 +144,42 @@ def _curriculum() -> DynamicCurriculum:
 
 def _two_processes(path: Path, **overrides: Any) -> None:
     path.mkdir()
-    trainer = tiny_trainer(path, max_steps=8, limit_val_batches=0, **DDP_SPAWN_CPU,
+    trainer = tiny_trainer(path, max_steps=8, limit_val_batches=0, **DDP_CPU,
                            callbacks=[_curriculum(), EpochBatches(path), *overrides.pop("callbacks", [])], **overrides)
     trainer.fit(Regressor(batch_size=8))
 
 
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of an uninterrupted two-process run (``full``) and of one crashed after step 5 with a checkpoint
+    after step 4 (``ckpt``): made once for both batch sizes of the resume below."""
+    runs = tmp_path_factory.mktemp("two_processes")
+    _two_processes(runs / "full")
+    checkpoint = ModelCheckpoint(dirpath=runs / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    with pytest.raises((ProcessRaisedException, ProcessExitedException)):
+        _two_processes(runs / "first", callbacks=[checkpoint, CrashAt(5)], enable_checkpointing=True)
+    return runs
+
+
 @pytest.mark.ddp
 @pytest.mark.parametrize("batch_size", [8, 16], ids=["same-batch-per-process", "same-global-batch"])
-def test_a_two_process_run_resumed_on_one_trains_the_rest_of_its_epoch_once(tmp_path: Path, batch_size: int):
-    """6 batches of 2 x 8 per epoch; checkpoint after 4 (64 samples trained), resumed on one process."""
-    _two_processes(tmp_path / "full")
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
-    with pytest.raises((ProcessRaisedException, ProcessExitedException)):
-        _two_processes(tmp_path / "first", callbacks=[checkpoint, CrashAt(5)], enable_checkpointing=True)
-    full = [json.loads((tmp_path / "full" / f"rank{r}.json").read_text()) for r in range(2)]
+def test_a_two_process_run_resumed_on_one_trains_the_rest_of_its_epoch_once(tmp_path: Path, two_process_run: Path,
+                                                                             batch_size: int):
+    """6 batches of 2 x 8 per epoch; checkpoint after 4 (64 samples trained), resumed on one process. The losses and
+    token counts of the 4 batches the curriculum had not read yet at the save are every rank's (the mean loss, the
+    tokens summed), as in the uninterrupted run, not rank 0's alone."""
+    full = [json.loads((two_process_run / "full" / f"rank{r}.json").read_text()) for r in range(2)]
     trained = [i for rank in full for _, _, indices in rank[:4] for i in indices]
     record = EpochBatches()
     trainer = tiny_trainer(tmp_path / "resumed", max_steps=4 + 2 * 32 // batch_size, limit_val_batches=0,
                            callbacks=[_curriculum(), record])
-    trainer.fit(Regressor(batch_size=batch_size), ckpt_path=str(next((tmp_path / "ckpt").glob("*step=4*.ckpt"))))
+    trainer.fit(Regressor(batch_size=batch_size), ckpt_path=str(next((two_process_run / "ckpt").glob("*step=4*.ckpt"))))
     epoch_0 = [b for b in record.batches if b[0] == 0]
     assert [index for _, index, _ in epoch_0] == list(range(64 // batch_size, NUM_SAMPLES // batch_size))
     assert sorted(trained + [i for _, _, indices in epoch_0 for i in indices]) == list(range(NUM_SAMPLES))
     epoch_1 = [b for b in record.batches if b[0] == 1]
     assert [index for _, index, _ in epoch_1] == list(range(32 // batch_size))  # the next epoch, from its start
+    uninterrupted, resumed = json.loads((two_process_run / "full" / "curriculum.json").read_text()), _counts(trainer)
+    assert resumed["smoothed_losses"][:4] == pytest.approx(uninterrupted["smoothed_losses"][:4], rel=1e-6)
+    if batch_size == 16:  # the same global batches as the uninterrupted run: the same tokens
+        assert resumed["tokens_seen"] == uninterrupted["tokens_seen"]

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_geo.utils import any_rank, log_geo_scalars, reduce_tensor
-from tests.helpers import DDP_SPAWN_CPU, fit_tiny
+from tests.helpers import DDP_CPU, fit_tiny
 
 
 def test_single_device_reduce_returns_a_copy(tmp_path):
@@ -50,7 +50,7 @@ class ReduceProbe(pl.Callback):
 @pytest.mark.ddp
 def test_two_process_reductions_agree_and_only_rank_zero_logs(tmp_path):
     logger = CSVLogger(tmp_path, name="ddp", version=0)
-    fit_tiny(tmp_path, callbacks=[ReduceProbe(tmp_path)], logger=logger, max_steps=2, **DDP_SPAWN_CPU)
+    fit_tiny(tmp_path, callbacks=[ReduceProbe(tmp_path)], logger=logger, max_steps=2, **DDP_CPU)
     files = sorted(tmp_path.glob("rank*_step*.json"))
     assert len(files) == 4  # 2 ranks x 2 steps
     for f in files:

@@ -23,7 +23,7 @@ from lightning_geo.callbacks.bucket_sampler import (
     shard_batches,
     token_budget_batches,
 )
-from tests.helpers import DDP_SPAWN_CPU, tiny_trainer
+from tests.helpers import DDP_CPU, tiny_trainer
 
 VOCAB = 50
 
@@ -293,7 +293,7 @@ def test_ddp_ranks_get_disjoint_balanced_buckets_and_gathered_predictions_are_in
     model = Scorer()
     writers = [Writer(tmp_path, "epoch"), Writer(tmp_path, "batch")]
     trainer = tiny_trainer(tmp_path, logger=False, callbacks=[*writers, LengthBucketing(max_tokens=40)],
-                           **DDP_SPAWN_CPU)
+                           **DDP_CPU)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.predict(model, loader(dataset), return_predictions=False)

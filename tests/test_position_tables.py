@@ -47,6 +47,7 @@ def test_token_batches_are_not_positional():
     assert position_lookup_reason(torch.randint(0, 50, (4, 16), generator=generator)) is None
     windows = torch.stack([text[i:i + 16] for i in range(4)])  # windows one token apart: shifted left, not right
     assert position_lookup_reason(windows) is None
+    assert position_lookup_reason(windows[:2].flip(0)) is None  # two windows, shuffled: constant along diagonals
     assert position_lookup_reason(torch.full((4, 16), 7)) is None  # one repeated token says nothing
     assert position_lookup_reason(torch.tensor([[5], [9]])) is None  # rows of one token say nothing
     assert position_lookup_reason(torch.randint(0, 50, (1, 16), generator=generator)) is None

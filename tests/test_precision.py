@@ -26,7 +26,7 @@ from lightning_geo.precision import (
     power_of_two_scale,
 )
 from lightning_geo.utils.geo_logging import GEO_PARTS
-from tests.helpers import DDP_SPAWN_CPU, TinyModel, tiny_trainer
+from tests.helpers import DDP_CPU, TinyModel, tiny_trainer
 
 # ---------------------------------------------------------------------------------------------- scale rule
 
@@ -475,7 +475,7 @@ def test_two_ranks_take_the_same_decisions(tmp_path):
     plugin = PredictiveScalingPrecision("16-mixed", device="cpu", probe_every_n_steps=1)
     pl.seed_everything(0, verbose=False)
     model = RankSkewedModel(reduction="sum", lr=0.005)
-    trainer = tiny_trainer(tmp_path, plugins=[plugin], callbacks=[PlanDump(tmp_path)], max_steps=4, **DDP_SPAWN_CPU)
+    trainer = tiny_trainer(tmp_path, plugins=[plugin], callbacks=[PlanDump(tmp_path)], max_steps=4, **DDP_CPU)
     trainer.fit(model)
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1

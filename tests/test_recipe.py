@@ -100,6 +100,21 @@ def test_defaults_switch_on_the_default_parts_with_fresh_objects():
                                           again["callbacks"] + again.get("plugins", []), strict=True))
 
 
+def test_every_part_pickles_as_ddp_spawn_needs():
+    """``ddp_spawn`` pickles the Trainer's callbacks, plugins and strategy to each worker (the DDP tests fork theirs,
+    so they would not notice a part that cannot be pickled)."""
+    import pickle
+
+    from lightning_geo.precision import PredictiveScalingPrecision
+
+    kwargs = recipe(include=["batch_size"], plugins=[PredictiveScalingPrecision("16-mixed")])
+    parts = [*kwargs["callbacks"], *kwargs.get("plugins", []), kwargs["strategy"]]
+    assert {type(part).__name__ for part in parts} >= {"DynamicCurriculum", "SparsityAwareLR", "BatchSizeSchedule",
+                                                      "PredictiveScalingPrecision"}
+    for part in parts:
+        assert type(pickle.loads(pickle.dumps(part))) is type(part)
+
+
 def test_seq_len_warmup_is_a_linear_seq_len_curriculum_to_the_deadline():
     if "seq_len_warmup" not in DEFAULT_RECIPE_PARTS:
         pytest.skip("the sequence-length warmup is not a default part")

@@ -14,7 +14,7 @@ from lightning_geo.callbacks import SparsityAwareLR
 from lightning_geo.callbacks.sparsity_lr import density_multiplier
 from lightning_geo.demo.plot import read_scalars
 from lightning_geo.optim import GeoAdamW
-from tests.helpers import DDP_SPAWN_CPU, TinyTextModel, tiny_trainer
+from tests.helpers import DDP_CPU, TinyTextModel, tiny_trainer
 
 
 class RecordingAdamW(torch.optim.AdamW):
@@ -252,11 +252,22 @@ class StatsDump(pl.Callback):
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+class CountingFirstBatchOnRankZero(TinyTextModel):
+    """Rank 0's first batch counts up by one along each bag (what a position table's lookup looks like); rank 1's
+    is text: the ranks must agree that the embedding holds tokens, or rank 0 alone leaves it and the others wait."""
+
+    def training_step(self, batch, batch_idx):
+        tokens, labels = batch
+        if batch_idx == 0 and self.global_rank == 0:
+            tokens = (torch.arange(tokens.shape[-1]) + torch.arange(tokens.shape[0])[:, None]) % self.vocab
+        return super().training_step((tokens, labels), batch_idx)
+
+
 @pytest.mark.ddp
 def test_two_ranks_agree_on_statistics_and_multipliers(tmp_path):
     pl.seed_everything(0, verbose=False)
-    model = TinyTextModel(schedule="exponential")
-    trainer = tiny_trainer(tmp_path, callbacks=[SparsityAwareLR(), StatsDump(tmp_path)], max_steps=3, **DDP_SPAWN_CPU)
+    model = CountingFirstBatchOnRankZero(schedule="exponential")
+    trainer = tiny_trainer(tmp_path, callbacks=[SparsityAwareLR(), StatsDump(tmp_path)], max_steps=3, **DDP_CPU)
     trainer.fit(model)
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1

@@ -31,7 +31,7 @@ from lightning_geo.tuning import (
     run_trial,
 )
 from lightning_geo.tuning.pruners import FinishedCurve
-from tests.helpers import DDP_SPAWN_CPU
+from tests.helpers import DDP_CPU, DDP_SPAWN_CPU
 
 SPACE = SearchSpace({"lr": Float(1e-3, 1.0, log=True), "width": Categorical([4, 16])})
 
@@ -328,7 +328,7 @@ def test_ddp_pruning_stops_every_rank(tmp_path):
     trial = _trial_with_history(tmp_path, MedianPruner(n_startup_trials=3))
 
     def train_fn(config, trial):
-        trainer = _trainer(trial, **DDP_SPAWN_CPU, max_epochs=20)
+        trainer = _trainer(trial, **DDP_CPU, max_epochs=20)
         trainer.fit(Regressor(lr=1e-4, width=4))
         assert trainer.global_step < 20 * 8  # the fit ended early (and did not hang)
 

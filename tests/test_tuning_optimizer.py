@@ -225,6 +225,22 @@ def test_multi_objective_pareto_front_is_the_non_dominated_set():
         _ = opt.best
 
 
+def test_a_multi_objective_ask_compiles_no_cpp(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """BoTorch would compile its fused hypervolume kernel at the first ask (~30 s, a compiler, a -march=native
+    library in the home folder); GEO's optimizer takes BoTorch's pure-PyTorch path unless asked to compile."""
+    from botorch.acquisition.multi_objective import logei
+
+    monkeypatch.delenv("LIGHTNING_GEO_BOTORCH_COMPILE", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(logei, "_C", None)
+    monkeypatch.setattr(logei, "_load_attempted", False)
+    opt = BayesianOptimizer(SearchSpace({"x": Float(0.0, 1.0)}), seed=0, mode=("min", "max"), num_initial=3)
+    for x, values in {0.1: (1.0, 1.0), 0.2: (2.0, 3.0), 0.5: (0.5, 0.2)}.items():
+        opt.tell({"x": x}, values)
+    assert 0.0 <= opt.ask()["x"] <= 1.0
+    assert logei._C is None and not any(tmp_path.iterdir())
+
+
 def test_importance_ranks_the_parameter_the_objective_depends_on():
     space = SearchSpace({"matters": Float(0.0, 1.0), "noise": Float(0.0, 1.0), "cat": Categorical(["a", "b"])})
     opt = BayesianOptimizer(space, seed=0)

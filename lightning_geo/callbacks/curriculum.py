@@ -258,6 +258,9 @@ class DynamicCurriculum(Callback):
         self._batch_tokens: int | torch.Tensor = 0
         # (mean loss, tokens) of the batches since the last host read: tensors until read, floats once saved
         self._unread: list[tuple[torch.Tensor | float, torch.Tensor | float]] = []
+        # (mean loss over ranks, tokens summed over ranks) of unread batches older than those: combined over the
+        # ranks when a checkpoint was saved, so that a resume on any number of processes reads every rank's
+        self._unread_combined: list[tuple[float, float]] = []
         self._batch_samples = 0
         self._checked_tokens = False
         self.seconds_seen = 0.0  # seconds inside training batches (forward, backward, step), for a seconds deadline
@@ -539,7 +542,8 @@ class DynamicCurriculum(Callback):
         if self._self_paced and global_batch is not None:
             self._update_loss_scores(trainer, outputs, global_batch)
         self._log(trainer)  # what this batch trained with, before the update decides the next batch
-        losses = self._read(trainer) if len(self._unread) >= self.read_every_n_batches else []
+        unread = len(self._unread_combined) + len(self._unread)
+        losses = self._read(trainer) if unread >= self.read_every_n_batches else []
         self._advance(trainer, batch_idx, losses)
         if not self._projected and self.threshold < 1.0 and self._deadline.unit != "seconds":
             self._check_pace(trainer)
@@ -591,7 +595,17 @@ class DynamicCurriculum(Callback):
 
     def _read(self, trainer: pl.Trainer) -> list[float]:
         """Read (and sum over ranks) the unread losses and token counts at once; count the tokens and return
-        the mean loss over ranks of each batch, oldest first. One all-reduce and one host read."""
+        the mean loss over ranks of each batch, oldest first. At most one all-reduce and one host read."""
+        rows, self._unread_combined = self._unread_combined, []
+        rows += self._combine_unread(trainer)
+        self.tokens_seen += sum(int(tokens) for _, tokens in rows)
+        return [loss for loss, _ in rows]
+
+    def _combine_unread(self, trainer: pl.Trainer) -> list[tuple[float, float]]:
+        """``(mean loss over ranks, tokens summed over ranks)`` of each unread batch, oldest first, and none left
+        unread. A collective when there are unread batches (every rank has as many)."""
+        if not self._unread:
+            return []
         device = trainer.strategy.root_device
         rows = [
             torch.stack([torch.as_tensor(value, dtype=torch.float64, device=device) for value in row])
@@ -599,12 +613,11 @@ class DynamicCurriculum(Callback):
         ]
         self._unread = []
         total = reduce_tensor(trainer, torch.stack(rows), op="sum").tolist()  # (batches, 2): loss, tokens
-        self.tokens_seen += sum(int(tokens) for _, tokens in total)
-        return [loss / trainer.world_size for loss, _ in total]
+        return [(loss / trainer.world_size, tokens) for loss, tokens in total]
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._unread:  # the last batches' losses and tokens, so the counts are complete after fit
+        if self._unread or self._unread_combined:  # the last batches' losses and tokens: counts complete after fit
             for loss in self._read(trainer):
                 self._estimator.update(loss)
         if self.threshold < 1.0 and not self._warned_unfinished and not self._no_sequence:
@@ -714,6 +727,21 @@ class DynamicCurriculum(Callback):
         return [[float(value) for value in row] for row in self._unread]
 
     @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Save the unread batches' losses and token counts combined over the ranks (``unread_combined``: the mean
+        loss, the tokens summed), not rank 0's own: a run resumed on another number of processes would count rank
+        0's tokens once per process of its own (2 -> 1: half the tokens of the batches before the save). The run
+        itself goes on with the same combined values, so it reads what a run resumed from this checkpoint reads.
+        One all-reduce, on every rank (every rank saves a checkpoint)."""
+        self._unread_combined += self._combine_unread(trainer)
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is not None:
+            state["unread"] = []
+            state["unread_combined"] = [[loss, tokens] for loss, tokens in self._unread_combined]
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.threshold = float(state_dict["threshold"])
         self._start = float(state_dict["start"])
@@ -726,6 +754,7 @@ class DynamicCurriculum(Callback):
         self._scores = state_dict["scores"]
         self._sampler_state = state_dict["sampler"]
         self._unread = [(float(loss), float(tokens)) for loss, tokens in state_dict.get("unread", [])]
+        self._unread_combined = [(float(loss), float(tokens)) for loss, tokens in state_dict.get("unread_combined", [])]
         if self._sampler is not None and self._sampler_state is not None:  # loaded into a running fit
             self._sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None

@@ -43,7 +43,8 @@ def position_lookup_reason(indices: Tensor) -> str | None:
       ALiBi-like distance tables are.
 
     A token batch has none of these shapes: its rows differ (and a window shifted by one position per row shifts
-    left, constant along anti-diagonals, not diagonals). Rows of one token, and a grid of one value, say nothing.
+    left, constant along anti-diagonals, not diagonals). Rows of one token, a grid of one value and a grid of two
+    rows (two text windows one token apart, in the shuffled order, are constant along diagonals) say nothing.
 
     Args:
         indices: The integer tensor an ``nn.Embedding`` looked up.
@@ -60,7 +61,8 @@ def position_lookup_reason(indices: Tensor) -> str | None:
         grid, same_for_batch = grid[0], True
     while grid.dim() > 2 and grid.shape[0] == 1:
         grid = grid[0]
-    if grid.dim() == 2 and grid.shape[0] >= 2 and bool((grid[1:, 1:] == grid[:-1, :-1]).all()):
+    # two rows say too little: a shuffled batch of two text windows one token apart is constant along diagonals
+    if grid.dim() == 2 and grid.shape[0] >= 3 and bool((grid[1:, 1:] == grid[:-1, :-1]).all()):
         return ("its indices depend only on query and key positions (the same along each diagonal of the "
                 "(query, key) grid, as relative-position buckets are)")
     if same_for_batch:
@@ -86,6 +88,7 @@ class PositionLookupCheck:
     """
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        self.names: list[str] = list(modules)  # every module checked, in one order on every rank
         self.positional: dict[str, str] = {}
         self.checked: set[str] = set()
         self._handles = {

@@ -337,12 +337,14 @@ class SparsityAwareLR(pl.Callback):
         optimizer that applies the row rule itself (``GeoAdamW``) to take them off it."""
         check = self._position_check
         if check is not None:
-            for name in sorted(check.checked - set(self.positional)):
-                if name in check.positional:
+            checked, found, done = self._agreed_position_check(trainer, check)
+            for name in sorted(checked - set(self.positional)):
+                if name in found:
                     self._positional(name, f"it is looked up by position: {check.positional[name]}")
                 elif position_name_hint(name):  # the indices said nothing (e.g. one position), the name does
                     self._positional(name, "it is looked up by position, as its name says")
-            if check.done:
+            if done:
+                check.remove()
                 self._position_check = None
         if len(self._told_optimizers) == len(self.positional):
             return
@@ -355,6 +357,23 @@ class SparsityAwareLR(pl.Callback):
                 mark = getattr(optimizer, POSITION_HINT_METHOD, None)
                 if param is not None and callable(mark):
                     mark(param, self.positional[name], name=name)
+
+    @staticmethod
+    def _agreed_position_check(trainer: pl.Trainer, check: PositionLookupCheck) -> tuple[set[str], set[str], bool]:
+        """The embeddings checked, those found positional and whether the check is done, agreed by every rank.
+
+        Each rank looks at its own first batch; acting on one rank's finding alone would take an embedding off
+        the density rule on that rank only, and its row masks' all-reduce would then wait forever for it. A name
+        counts as checked once every rank checked it, and as positional only if every rank found it so.
+        """
+        if trainer.world_size == 1:
+            return set(check.checked), set(check.positional), check.done
+        flags = torch.tensor([[float(name in check.checked) for name in check.names],
+                              [float(name in check.positional) for name in check.names]])
+        agreed = reduce_tensor(trainer, flags, "min")
+        checked = {name for name, flag in zip(check.names, agreed[0].tolist(), strict=True) if flag}
+        found = {name for name, flag in zip(check.names, agreed[1].tolist(), strict=True) if flag}
+        return checked, found, len(checked) == len(check.names)
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks:

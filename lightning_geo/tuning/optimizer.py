@@ -39,6 +39,7 @@ from typing import Any, Literal, cast, overload
 
 import torch
 
+from lightning_geo.tuning.botorch_compile import skip_fused_kernel_compile
 from lightning_geo.tuning.space import Config, SearchSpace
 from lightning_geo.tuning.surrogate import (
     condition_surrogate,
@@ -498,6 +499,7 @@ class BayesianOptimizer:
         from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
         from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
 
+        skip_fused_kernel_compile()
         done = [o for o in self.observations if not o.failed and o.feasible]
         done = done or [o for o in self.observations if not o.failed]
         Y_done = self._maximisation_values(done)
