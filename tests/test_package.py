@@ -64,11 +64,17 @@ def test_dependency_ranges_admit_the_cpu_torch_and_lightning_2_6():
     assert reqs["lightning"].specifier.contains("2.6.6")
 
 
-def test_console_script_and_module_both_answer_help():
+def test_console_script_and_module_both_answer_help(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     script = Path(sys.executable).with_name("lightning-geo")
-    for cmd in ([str(script), "--help"], [sys.executable, "-m", "lightning_geo", "--help"]):
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        assert "demo" in out
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "demo" in out
+    # ``python -m lightning_geo``: its __main__ run in this process (a second interpreter would only import again)
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["python -m lightning_geo", "--help"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("lightning_geo", run_name="__main__")
+    assert exited.value.code in (0, None) and "demo" in capsys.readouterr().out
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():
