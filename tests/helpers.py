@@ -21,7 +21,7 @@ from lightning_geo.strategies.geo_hybrid import _leave_process_group as leave_pr
 
 
 class SpawnDDPWithCleanExit(DDPStrategy):
-    """``ddp_spawn`` / ``ddp_fork`` whose workers leave the gloo group together (barrier, then destroy) at teardown.
+    """``ddp_spawn`` whose workers leave the gloo group together (barrier, then destroy) at teardown.
 
     Lightning destroys the process group at exit only for NCCL. A gloo group left to interpreter shutdown
     let a worker abort now and then in CI ("terminate called without an active exception", SIGABRT) after
@@ -33,18 +33,18 @@ class SpawnDDPWithCleanExit(DDPStrategy):
         leave_process_group()  # geo_hybrid's own exit: a bounded barrier, then destroy
 
 
-for _name, _start in (("ddp_spawn_clean_exit", "spawn"), ("ddp_fork_clean_exit", "fork")):
-    if _name not in StrategyRegistry:
-        StrategyRegistry.register(_name, SpawnDDPWithCleanExit, description=f"ddp_{_start} for tests",
-                                  start_method=_start)
+if "ddp_spawn_clean_exit" not in StrategyRegistry:
+    StrategyRegistry.register(
+        "ddp_spawn_clean_exit", SpawnDDPWithCleanExit, description="ddp_spawn for tests", start_method="spawn"
+    )
 
-DDP_CPU: dict[str, Any] = {"strategy": "ddp_fork_clean_exit", "accelerator": "cpu", "devices": 2}
-"""Trainer arguments for the 2-process gloo tests (mark them with ``@pytest.mark.ddp``). The workers are forked
-from the test process (Lightning's ``ddp_fork``): a spawned worker imports torch, Lightning and GEO again, about
-7 s of CPU each, which made the DDP tests most of the suite's time. The ranks run the same code either way."""
+DDP_CPU: dict[str, Any] = {"strategy": "ddp_spawn_clean_exit", "accelerator": "cpu", "devices": 2}
+"""Trainer arguments for the 2-process gloo tests (mark them with ``@pytest.mark.ddp``). The workers are spawned:
+forked ones (Lightning's ``ddp_fork``) would skip importing torch, Lightning and GEO again (about 7 s of CPU each),
+but under pytest-xdist a forked worker can inherit a lock another thread of the test process held, and hang."""
 
-DDP_SPAWN_CPU: dict[str, Any] = {**DDP_CPU, "strategy": "ddp_spawn_clean_exit"}
-"""As :data:`DDP_CPU` with spawned workers: for what spawning adds (the Trainer, its callbacks and the model are
+DDP_SPAWN_CPU: dict[str, Any] = DDP_CPU
+"""The same (spawned workers): named where a test relies on spawning (the Trainer, its callbacks and the model are
 pickled to each worker)."""
 
 
