@@ -101,8 +101,8 @@ def test_defaults_switch_on_the_default_parts_with_fresh_objects():
 
 
 def test_every_part_pickles_as_ddp_spawn_needs():
-    """``ddp_spawn`` pickles the Trainer's callbacks, plugins and strategy to each worker (the DDP tests fork theirs,
-    so they would not notice a part that cannot be pickled)."""
+    """``ddp_spawn`` pickles the Trainer's callbacks, plugins and strategy to each worker: a part that cannot be
+    pickled fails there (``ddp_fork`` and torchrun never pickle it), so every part is pickled here."""
     import pickle
 
     from lightning_geo.precision import PredictiveScalingPrecision
