@@ -24,11 +24,14 @@ def skip_fused_kernel_compile() -> bool:
 
     A BoTorch without the fused kernel (older or newer layouts) is left alone.
     """
-    if os.environ.get(COMPILE_ENV) == "1" or importlib.util.find_spec("logei_fused_ext") is not None:
+    if os.environ.get(COMPILE_ENV) == "1":
         return False
     from botorch.acquisition.multi_objective import logei
 
-    if getattr(logei, "_C", None) is not None or not hasattr(logei, "_load_attempted"):
+    # already decided (by an earlier ask, or loaded): no search of sys.path at every ask
+    if getattr(logei, "_load_attempted", True) or getattr(logei, "_C", None) is not None:
+        return False
+    if importlib.util.find_spec("logei_fused_ext") is not None:
         return False
     logei._load_attempted = True
     return True
