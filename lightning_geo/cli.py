@@ -264,6 +264,32 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--output", metavar="FILE", default=None, help="also write the scores as tab-separated values")
 
 
+def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve a trained demo model over HTTP with LitServe and GEO's batching (POST /predict)",
+        description=(
+            "Serve the demo character model in --checkpoint with LitServe: POST /predict with {\"text\": \"...\"} "
+            "answers {\"bits_per_char\": ...}. GEO batches requests of similar length under a token budget, "
+            "launches a batch when it is full or waiting longer would miss --target-p95-ms, and answers 503 with "
+            "Retry-After when that target cannot be held. Needs the serve extra: pip install 'lightning_geo[serve]'. "
+            "Ctrl-C or SIGTERM stops it after answering every accepted request."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    add = serve.add_argument
+    add("--checkpoint", metavar="CKPT", required=True,
+        help="a character-vocabulary demo checkpoint: a .ckpt file or the folder strategy='geo_hybrid' saves")
+    add("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    add("--port", type=_positive(int), default=8000, help="TCP port")
+    add("--target-p95-ms", type=_positive(float), default=200.0, help="latency target, arrival to answer")
+    add("--max-tokens", type=_positive(int), default=4096, help="padded characters per batch, at most")
+    add("--max-queue", type=_positive(int), default=1024, help="requests waiting, at most; more get 503")
+    add("--precision", choices=("auto", "32-true", "bf16-mixed", "16-mixed"), default="auto",
+        help="auto: bf16-mixed on a CUDA GPU that has it, else float32")
+    add("--accelerator", choices=("auto", "cpu", "cuda"), default="auto", help="LitServe accelerator")
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
     """Reports a bad argument in one line (with a pointer to ``--help``) instead of the whole usage block."""
 
@@ -285,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune_parser(subparsers)
     _add_topo_parser(subparsers)
     _add_predict_parser(subparsers)
+    _add_serve_parser(subparsers)
     return parser
 
 
@@ -525,6 +552,36 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from lightning_geo.demo.serve_api import DemoScoringAPI
+        from lightning_geo.serving import GeoBatchingLoop, geo_server
+    except ImportError:
+        return _fail("serving needs LitServe: pip install 'lightning_geo[serve]'", "serve")
+    from lightning_geo.demo.predict import load_demo_model
+    from lightning_geo.strategies.checkpoint import checkpoint_problem, unreadable_message
+
+    if not Path(args.checkpoint).exists():
+        return _fail(f"checkpoint {args.checkpoint!r} does not exist", "serve")
+    problem = checkpoint_problem(args.checkpoint)
+    if problem is not None:
+        return _fail(unreadable_message("--checkpoint", args.checkpoint, problem), "serve")
+    try:
+        model = load_demo_model(args.checkpoint, name="--checkpoint")
+    except (ValueError, OSError, KeyError, RuntimeError) as err:
+        return _fail(err, "serve")
+    if not isinstance(model.hparams["vocab"], str):
+        return _fail(f"{args.checkpoint} is a subword-vocabulary model; serve scores character models "
+                     "(train one with --tokenizer char)", "serve")
+    loop = GeoBatchingLoop(target_p95_ms=args.target_p95_ms, max_tokens=args.max_tokens, max_queue=args.max_queue,
+                           max_length=model.config.seq_len + 1, precision=args.precision)
+    server = geo_server(DemoScoringAPI(args.checkpoint), loop=loop, accelerator=args.accelerator, devices=1)
+    print(f"lightning-geo serve: POST http://{args.host}:{args.port}/predict with {{\"text\": \"...\"}} "
+          f"(at most {model.config.seq_len + 1} characters; p95 target {args.target_p95_ms:g} ms)", flush=True)
+    server.run(host=args.host, port=args.port, generate_client_file=False)
+    return 0
+
+
 def _write_output(path: str, text: str) -> None:
     """Write ``text`` to the file of a flag that ``check_output_file`` checked, creating its folder if missing."""
     file = Path(path).expanduser()
@@ -565,4 +622,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _topo(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "serve":
+        return _serve(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only accepts known commands

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,10 @@ class TinyTextModel(pl.LightningModule):
         tokens = (torch.rand(self.num_samples, 5, generator=generator) ** 3 * self.vocab).long()
         labels = tokens[:, 0] % 3
         return DataLoader(TensorDataset(tokens, labels), batch_size=8)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,7 +8,6 @@ import json
 import math
 import pickle
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ from lightning_geo.utils import (
     write_geo_dashboard,
 )
 from lightning_geo.utils import dashboard as dashboard_module
-from tests.helpers import TinyModel, fit_tiny, tiny_trainer
+from tests.helpers import TinyModel, fit_tiny, free_port, tiny_trainer
 
 LAYOUT_TAG = "custom_scalars__config__"  # the tag under which SummaryWriter.add_custom_scalars writes the layout
 
@@ -334,12 +333,6 @@ def test_every_geo_scalar_of_real_runs_is_on_a_chart_of_its_parts_section(geo_ru
 # ------------------------------------------------------------------------------------------ a real tensorboard
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(base: str, route: str, **query: str) -> Any:
     url = f"{base}{route}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -350,7 +343,7 @@ def _get(base: str, route: str, **query: str) -> Any:
 def tensorboard(geo_runs, tmp_path):
     """A ``tensorboard`` process serving the log root of ``geo_runs``; yields its base URL and its stderr file."""
     root, _ = geo_runs
-    port = _free_port()
+    port = free_port()
     stderr = tmp_path / "tensorboard.stderr"
     with open(stderr, "w") as err:
         process = subprocess.Popen(

@@ -20,18 +20,12 @@ from lightning_geo.strategies import GeoHybridStrategy, ModelSize
 from lightning_geo.strategies.planner import plan_parallelism
 from lightning_geo.strategies.topology import single_node
 from lightning_geo.strategies.topology_smi import read_topology_file
-from tests.helpers import TinyModel
+from tests.helpers import TinyModel, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "geo_hybrid_worker.py"
 TOPOLOGIES = ROOT / "tests" / "data" / "topologies"
 A30_BRIDGES = TOPOLOGIES / "21_8x_a30_nv4_pairs_mixed_node_pix_2socket.txt"  # bridges 0-3 and 1-2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> subprocess.CompletedProcess:
@@ -41,7 +35,7 @@ def start_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> su
         command = [sys.executable, str(worker)]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={_free_port()}", str(worker)]
+                   f"--master_port={free_port()}", str(worker)]
     return subprocess.run([*command, "--out", str(out), *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -96,7 +90,7 @@ def test_single_device_run_takes_no_port_and_leaves_the_environment_alone(tmp_pa
     environment (or reused a port an earlier DDP run left there) and the store kept listening on it after the
     run: a DDP run launched later from this process inherited the port and failed with EADDRINUSE."""
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    port = _free_port()
+    port = free_port()
     if stale_port:
         monkeypatch.setenv("MASTER_PORT", str(port))
     else:
@@ -286,7 +280,7 @@ def test_two_nodes_each_read_their_own_topology_and_rank_zero_plans_on_both(tmp_
     for file in files:
         file.write_text(A30_BRIDGES.read_text())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    port = _free_port()
+    port = free_port()
     launches = [
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lightning_geo"
-PARTS = ("callbacks", "precision", "strategies", "optim", "tuning")
+PARTS = ("callbacks", "precision", "strategies", "optim", "tuning", "serving")
 SHARED = "utils"
 
 

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchmetrics import MeanMetric
 
 from lightning_geo.callbacks import LengthBucketing
-from lightning_geo.callbacks.bucket_collate import pad_collate
-from lightning_geo.callbacks.bucket_sampler import (
+from lightning_geo.utils.bucket_collate import pad_collate
+from lightning_geo.utils.bucket_sampler import (
     BucketBatchSampler,
     padded_tokens,
     shard_batches,

@@ -28,11 +28,11 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 from typing_extensions import override
 
-from lightning_geo.callbacks.bucket_collate import padding_collate_fn
-from lightning_geo.callbacks.bucket_lengths import LengthFn, cached_lengths
-from lightning_geo.callbacks.bucket_order import Unsplittable, restore_order, split_per_sample
-from lightning_geo.callbacks.bucket_sampler import BucketBatchSampler, padded_tokens
 from lightning_geo.utils import any_rank
+from lightning_geo.utils.bucket_collate import padding_collate_fn
+from lightning_geo.utils.bucket_lengths import LengthFn, cached_lengths
+from lightning_geo.utils.bucket_order import Unsplittable, restore_order, split_per_sample
+from lightning_geo.utils.bucket_sampler import BucketBatchSampler, padded_tokens
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

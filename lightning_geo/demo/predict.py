@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_geo.callbacks import LengthBucketing
-from lightning_geo.callbacks.bucket_collate import pad_collate
 from lightning_geo.demo.config import MIXED_PRECISIONS
 from lightning_geo.demo.corpus import CorpusError, _iter_files, _read_text
 from lightning_geo.demo.model import CharLanguageModel
 from lightning_geo.strategies.checkpoint import load_module, read_checkpoint
+from lightning_geo.utils.bucket_collate import pad_collate
 from lightning_geo.utils.table import format_table
 
 PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", *MIXED_PRECISIONS)

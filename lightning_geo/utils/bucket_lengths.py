@@ -24,6 +24,28 @@ def _mask_length(mask: Any) -> int:
     return int(torch.as_tensor(mask).sum().item())
 
 
+def sample_length(sample: Any) -> int:
+    """One sample's length in tokens: its ``attention_mask``'s sum, else its ``input_ids``' first dimension.
+
+    A sample is a mapping with either key (what Hugging Face tokenizers return) or a tensor (its first
+    dimension); this is the rule ``LengthBucketing`` and GEO's serving layer read lengths by.
+
+    Raises:
+        ValueError: for any other sample, saying what it is.
+    """
+    if isinstance(sample, Mapping):
+        if "attention_mask" in sample:
+            return _mask_length(sample["attention_mask"])
+        if "input_ids" in sample:
+            sample = sample["input_ids"]
+    if isinstance(sample, torch.Tensor) and sample.dim() >= 1:
+        return int(sample.shape[0])
+    raise ValueError(
+        f"cannot tell the length of a {type(sample).__name__}: give a tensor, a mapping with an 'attention_mask' or "
+        "'input_ids', or a length_fn"
+    )
+
+
 def dataset_lengths(dataset: Dataset, length_fn: LengthFn | None = None) -> list[int]:
     """Each sample's length in tokens, from ``length_fn``, ``dataset.lengths`` or an ``attention_mask``.
 
