@@ -524,20 +524,27 @@ def _topo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_error(checkpoint: str) -> str | None:
+    """Why ``--checkpoint`` cannot be read (missing, truncated, corrupt), or ``None`` when it can."""
+    from lightning_geo.strategies.checkpoint import checkpoint_problem, unreadable_message
+
+    if not Path(checkpoint).exists():
+        return f"checkpoint {checkpoint!r} does not exist"
+    problem = checkpoint_problem(checkpoint)  # a file, or the folder strategy="geo_hybrid" saves
+    return None if problem is None else unreadable_message("--checkpoint", checkpoint, problem)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from lightning_geo.demo.predict import score_folder
-    from lightning_geo.strategies.checkpoint import checkpoint_problem, unreadable_message
 
     if args.output:
         try:
             check_output_file(args.output, flag="--output", what="the scores")
         except ValueError as err:
             return _fail(err, "predict")
-    if not Path(args.checkpoint).exists():
-        return _fail(f"checkpoint {args.checkpoint!r} does not exist", "predict")
-    problem = checkpoint_problem(args.checkpoint)  # a file, or the folder strategy="geo_hybrid" saves
-    if problem is not None:
-        return _fail(unreadable_message("--checkpoint", args.checkpoint, problem), "predict")
+    unreadable = _checkpoint_error(args.checkpoint)
+    if unreadable:
+        return _fail(unreadable, "predict")
     try:
         result = score_folder(args.checkpoint, args.folder, max_tokens=args.max_tokens, batch_size=args.batch_size,
                               precision=args.precision, accelerator=args.accelerator, name="--checkpoint")
@@ -558,21 +565,15 @@ def _serve(args: argparse.Namespace) -> int:
         from lightning_geo.serving import GeoBatchingLoop, geo_server
     except ImportError:
         return _fail("serving needs LitServe: pip install 'lightning_geo[serve]'", "serve")
-    from lightning_geo.demo.predict import load_demo_model
-    from lightning_geo.strategies.checkpoint import checkpoint_problem, unreadable_message
+    from lightning_geo.demo.predict import load_character_model
 
-    if not Path(args.checkpoint).exists():
-        return _fail(f"checkpoint {args.checkpoint!r} does not exist", "serve")
-    problem = checkpoint_problem(args.checkpoint)
-    if problem is not None:
-        return _fail(unreadable_message("--checkpoint", args.checkpoint, problem), "serve")
+    unreadable = _checkpoint_error(args.checkpoint)
+    if unreadable:
+        return _fail(unreadable, "serve")
     try:
-        model = load_demo_model(args.checkpoint, name="--checkpoint")
+        model = load_character_model(args.checkpoint, name="--checkpoint", command="serve")
     except (ValueError, OSError, KeyError, RuntimeError) as err:
         return _fail(err, "serve")
-    if not isinstance(model.hparams["vocab"], str):
-        return _fail(f"{args.checkpoint} is a subword-vocabulary model; serve scores character models "
-                     "(train one with --tokenizer char)", "serve")
     loop = GeoBatchingLoop(target_p95_ms=args.target_p95_ms, max_tokens=args.max_tokens, max_queue=args.max_queue,
                            max_length=model.config.seq_len + 1, precision=args.precision)
     server = geo_server(DemoScoringAPI(args.checkpoint), loop=loop, accelerator=args.accelerator, devices=1)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import torch
 
 # The tiny test loaders run in the main process on purpose; Lightning would warn about it in every test.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+# The 2-process tests' workers fork from one server per test process that has imported these once (tests/helpers.py,
+# DDP_CPU); a worker then only imports its test's module.
+multiprocessing.set_forkserver_preload(["torch", "lightning.pytorch", "lightning_geo", "tests.helpers", "optuna"])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -36,17 +36,19 @@ class SpawnDDPWithCleanExit(DDPStrategy):
 
 if "ddp_spawn_clean_exit" not in StrategyRegistry:
     StrategyRegistry.register(
-        "ddp_spawn_clean_exit", SpawnDDPWithCleanExit, description="ddp_spawn for tests", start_method="spawn"
+        "ddp_spawn_clean_exit", SpawnDDPWithCleanExit, description="ddp_spawn for tests", start_method="forkserver"
     )
 
 DDP_CPU: dict[str, Any] = {"strategy": "ddp_spawn_clean_exit", "accelerator": "cpu", "devices": 2}
-"""Trainer arguments for the 2-process gloo tests (mark them with ``@pytest.mark.ddp``). The workers are spawned:
-forked ones (Lightning's ``ddp_fork``) would skip importing torch, Lightning and GEO again (about 7 s of CPU each),
-but under pytest-xdist a forked worker can inherit a lock another thread of the test process held, and hang."""
+"""Trainer arguments for the 2-process gloo tests (mark them with ``@pytest.mark.ddp``). The workers come from a
+forkserver that tests/conftest.py preloads with torch, Lightning and GEO: each worker starts without importing them
+again (about 7 s of CPU each when spawned), and, forked from that single-threaded server rather than from the test
+process, it cannot inherit a lock another thread of the test process held (forked from pytest-xdist's workers,
+Lightning's ``ddp_fork`` hung now and then). What the workers get is pickled, as with ``ddp_spawn``."""
 
 DDP_SPAWN_CPU: dict[str, Any] = DDP_CPU
-"""The same (spawned workers): named where a test relies on spawning (the Trainer, its callbacks and the model are
-pickled to each worker)."""
+"""The same: named where a test relies on the workers getting a pickled copy of the Trainer, its callbacks and the
+model (as ``ddp_spawn`` gives them)."""
 
 
 class TinyModel(pl.LightningModule):

@@ -21,6 +21,7 @@ from lightning_geo.strategies.planner import plan_parallelism
 from lightning_geo.strategies.topology import single_node
 from lightning_geo.strategies.topology_smi import read_topology_file
 from tests.helpers import TinyModel, free_port
+from tests.launch import launch_script
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "geo_hybrid_worker.py"
@@ -29,15 +30,11 @@ A30_BRIDGES = TOPOLOGIES / "21_8x_a30_nv4_pairs_mixed_node_pix_2socket.txt"  # b
 
 
 def start_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> subprocess.CompletedProcess:
-    """Run ``worker`` under ``torchrun`` with ``nproc`` processes (plain python for 0) until it ends."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    if nproc == 0:
-        command = [sys.executable, str(worker)]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={free_port()}", str(worker)]
-    return subprocess.run([*command, "--out", str(out), *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    """Run ``worker`` on ``nproc`` processes as ``torchrun`` would (one plain process for 0) until it ends.
+
+    The processes fork from the tests' preloaded forkserver (tests/launch.py) instead of starting new interpreters.
+    """
+    return launch_script(worker, nproc, ["--out", str(out), *args], out / "logs", free_port())
 
 
 def run_worker(out: Path, nproc: int, *args: str, worker: Path = WORKER) -> dict:

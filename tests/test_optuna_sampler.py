@@ -202,7 +202,7 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     optuna.create_study(study_name="shared", storage=url)
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")  # preloaded in conftest.py: no re-import
     workers = [context.Process(target=_worker, args=(url, 5)) for _ in range(2)]
     for worker in workers:
         worker.start()

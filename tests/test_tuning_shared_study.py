@@ -47,7 +47,7 @@ def _worker(url: str, log_dir: str, barrier, out: str) -> None:
 @pytest.mark.filterwarnings("ignore:GeoTuner. max_trials=12 is too small")
 def test_two_processes_share_one_sqlite_study_without_losing_or_repeating_a_trial(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"  # a new file: the two processes also race to create the study
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")  # preloaded in conftest.py: no re-import
     barrier = context.Barrier(2)
     outs = [tmp_path / f"worker{i}.json" for i in range(2)]
     workers = [context.Process(target=_worker, args=(url, str(tmp_path), barrier, str(out))) for out in outs]
@@ -128,7 +128,7 @@ def test_a_tuner_process_killed_mid_trial_loses_no_trial_and_doubles_none(tmp_pa
     not collected) and runs it with its number and config; the study ends as an unkilled one would: every trial
     once, each value the objective of its own config, the best the best of them."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")  # preloaded in conftest.py: no re-import
     barrier = context.Barrier(2)
     outs = [tmp_path / "survivor.json", tmp_path / "killed.json"]
     workers = [context.Process(target=_worker, args=(url, str(tmp_path), barrier, str(outs[0]))),

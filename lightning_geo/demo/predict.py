@@ -153,6 +153,20 @@ def load_demo_model(checkpoint: str | Path, *, name: str = "checkpoint") -> Char
                          f"{shown}; give one that 'lightning-geo fit' saved") from err
 
 
+def load_character_model(checkpoint: str | Path, *, name: str = "checkpoint", command: str = "predict"
+                         ) -> CharLanguageModel:
+    """``load_demo_model``, refusing a subword-vocabulary model (``command`` scores characters).
+
+    Raises:
+        ValueError: for a subword-vocabulary checkpoint, naming ``command``; else as ``load_demo_model``.
+    """
+    model = load_demo_model(checkpoint, name=name)
+    if not isinstance(model.hparams["vocab"], str):
+        raise ValueError(f"{checkpoint} is a subword-vocabulary model; {command} scores character models "
+                         "(train one with --tokenizer char)")
+    return model
+
+
 def score_folder(
     checkpoint: str | Path,
     folder: str | Path,
@@ -183,11 +197,8 @@ def score_folder(
     """
     if precision not in PREDICT_PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(PREDICT_PRECISIONS)}")
-    model = load_demo_model(checkpoint, name=name)
+    model = load_character_model(checkpoint, name=name)
     vocab = model.hparams["vocab"]
-    if not isinstance(vocab, str):
-        raise ValueError(f"{checkpoint} is a subword-vocabulary model; predict scores character models "
-                         "(train one with --tokenizer char)")
     paths, texts = read_folder(folder)
     dataset = TextPieces(texts, vocab, model.config.seq_len + 1)
     bucketing = LengthBucketing(max_tokens=max_tokens)

@@ -37,13 +37,10 @@ class DemoScoringAPI(LitAPI):
 
     def setup(self, device: str) -> None:
         """Load the model on ``device`` (LitServe calls this once per inference worker)."""
-        from lightning_geo.demo.predict import load_demo_model
+        from lightning_geo.demo.predict import load_character_model
 
-        model = load_demo_model(self.checkpoint, name="--checkpoint")
+        model = load_character_model(self.checkpoint, name="--checkpoint", command="serve")
         vocab = model.hparams["vocab"]
-        if not isinstance(vocab, str):
-            raise ValueError(f"{self.checkpoint} is a subword-vocabulary model; serve scores character models "
-                             "(train one with --tokenizer char)")
         self.model = model.to(device).eval()
         self.index = {ch: i for i, ch in enumerate(vocab)}
         self.max_chars = model.config.seq_len + 1

@@ -145,6 +145,7 @@ class BatchPlanner:
         self.cost = cost or BatchCostModel()
         self.arrivals = ArrivalRate()
         self.pending: list[PendingRequest] = []
+        self._pending_tokens = 0
 
     def budget(self) -> int:
         """This moment's padded-token budget: ``max_tokens``, or less (down to an eighth) if a full batch is slow."""
@@ -153,7 +154,7 @@ class BatchPlanner:
 
     def backlog_s(self, extra_tokens: int = 0) -> float:
         """Predicted seconds to run every pending request (plus ``extra_tokens`` more), in full batches."""
-        tokens = sum(p.length for p in self.pending) + extra_tokens
+        tokens = self._pending_tokens + extra_tokens
         if tokens <= 0:
             return 0.0
         batches = math.ceil(PADDING_ALLOWANCE * tokens / self.budget())
@@ -170,6 +171,7 @@ class BatchPlanner:
         if len(self.pending) >= self.max_queue or (now - request.arrival) + backlog > self.target_s:
             return max(backlog, self.target_s)
         self.pending.append(request)
+        self._pending_tokens += request.length
         return None
 
     def next_batch(self, now: float) -> tuple[list[PendingRequest], float]:
@@ -197,6 +199,7 @@ class BatchPlanner:
         chosen = set(group)
         batch = [p for i, p in enumerate(self.pending) if i in chosen]
         self.pending = [p for i, p in enumerate(self.pending) if i not in chosen]
+        self._pending_tokens -= sum(p.length for p in batch)
         return batch, 0.0
 
     def record(self, batch: Sequence[PendingRequest], seconds: float) -> None:
