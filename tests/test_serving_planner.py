@@ -35,17 +35,27 @@ def test_the_batch_holds_the_oldest_request_and_its_neighbours_in_length_not_the
     assert sorted(p.length for p in planner.pending) == [3, 4, 31]
 
 
-def test_it_waits_for_requests_that_will_fill_the_batch_in_time_and_not_for_ones_that_will_not() -> None:
-    busy = _planner(target_p95_ms=1000, max_tokens=1000)
+def _arrivals(planner: BatchPlanner) -> BatchPlanner:
     for k in range(20):  # 10 tokens every 10 ms: 1000 tokens/s
-        busy.arrivals.add(k * 0.01, 10)
-    busy.admit(PendingRequest(10, 0.2), now=0.2)
-    batch, wait = busy.next_batch(now=0.2)
+        planner.arrivals.add(k * 0.01, 10)
+    planner.admit(PendingRequest(10, 0.2), now=0.2)
+    return planner
+
+
+def test_it_waits_for_fuller_batches_only_when_small_ones_cannot_keep_up_and_they_fill_in_time() -> None:
+    slow_batches = BatchPlanner(target_p95_ms=2000, max_tokens=1000, cost=BatchCostModel(0.01, 1e-6))
+    batch, wait = _arrivals(slow_batches).next_batch(now=0.2)  # 100 batches/s of 10 ms each: always busy
     assert batch == [] and 0 < wait < 1.0  # (1000 - 10) tokens at ~1000/s: about a second, within the slack
+    keeping_up = BatchPlanner(target_p95_ms=2000, max_tokens=1000, cost=BatchCostModel(1e-3, 1e-6))
+    batch, wait = _arrivals(keeping_up).next_batch(now=0.2)  # 10% busy: waiting would only add latency
+    assert len(batch) == 1 and wait == 0.0
+    short_target = BatchPlanner(target_p95_ms=500, max_tokens=1000, cost=BatchCostModel(0.01, 1e-6))
+    batch, wait = _arrivals(short_target).next_batch(now=0.2)  # filling takes ~1 s, longer than the target
+    assert len(batch) == 1 and wait == 0.0
     quiet = _planner(target_p95_ms=1000, max_tokens=1000)
     quiet.admit(PendingRequest(10, 0.2), now=0.2)
     batch, wait = quiet.next_batch(now=0.2)
-    assert len(batch) == 1 and wait == 0.0  # nothing else is coming: waiting only adds latency
+    assert len(batch) == 1 and wait == 0.0  # nothing else is coming
 
 
 def test_requests_that_would_miss_the_target_are_refused_with_the_time_to_wait() -> None:
@@ -57,10 +67,21 @@ def test_requests_that_would_miss_the_target_are_refused_with_the_time_to_wait()
         admitted, refused = admitted + (result is None), refused + (result is not None)
         retry = result if result is not None else retry
     predicted = planner.backlog_s()
-    assert refused > 0 and predicted <= 0.1 < planner.backlog_s(100)
+    assert refused > 0 and predicted <= planner.admit_share * 0.1 < planner.backlog_s(100)
     assert retry is not None and retry >= 0.1
     old = planner.admit(PendingRequest(1, arrival=-1.0), now=0.0)  # waited a second already
     assert old is not None
+
+
+def test_the_admission_share_shrinks_after_late_batches_and_recovers_slowly() -> None:
+    planner = _planner(target_p95_ms=100)
+    start = planner.admit_share
+    late = [PendingRequest(10, arrival=0.0) for _ in range(4)]
+    planner.record(late, seconds=0.01, now=0.5)  # answered 500 ms after arrival: late
+    assert planner.admit_share == pytest.approx(0.9 * start)
+    for _ in range(1000):
+        planner.record([PendingRequest(10, arrival=1.0)], seconds=0.01, now=1.05)  # 50 ms: on time
+    assert planner.admit_share == pytest.approx(0.9)
 
 
 def test_a_full_queue_refuses_whatever_the_latency() -> None:

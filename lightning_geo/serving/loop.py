@@ -225,7 +225,7 @@ class GeoBatchingLoop(LitLoop):
                 self._send_error(transport, queue_id, uid, 500, f"the batch holding this request failed: "
                                  f"{type(err).__name__}")
             return
-        self.planner.record(batch, time.perf_counter() - start)
+        self.planner.record(batch, time.perf_counter() - start, time.monotonic())
         self.counts["batches"] += 1
         self.counts["answered"] += len(batch)
         for (queue_id, uid), y_enc in zip(ids, encoded, strict=True):

@@ -6,15 +6,20 @@ reads from LitServe's queue and asks it, whenever the model is free, for the nex
 - **Which requests**: the pending requests are grouped by length under a padded-token budget with
   ``token_budget_batches``, the rule ``LengthBucketing`` uses in ``trainer.predict``; the group holding the
   oldest request is the batch (so no request waits behind younger ones for ever).
-- **When**: at once if that group fills the budget; otherwise after waiting for more requests only while
-  the measured arrival rate says they will fill it before the oldest request would miss ``target_p95_ms``.
+- **When**: at once if that group fills the budget, or if batches of its size keep up with the measured
+  arrival rate (then waiting would only add latency); otherwise, when the server could not keep up with
+  batches that small, after waiting for more requests, as long as the arrival rate says they will fill the
+  budget before the oldest request would miss ``target_p95_ms``.
 - **Budget**: ``max_tokens``, lowered so that one full batch takes at most a quarter of the target by
   the measured cost of a batch (``seconds = overhead + per_token x padded tokens``, fitted on the last
   batches), but never below an eighth of ``max_tokens``: where the per-batch overhead alone is that
   slow, small batches would only lower the throughput.
 - **Admission**: a request whose predicted latency (its age plus the time to run every pending request
-  before it and itself) exceeds the target, or that finds ``max_queue`` requests pending, is refused with a
-  ``retry_after`` (HTTP 503 in the server): latency stays bounded instead of growing with the queue.
+  before it and itself) exceeds a share of the target, or that finds ``max_queue`` requests pending, is
+  refused with a ``retry_after`` (HTTP 503 in the server): latency stays bounded instead of growing with
+  the queue. The share starts at 0.8 (the rest covers the HTTP path and the prediction's error) and
+  follows the answers: it shrinks by a tenth after each batch in which more than 5% of the requests
+  finished later than the target, and grows back slowly (up to 0.9) while they are on time.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ BUDGET_SHARE = 0.25
 """Most of the latency target one full batch may take (its cost by the fitted model)."""
 PADDING_ALLOWANCE = 1.15
 """Padded tokens per real token assumed when predicting how long the pending requests take."""
+WAIT_UTILIZATION = 0.8
+"""Busy share of the server, with batches of the current size, above which waiting for fuller batches pays."""
+ADMIT_SHARE_START, ADMIT_SHARE_MIN, ADMIT_SHARE_MAX = 0.8, 0.25, 0.9
+"""Share of the target a request's predicted latency may take to be admitted: first, least and most."""
+LATE_SHARE = 0.05
+"""Share of a batch's requests finishing after the target above which the admission share shrinks."""
 
 
 @dataclass
@@ -146,6 +157,7 @@ class BatchPlanner:
         self.arrivals = ArrivalRate()
         self.pending: list[PendingRequest] = []
         self._pending_tokens = 0
+        self.admit_share = ADMIT_SHARE_START
 
     def budget(self) -> int:
         """This moment's padded-token budget: ``max_tokens``, or less (down to an eighth) if a full batch is slow."""
@@ -164,11 +176,12 @@ class BatchPlanner:
         """Queue ``request``, or refuse it: returns ``None`` if queued, else the seconds to wait before a retry.
 
         Refused when ``max_queue`` requests are pending or when its predicted latency (its age, the pending
-        requests' predicted time and its own) exceeds the target.
+        requests' predicted time and its own) exceeds ``admit_share`` of the target.
         """
         self.arrivals.add(request.arrival, request.length)
         backlog = self.backlog_s(request.length)
-        if len(self.pending) >= self.max_queue or (now - request.arrival) + backlog > self.target_s:
+        late = (now - request.arrival) + backlog > self.admit_share * self.target_s
+        if len(self.pending) >= self.max_queue or late:
             return max(backlog, self.target_s)
         self.pending.append(request)
         self._pending_tokens += request.length
@@ -190,10 +203,11 @@ class BatchPlanner:
         group = next(g for g in groups if oldest in g)
         tokens = padded_tokens(group, lengths)
         full = len(groups) > 1 or (self.max_batch_size is not None and len(group) >= self.max_batch_size)
-        if not full:
+        rate = self.arrivals.tokens_per_s(now)
+        busy = rate * self.cost.predict(tokens) / max(tokens, 1)  # share of time spent on batches of this size
+        if not full and busy > WAIT_UTILIZATION:
             slack = self.pending[oldest].arrival + self.target_s - now - self.cost.predict(budget)
-            rate = self.arrivals.tokens_per_s(now)
-            fill_s = (budget - tokens) / rate if rate > 0 else math.inf
+            fill_s = (budget - tokens) / rate
             if 0 < fill_s <= slack:
                 return [], fill_s
         chosen = set(group)
@@ -202,6 +216,14 @@ class BatchPlanner:
         self._pending_tokens -= sum(p.length for p in batch)
         return batch, 0.0
 
-    def record(self, batch: Sequence[PendingRequest], seconds: float) -> None:
-        """Feed the cost model the measured ``seconds`` of a batch that ``next_batch`` returned."""
+    def record(self, batch: Sequence[PendingRequest], seconds: float, now: float) -> None:
+        """Feed back a batch ``next_batch`` returned: it ran ``seconds`` and was answered at ``now``.
+
+        Updates the cost model, and the admission share from how many of its requests were late.
+        """
         self.cost.update(len(batch) * max((p.length for p in batch), default=1), seconds)
+        late = sum(now - p.arrival > self.target_s for p in batch)
+        if batch and late > LATE_SHARE * len(batch):
+            self.admit_share = max(ADMIT_SHARE_MIN, self.admit_share * 0.9)
+        else:
+            self.admit_share = min(ADMIT_SHARE_MAX, self.admit_share + 0.005)
