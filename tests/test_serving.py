@@ -56,8 +56,9 @@ class Server:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(APP), str(port), "geo", "--target-ms", "2000"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    command = [sys.executable, str(APP), str(port), "geo", "--target-ms", "2000"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     served = Server(process, port)
     deadline = time.monotonic() + 180
     while not served.healthy():
