@@ -73,14 +73,15 @@ def test_requests_that_would_miss_the_target_are_refused_with_the_time_to_wait()
     assert old is not None
 
 
-def test_the_admission_share_shrinks_after_late_batches_and_recovers_slowly() -> None:
+def test_the_admission_share_shrinks_after_late_batches_and_recovers_with_time_on_time() -> None:
     planner = _planner(target_p95_ms=100)
     start = planner.admit_share
-    late = [PendingRequest(10, arrival=0.0) for _ in range(4)]
-    planner.record(late, seconds=0.01, now=0.5)  # answered 500 ms after arrival: late
-    assert planner.admit_share == pytest.approx(0.9 * start)
-    for _ in range(1000):
-        planner.record([PendingRequest(10, arrival=1.0)], seconds=0.01, now=1.05)  # 50 ms: on time
+    for k in range(20):  # answered 500 ms after arrival: late, every 10 ms
+        planner.record([PendingRequest(10, arrival=k * 0.01)], seconds=0.01, now=0.5 + k * 0.01)
+    assert planner.admit_share == pytest.approx(max(0.25, start * 0.9**20))
+    planner.record([PendingRequest(10, arrival=1.0)], seconds=0.01, now=1.05)  # on time, 0.36 s later
+    assert planner.admit_share == pytest.approx(0.25 + 0.1 * 0.36)
+    planner.record([PendingRequest(10, arrival=20.0)], seconds=0.01, now=20.05)  # one batch, many seconds on
     assert planner.admit_share == pytest.approx(0.9)
 
 
