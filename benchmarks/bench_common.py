@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,13 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "lightning_geo (commit unknown)"
     return f"lightning_geo {commit}" + (" + local changes" if dirty else "")
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a server or torchrun's rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def machine() -> str:

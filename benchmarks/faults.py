@@ -47,7 +47,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import Transcript, code_version, command_line, write_results
+from bench_common import Transcript, code_version, command_line, free_port, write_results
 from faults_reshard import LOSS_RTOL, MOMENT_RTOL, WEIGHT_ATOL_PER_STEP, run_reshard_resumes
 from faults_reshard import table as reshard_table
 from faults_tuner import NUM_TRIALS, kill_rows, run_tuner_kills, summary_rows, target_line
@@ -91,15 +90,9 @@ class Kill:
     error: str = ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _command(out: Path, processes: int, steps: int, extra: tuple[str, ...]) -> list[str]:
     launcher = [sys.executable] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={_free_port()}"]
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={free_port()}"]
     return [*launcher, str(WORKER), "--out", str(out), "--steps", str(steps), "--every", "2", "--save-last",
             *EVERY_PART, *extra]
 

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import free_port
 
 from lightning_geo.utils.table import format_table
 
@@ -60,16 +60,10 @@ HEADERS = ("case", "resume step", "loss rel diff", "max |dw|", "|dw| bound", "mo
            "outcome")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(out: Path, processes: int, steps: int, *extra: str) -> dict:
     """The worker on ``processes`` (plain python for one, ``torchrun`` and FSDP for more); its result."""
     launcher = [sys.executable] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={_free_port()}"]
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={free_port()}"]
     plan = ("--plan", "fsdp") if processes > 1 else ()
     command = [*launcher, str(WORKER), "--out", str(out), "--steps", str(steps), *plan, *EVERY_PART, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

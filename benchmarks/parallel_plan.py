@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from bench_common import Transcript, code_version, verdict
+from bench_common import Transcript, code_version, free_port, verdict
 
 from lightning_geo.strategies.bandwidth import Bandwidths
 from lightning_geo.strategies.planner import ModelSize, estimate_plan, plan_parallelism
@@ -208,18 +207,12 @@ class Arm:
     strategy_est: float | None = None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_worker(processes: int, shape: tuple[int, int, int], *, steps: int, seed: int, workdir: Path) -> dict:
     """One torchrun launch of the worker; its rank-0 JSON, or ``{"error": ...}``."""
     out = workdir / f"n{processes}_{_mesh(shape)}_s{seed}.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-               f"--master_port={_free_port()}", str(WORKER), "--out", str(out), "--mesh", ",".join(map(str, shape)),
+               f"--master_port={free_port()}", str(WORKER), "--out", str(out), "--mesh", ",".join(map(str, shape)),
                "--steps", str(steps), "--warmup", str(WARMUP), "--seed", str(seed),
                *(f"--{k.replace('_', '-')}={v}" for k, v in MODEL_ARGS.items())]
     try:

@@ -66,7 +66,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,7 @@ from typing import Any
 import litserve as ls
 import numpy as np
 import torch
-from bench_common import Transcript, code_version, command_line, median, spread, verdict, write_results
+from bench_common import Transcript, code_version, command_line, free_port, median, spread, verdict, write_results
 from predict import CharTexts, Classifier, LMScorer, doc_paragraphs, padding_limit
 
 from lightning_geo.utils.bucket_collate import pad_collate
@@ -174,12 +173,6 @@ def serve_only(args: argparse.Namespace) -> None:
                           batch_timeout=args.batch_timeout)
         server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=REQUEST_TIMEOUT_S)
     server.run(host="127.0.0.1", port=int(port), generate_client_file=False, log_level="warning", num_api_servers=1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def process_tree_cpu_s(root_pid: int) -> float:

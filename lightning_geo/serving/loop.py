@@ -114,7 +114,6 @@ class GeoBatchingLoop(LitLoop):
             raise ValueError(f"GeoBatchingLoop: precision={precision!r} must be one of {PRECISIONS}")
         self.precision = precision
         self.stopping = False
-        self.counts = {"admitted": 0, "refused": 0, "bad": 0, "answered": 0, "failed": 0, "batches": 0}
         self._fp32_retry_said = False
 
     # ------------------------------------------------------------------------------------------ LitServe hooks
@@ -178,28 +177,22 @@ class GeoBatchingLoop(LitLoop):
             x = _inject_context(context, lit_api.decode_request, x_enc)
             length = int(self.length_fn(x) if self.length_fn is not None else sample_length(x))
         except HTTPException as err:
-            self._refuse(transport, response_queue_id, uid, err.status_code, err.detail)
+            self._send_error(transport, response_queue_id, uid, err.status_code, err.detail)
             return
         except Exception as err:
-            self._refuse(transport, response_queue_id, uid, 400, f"malformed request: {type(err).__name__}: {err}")
+            self._send_error(transport, response_queue_id, uid, 400, f"malformed request: {type(err).__name__}: {err}")
             return
         if self.max_length is not None and length > self.max_length:
-            self._refuse(transport, response_queue_id, uid, 413,
+            self._send_error(transport, response_queue_id, uid, 413,
                          f"request of {length} tokens: this server takes at most max_length={self.max_length}")
             return
         request = PendingRequest(length, timestamp, (response_queue_id, uid, x, context))
         retry_s = self.planner.admit(request, time.monotonic())
         if retry_s is None:
-            self.counts["admitted"] += 1
             return
-        self.counts["refused"] += 1
         detail = {"error": "overloaded: the latency target cannot be held", "retry_after_s": math.ceil(retry_s),
                   "target_p95_ms": round(self.planner.target_s * 1000, 3), "pending": len(self.planner.pending)}
         self._send_error(transport, response_queue_id, uid, 503, detail)
-
-    def _refuse(self, transport: Any, response_queue_id: int, uid: str, status: int, detail: Any) -> None:
-        self.counts["bad"] += 1
-        self._send_error(transport, response_queue_id, uid, status, detail)
 
     def _send_error(self, transport: Any, response_queue_id: int, uid: str, status: int, detail: Any) -> None:
         error = PickleableHTTPException(status, detail)
@@ -214,20 +207,16 @@ class GeoBatchingLoop(LitLoop):
             outputs = self._predict(lit_api, inputs, contexts)
             encoded = [_inject_context(c, lit_api.encode_response, y) for c, y in zip(contexts, outputs, strict=True)]
         except HTTPException as err:
-            self.counts["failed"] += len(batch)
             for queue_id, uid in ids:
                 self._send_error(transport, queue_id, uid, err.status_code, err.detail)
             return
         except Exception as err:
             log.exception("a batch of %d requests failed; its requests get HTTP 500, the server goes on", len(batch))
-            self.counts["failed"] += len(batch)
             for queue_id, uid in ids:
                 self._send_error(transport, queue_id, uid, 500, f"the batch holding this request failed: "
                                  f"{type(err).__name__}")
             return
         self.planner.record(batch, time.perf_counter() - start, time.monotonic())
-        self.counts["batches"] += 1
-        self.counts["answered"] += len(batch)
         for (queue_id, uid), y_enc in zip(ids, encoded, strict=True):
             self.put_response(transport, queue_id, uid, y_enc, LitAPIStatus.OK, LoopResponseType.REGULAR)
 

@@ -109,20 +109,24 @@ class ArrivalRate:
 
     def __init__(self, window_s: float = 2.0) -> None:
         self.window_s = check_number("ArrivalRate", "window_s", window_s, 0.0, low_open=True)
-        self._arrivals: deque[tuple[float, int]] = deque(maxlen=4096)
+        self._arrivals: deque[tuple[float, int]] = deque()
+        self._tokens = 0  # of the arrivals kept, so that a rate costs no pass over them
 
     def add(self, arrival: float, length: int) -> None:
         """Record a request of ``length`` tokens arriving at ``arrival`` (monotonic seconds)."""
+        if len(self._arrivals) == 4096:
+            self._tokens -= self._arrivals.popleft()[1]
         self._arrivals.append((arrival, length))
+        self._tokens += length
 
     def tokens_per_s(self, now: float) -> float:
         """Tokens arriving per second lately; 0.0 with fewer than two arrivals in the window."""
         while self._arrivals and self._arrivals[0][0] < now - self.window_s:
-            self._arrivals.popleft()
+            self._tokens -= self._arrivals.popleft()[1]
         if len(self._arrivals) < 2:
             return 0.0
         span = max(now - self._arrivals[0][0], 1e-6)
-        return sum(length for _, length in self._arrivals) / span
+        return self._tokens / span
 
 
 class BatchPlanner:
