@@ -116,23 +116,27 @@ def apply_activation_checkpointing(blocks_owner: nn.Module, blocks: list[nn.Modu
         blocks[index] = wrapped
 
 
-def apply_data_parallel(module: nn.Module, mesh: DeviceMesh, blocks: list[nn.Module]) -> list[str]:
+def apply_data_parallel(module: nn.Module, mesh: DeviceMesh, blocks: list[nn.Module],
+                        cpu_offload: bool = False) -> list[str]:
     """``fully_shard`` each block, then every top-level child with parameters, then the module itself if it
     holds parameters directly (its step methods then gather them, see ``register_fsdp_forward_method``).
+    With ``cpu_offload`` every unit keeps its shards in CPU memory (FSDP2's ``CPUOffloadPolicy``; the optimizer
+    then steps on the CPU).
 
     Returns the qualified names of the top-level units sharded (for the log).
     """
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
 
+    policy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for block in blocks:
-        fully_shard(block, mesh=mesh)
+        fully_shard(block, mesh=mesh, offload_policy=policy)
     units = []
     for name, child in module.named_children():
         if any(True for _ in child.parameters()):
-            fully_shard(child, mesh=mesh)
+            fully_shard(child, mesh=mesh, offload_policy=policy)
             units.append(name)
     if any(True for _ in module.parameters(recurse=False)):
-        fully_shard(module, mesh=mesh)
+        fully_shard(module, mesh=mesh, offload_policy=policy)
         for method in STEP_METHODS:
             if callable(getattr(module, method, None)):
                 register_fsdp_forward_method(module, method)
@@ -159,7 +163,8 @@ def parallelize(module: nn.Module, mesh: DeviceMesh, plan: Plan,
         done["activation_checkpointing"] = True
     if plan.replicate * plan.shard > 1:
         dp_mesh = mesh["data_parallel_replicate", "data_parallel_shard"]
-        done["units"] = apply_data_parallel(module, dp_mesh, blocks)
+        done["units"] = apply_data_parallel(module, dp_mesh, blocks, cpu_offload=plan.cpu_offload)
+        done["cpu_offload"] = plan.cpu_offload
     return done
 
 

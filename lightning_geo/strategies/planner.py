@@ -112,6 +112,10 @@ class Plan:
         tensor: size of the tensor-parallel dimension (1 = none).
         device_order: per node, the local CUDA indices in local-rank order.
         activation_checkpointing: whether blocks recompute their activations in backward.
+        pipeline: number of pipeline stages (1 = none); the stages are the outermost mesh dimension, so a plan
+            uses ``pipeline x replicate x shard x tensor`` ranks.
+        cpu_offload: whether FSDP2 keeps the sharded parameters, gradients and optimizer state in CPU memory
+            (``CPUOffloadPolicy``).
         memory_bytes: estimated peak memory per GPU (model state, gathered block, activations).
         comm_seconds: estimated communication time per optimizer step, nothing overlapped.
         breakdown: seconds per dimension: ``{"tensor": .., "shard": .., "replicate": ..}``.
@@ -123,6 +127,8 @@ class Plan:
     tensor: int
     device_order: tuple[int, ...] = ()
     activation_checkpointing: bool = False
+    pipeline: int = 1
+    cpu_offload: bool = False
     memory_bytes: float = 0.0
     comm_seconds: float = 0.0
     breakdown: dict[str, float] = field(default_factory=dict, compare=False)
@@ -136,13 +142,13 @@ class Plan:
     @property
     def world_size(self) -> int:
         """Number of ranks the plan uses."""
-        return self.replicate * self.shard * self.tensor
+        return self.pipeline * self.replicate * self.shard * self.tensor
 
     @property
     def name(self) -> str:
         """A short name: ``single device``, ``DDP``, ``FSDP``, ``HSDP 2x4``, ``TP2 + FSDP``..."""
         r, s, t = self.mesh_shape
-        if r * s * t == 1:
+        if self.world_size == 1:
             return "single device"
         if s == 1 and r > 1:
             data = "DDP"
@@ -153,7 +159,8 @@ class Plan:
         else:
             data = ""
         tensor = f"TP{t}" if t > 1 else ""
-        return " + ".join(part for part in (tensor, data) if part)
+        pipeline = f"PP{self.pipeline}" if self.pipeline > 1 else ""
+        return " + ".join(part for part in (pipeline, tensor, data) if part)
 
 
 @dataclass(frozen=True)
