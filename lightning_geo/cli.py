@@ -239,6 +239,21 @@ def _add_topo_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--bytes-per-param", type=_positive(float), default=16.0,
         help="weights + gradients + optimizer state per parameter (16: fp32 + Adam)")
     add("--net-gbps", type=_positive(float), default=None, help="inter-node bandwidth per GPU, GB/s (default 25)")
+    add("--model", choices=_known_model_names(), default=None,
+        help="plan for a known model's shape with the memory model, instead of --params and --activation-gb")
+    add("--seq-len", type=_positive(int), default=None, help="tokens per sequence (with --model; default its own)")
+    add("--micro-batch", type=_positive(int), default=None, help="sequences per GPU and forward (with --model; 1)")
+    add("--global-batch", type=_positive(int), default=None,
+        help="sequences per optimizer step (with --model): ranks plans by estimated step time")
+    add("--max-pipeline", type=_positive(int), default=1,
+        help="most pipeline stages to consider (needs --global-batch)")
+    add("--tensor-parallel", action="store_true", help="consider tensor-parallel meshes")
+
+
+def _known_model_names() -> list[str]:
+    from lightning_geo.strategies.known_models import KNOWN_MODELS
+
+    return list(KNOWN_MODELS)
 
 
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -517,7 +532,10 @@ def _topo(args: argparse.Namespace) -> int:
         bandwidths = Bandwidths() if args.net_gbps is None else Bandwidths(net=args.net_gbps)
         text, _ = topo_report(node, params=args.params, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                               gpu_memory_gb=args.gpu_memory_gb, bandwidths=bandwidths,
-                              activation_gb=args.activation_gb, bytes_per_param=args.bytes_per_param)
+                              activation_gb=args.activation_gb, bytes_per_param=args.bytes_per_param,
+                              model=args.model, seq_len=args.seq_len, micro_batch=args.micro_batch,
+                              global_batch=args.global_batch, max_pipeline=args.max_pipeline,
+                              tensor_parallel=args.tensor_parallel)
     except (ValueError, OSError) as err:
         return _fail(err, "topo")
     print(text)

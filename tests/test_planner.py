@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 
 from lightning_geo.strategies.bandwidth import GB, Bandwidths
 from lightning_geo.strategies.planner import (
+    ASSUMED_HOST_MEMORY_BYTES,
     ModelSize,
     estimate_plan,
     mesh_groups,
@@ -23,6 +27,8 @@ from lightning_geo.strategies.topology import (
     cpu_node_topology,
     single_node,
 )
+from lightning_geo.strategies.topology_smi import read_topology_file
+from lightning_geo.strategies.transformer_shape import TransformerShape
 
 
 def node_from_rows(rows: list[str], memory_gb: float | None = 80) -> NodeTopology:
@@ -94,9 +100,27 @@ def test_one_nvlink_clique_and_a_model_that_fits_replicates():
 def test_the_same_clique_with_a_model_that_does_not_fit_shards():
     report = plan_parallelism(single_node(HGX_H100), ModelSize(7e9))  # 112 GB of state > 72 GB usable
     assert report.chosen.shard > 1
+    assert not report.chosen.cpu_offload and not report.chosen.activation_checkpointing
     ddp = next(c for c in report.candidates if c.plan.mesh_shape == (8, 1, 1))
-    assert not ddp.fits and ddp.reason.startswith("does not fit")
+    # offloaded, DDP's 8 copies of 112 GB would need 896 GB of host memory, more than a node is assumed to have
+    assert not ddp.fits and ddp.reason == "does not fit: 112.0 GB > 72.0 GB"
     assert report.chosen.memory_bytes <= 0.9 * 80 * GB
+
+
+def test_cpu_offload_only_when_it_makes_a_plan_fit_and_the_host_has_the_memory():
+    big_host = plan_parallelism(single_node(HGX_H100), ModelSize(7e9), host_memory_bytes=2000 * GB)
+    assert big_host.chosen.shard > 1 and not big_host.chosen.cpu_offload  # sharding fits without offload
+    ddp = next(c for c in big_host.candidates if c.plan.mesh_shape == (8, 1, 1))
+    assert ddp.fits and ddp.plan.cpu_offload and ddp.reason == "needs CPU offload"
+    assert ddp.plan.host_bytes == pytest.approx(8 * 112 * GB)
+    only_ddp = plan_parallelism(single_node(HGX_H100), ModelSize(7e9), shapes=[(8, 1, 1)],
+                                host_memory_bytes=2000 * GB)
+    assert only_ddp.chosen.cpu_offload and only_ddp.candidates[0].fits
+    never = plan_parallelism(single_node(HGX_H100), ModelSize(7e9), shapes=[(8, 1, 1)], cpu_offload=False,
+                             host_memory_bytes=2000 * GB)
+    assert not never.candidates[0].fits and not never.chosen.cpu_offload
+    small_host = plan_parallelism(single_node(HGX_H100), ModelSize(7e9), shapes=[(8, 1, 1)])
+    assert not small_host.candidates[0].fits and any("no plan fits in 72.0 GB" in w for w in small_host.warnings)
 
 
 def test_nvlink_pairs_joined_by_pcie_get_hsdp_with_the_shard_group_inside_each_pair():
@@ -198,3 +222,46 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="world size"):
         estimate_plan(single_node(HGX_H100), ModelSize(1e6), (2, 2, 1))
     assert ModelSize(7e9).num_blocks == 38
+
+
+TOPOLOGY_FILES = sorted((Path(__file__).parent / "data" / "topologies").glob("*.txt"))
+
+
+@pytest.mark.parametrize("path", TOPOLOGY_FILES, ids=lambda p: p.name[:2])
+def test_a_chosen_plan_always_fits_or_the_report_says_none_does(path):
+    node = read_topology_file(path)
+    for nodes, memory_gb, params in itertools.product((1, 4), (24, 80), (125e6, 1.3e9, 7e9, 13e9, 70e9, 405e9)):
+        model = ModelSize(params, activation_bytes=params * 2)  # activations of the order of the weights
+        report = plan_parallelism(single_node(node, nodes), model, gpu_memory_bytes=memory_gb * GB)
+        capacity = 0.9 * memory_gb * GB
+        case = f"{path.name}, {nodes} node(s), {memory_gb} GB, {params:g} parameters"
+        if report.candidates[0].fits:
+            assert report.chosen.memory_bytes <= capacity, case
+            assert report.chosen.host_bytes <= 0.9 * ASSUMED_HOST_MEMORY_BYTES, case
+        else:
+            assert not any(c.fits for c in report.candidates), case
+            assert any(w.startswith("no plan fits") for w in report.warnings), case
+        for c in report.candidates:
+            assert c.fits == (c.plan.memory_bytes <= capacity and c.plan.host_bytes <= 0.9 * ASSUMED_HOST_MEMORY_BYTES)
+
+
+LLAMA_SHAPES = {  # Llama 3.1 8B, 70B and 405B at 8k tokens, one sequence per micro-batch
+    name: TransformerShape(layers=layers, hidden=hidden, heads=heads, kv_heads=8, ffn=ffn, vocab=128256,
+                           seq_len=8192, micro_batch=1, gated_mlp=True, rms_norm=True)
+    for name, layers, hidden, heads, ffn in (("8B", 32, 4096, 32, 14336), ("70B", 80, 8192, 64, 28672),
+                                             ("405B", 126, 16384, 128, 53248))
+}
+
+
+@pytest.mark.parametrize("path", TOPOLOGY_FILES, ids=lambda p: p.name[:2])
+def test_with_the_memory_model_and_pipelines_a_chosen_plan_still_always_fits(path):
+    node = read_topology_file(path)
+    for name, shape in LLAMA_SHAPES.items():
+        model = ModelSize.from_shape(shape, global_batch=64)
+        report = plan_parallelism(single_node(node, 4), model, gpu_memory_bytes=80 * GB, max_pipeline=4,
+                                  allow_tensor_parallel=True)
+        case = f"{path.name}, Llama {name}"
+        if report.candidates[0].fits:
+            assert report.chosen.memory_bytes <= 0.9 * 80 * GB, case
+        else:
+            assert not any(c.fits for c in report.candidates) and any("no plan fits" in w for w in report.warnings)

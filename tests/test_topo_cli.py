@@ -43,7 +43,7 @@ def test_two_nodes_and_memory_pressure_change_the_plan(capsys):
     assert code == 0, err
     assert "on 2 node(s) x 4 GPU(s), nodes joined by NET at 25 GB/s per GPU" in out
     rows = _plan_rows(out)
-    assert rows["DDP"].startswith("does not fit")  # 112 GB of state on 24 GB GPUs
+    assert rows["DDP +offload"] == "needs CPU offload"  # 112 GB of state on 24 GB GPUs
     assert rows["FSDP"] == "chosen"
 
 
@@ -97,3 +97,24 @@ def test_malformed_file_names_the_file(tmp_path, capsys):
 def test_bad_numbers_are_rejected_by_the_parser(args, message, capsys):
     code, _, err = _run_main(["topo", *args], capsys)
     assert code == 2 and message in err
+
+
+H100_FILE = TOPOLOGY_DIR / "12_hgx_h100_8x_nv18_2socket_8nic.txt"
+
+
+def test_a_known_model_is_planned_with_memory_step_time_and_pipelines(capsys):
+    code, out, err = _run_main(["topo", "--file", str(H100_FILE), "--model", "llama3.1-70b", "--nodes", "4",
+                                "--gpu-memory-gb", "80", "--global-batch", "64", "--max-pipeline", "4",
+                                "--tensor-parallel"], capsys)
+    assert code == 0, err
+    assert "plan for llama3.1-70b (7.06e+10 parameters, 8192 tokens x 1 per micro-batch, 64 per step" in out
+    assert "tok/s/GPU" in out and "PP4" in out and "PP2" in out
+    assert "--gpu-memory-gb sets it" in out and "does not fit" in out
+    assert "the GPU model is unknown" in out  # a text topology has no product names
+
+
+def test_batch_flags_need_a_known_model(capsys):
+    code, _, err = _run_main(["topo", "--file", str(H100_FILE), "--global-batch", "64"], capsys)
+    assert code == 2 and "--global-batch, --seq-len and --micro-batch need --model" in err
+    code, _out, err = _run_main(["topo", "--file", str(H100_FILE), "--model", "llama9"], capsys)
+    assert code == 2 and "llama3.1-70b" in err

@@ -5,6 +5,7 @@ Importing this package registers ``strategy="geo_hybrid"`` with Lightning (``imp
 
 from lightning_geo.strategies.bandwidth import Bandwidths
 from lightning_geo.strategies.geo_hybrid import GeoHybridStrategy, register_geo_hybrid
+from lightning_geo.strategies.pipeline import PipelineParts
 from lightning_geo.strategies.planner import ModelSize, Plan, PlanReport, plan_parallelism
 from lightning_geo.strategies.topology import GPU, ClusterTopology, Link, LinkKind, NodeTopology
 
@@ -19,6 +20,7 @@ __all__ = [
     "LinkKind",
     "ModelSize",
     "NodeTopology",
+    "PipelineParts",
     "Plan",
     "PlanReport",
     "plan_parallelism",

@@ -6,7 +6,9 @@ planner picks a ``(replicate, shard, tensor)`` mesh and the DeviceMesh is built 
 that the innermost dimension sits on the fastest links. In ``setup``, a LightningModule that does not
 override ``configure_model`` is parallelized by the plan (``parallelize``); one that does gets the mesh
 as ``self.device_mesh`` (dims ``data_parallel_replicate``, ``data_parallel_shard``, ``tensor_parallel``,
-and the flattened ``data_parallel`` Lightning's own examples use) and parallelizes itself.
+and the flattened ``data_parallel`` Lightning's own examples use) and parallelizes itself. A plan with pipeline
+stages (``pipeline=N``) adds an outermost ``pipeline`` dim; the module is then split into stages and every step
+runs through a pipeline schedule (``lightning_geo.strategies.pipeline``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,22 @@ from lightning_geo.strategies.checkpoint_swap import (
     version_folder,
 )
 from lightning_geo.strategies.parallelize import count_parameters, find_blocks, parallelize
-from lightning_geo.strategies.planner import ModelSize, Plan, PlanReport, mesh_shapes, plan_parallelism
+from lightning_geo.strategies.pipeline import (
+    SCHEDULES,
+    PipelineRunner,
+    build_pipeline,
+    clip_grad_norm_,
+    load_stage_checkpoint,
+    stage_optimizer_state,
+)
+from lightning_geo.strategies.planner import (
+    ASSUMED_HOST_MEMORY_BYTES,
+    ModelSize,
+    Plan,
+    PlanReport,
+    mesh_shapes,
+    plan_parallelism,
+)
 from lightning_geo.strategies.rings import device_order
 from lightning_geo.strategies.topology import ClusterTopology, NodeTopology, cpu_node_topology
 from lightning_geo.utils.dashboard import DashboardSection
@@ -57,6 +74,8 @@ log = logging.getLogger(__name__)
 
 PLAN_KINDS = ("auto", "ddp", "fsdp", "hsdp", "tensor_parallel")
 MESH_DIM_NAMES = ("data_parallel_replicate", "data_parallel_shard", "tensor_parallel")
+PIPELINE_DIM_NAME = "pipeline"
+"""The outermost mesh dim of a plan with pipeline stages (the mesh is then 4-D; without stages it stays 3-D)."""
 
 
 LEAVE_TIMEOUT = timedelta(seconds=10)
@@ -85,9 +104,10 @@ class GeoHybridStrategy(ModelParallelStrategy):
 
     Data loading: with ``Trainer(use_distributed_sampler=True)`` (Lightning's default) and several
     data-parallel replicas, each loader gets a ``DistributedSampler`` over the replicas (the ranks of one
-    tensor-parallel group read the same samples), shuffled for training as under DDP. With one replica (one
-    device, or tensor parallel only) no sampler is injected: the loaders keep your sampler and order, as in a
-    plain single-device run. ``use_distributed_sampler=False`` leaves the sharding to you in both cases.
+    tensor-parallel group, and every pipeline stage of one replica, read the same samples), shuffled for
+    training as under DDP. With one replica (one device, or tensor parallel or pipeline stages only) no sampler
+    is injected: the loaders keep your sampler and order, as in a plain single-device run.
+    ``use_distributed_sampler=False`` leaves the sharding to you in both cases.
 
     Args:
         plan: what to choose among: ``"auto"`` (default: the cheapest plan that fits), ``"ddp"``, ``"fsdp"``,
@@ -112,6 +132,19 @@ class GeoHybridStrategy(ModelParallelStrategy):
             ``"auto"`` planning considers tensor parallel only when this is given.
         prefer_simpler_within: a simpler plan wins when its estimate is within this fraction of the
             cheapest; 0.1.
+        cpu_offload: ``"auto"`` (only when it is what makes a data-parallel plan fit), ``True`` or ``False``: FSDP2
+            keeps the sharded parameters, gradients and optimizer state in host memory (``CPUOffloadPolicy``; the
+            optimizer steps on the CPU).
+        host_memory_gb: host memory per node in GB that offloaded state may fill (after ``memory_fraction``); 512.
+        pipeline: number of pipeline stages, the outermost mesh dim: the world is ``pipeline x replicate x shard x
+            tensor`` ranks, and the planner chooses (or ``mesh`` forces) the mesh of each stage's ranks; 1 (none).
+            The module must offer ``pipeline_parts()`` (see ``lightning_geo.strategies.pipeline``, which also says
+            what runs differently: the strategy runs each step through the stages, and the module's step methods
+            are not called). Not with ``configure_model``, a loss-scaling precision (``"16-mixed"``) or
+            ``save_distributed_checkpoint=False``; no ``predict``.
+        pipeline_schedule: ``"1f1b"`` (default), ``"gpipe"`` or ``"interleaved_1f1b"`` (two stages per rank).
+        n_microbatches: micro-batches per batch under pipeline parallelism; must divide the batch of each
+            data-parallel replica; default ``2 * pipeline``.
         save_distributed_checkpoint, process_group_backend, timeout: as for ``ModelParallelStrategy``.
     """
 
@@ -119,11 +152,13 @@ class GeoHybridStrategy(ModelParallelStrategy):
     geo_dashboard_section: ClassVar[DashboardSection] = DashboardSection.for_part(
         "strategy",
         {
-            "mesh: replicate x shard x tensor, world size": (r"^geo/strategy/(replicate|shard|tensor|world_size)$",),
+            "mesh: replicate x shard x tensor, world size": (
+                r"^geo/strategy/(pipeline|replicate|shard|tensor|world_size)$",
+            ),
             "estimated communication per step (ms)": (r"^geo/strategy/est_comm_ms$",),
             "estimated memory per device (GB)": (r"^geo/strategy/est_memory_gb$",),
-            "activation checkpointing (0/1) and plans compared": (
-                r"^geo/strategy/(activation_checkpointing|candidates)$",
+            "activation checkpointing, CPU offload (0/1) and plans compared": (
+                r"^geo/strategy/(activation_checkpointing|cpu_offload|candidates)$",
             ),
         },
     )
@@ -142,6 +177,11 @@ class GeoHybridStrategy(ModelParallelStrategy):
         activation_checkpointing: bool | str = "auto",
         tensor_parallel_plan: Mapping[str, Any] | None = None,
         prefer_simpler_within: float = 0.1,
+        cpu_offload: bool | str = "auto",
+        host_memory_gb: float = ASSUMED_HOST_MEMORY_BYTES / GB,
+        pipeline: int = 1,
+        pipeline_schedule: str = "1f1b",
+        n_microbatches: int | None = None,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
@@ -184,6 +224,29 @@ class GeoHybridStrategy(ModelParallelStrategy):
             )
         if not isinstance(prefer_simpler_within, (int, float)) or prefer_simpler_within < 0:
             raise ValueError(f"GeoHybridStrategy: prefer_simpler_within must be >= 0, got {prefer_simpler_within!r}")
+        if cpu_offload not in (True, False, "auto"):
+            raise ValueError(f"GeoHybridStrategy: cpu_offload must be True, False or 'auto', got {cpu_offload!r}")
+        if isinstance(host_memory_gb, bool) or not isinstance(host_memory_gb, (int, float)) or not host_memory_gb > 0:
+            raise ValueError(f"GeoHybridStrategy: host_memory_gb must be a number of GB > 0, got {host_memory_gb!r}")
+        self._cpu_offload = cpu_offload
+        self._host_memory_gb = float(host_memory_gb)
+        if isinstance(pipeline, bool) or not isinstance(pipeline, int) or pipeline < 1:
+            raise ValueError(f"GeoHybridStrategy: pipeline must be a number of stages >= 1, got {pipeline!r}")
+        if pipeline_schedule not in SCHEDULES:
+            raise ValueError(
+                f"GeoHybridStrategy: pipeline_schedule must be one of {SCHEDULES}, got {pipeline_schedule!r}"
+            )
+        if n_microbatches is not None and (
+            isinstance(n_microbatches, bool) or not isinstance(n_microbatches, int) or n_microbatches < 1
+        ):
+            raise ValueError(
+                f"GeoHybridStrategy: n_microbatches must be a positive integer or None, got {n_microbatches!r}"
+            )
+        if n_microbatches is not None and pipeline_schedule == "1f1b" and n_microbatches < pipeline:
+            raise ValueError(
+                f"GeoHybridStrategy: the 1F1B schedule needs n_microbatches >= pipeline stages, got "
+                f"n_microbatches={n_microbatches} for pipeline={pipeline}"
+            )
         self._plan_kind = plan
         self._forced_mesh = mesh
         self._topology_arg = topology
@@ -201,6 +264,11 @@ class GeoHybridStrategy(ModelParallelStrategy):
             )
         self._tensor_parallel_plan = tensor_parallel_plan
         self._prefer_simpler_within = float(prefer_simpler_within)
+        self._pipeline = pipeline
+        self._pipeline_schedule = pipeline_schedule
+        self._n_microbatches = n_microbatches
+        self.pipeline_runner: PipelineRunner | None = None
+        """This rank's pipeline stages and schedule (after set-up of a plan with pipeline stages)."""
         self.report: PlanReport | None = None
         self.cluster: ClusterTopology | None = None
         self.applied: dict[str, object] = {}
@@ -335,13 +403,20 @@ class GeoHybridStrategy(ModelParallelStrategy):
         return ModelSize(count, weight_bytes=nbytes, grad_bytes=nbytes, num_blocks=blocks)
 
     def _candidate_shapes(self, cluster: ClusterTopology) -> list[tuple[int, int, int]] | None:
-        world = cluster.world_size
+        """The ``(replicate, shard, tensor)`` meshes of each pipeline stage's ranks to plan among."""
+        if cluster.world_size % self._pipeline:
+            raise ValueError(
+                f"GeoHybridStrategy: pipeline={self._pipeline} stages must divide the {cluster.world_size} ranks of "
+                "the run"
+            )
+        world = cluster.world_size // self._pipeline
         if self._forced_mesh is not None:
             r, s, t = self._forced_mesh
             if r * s * t != world:
+                stages = f" x pipeline={self._pipeline} = {r * s * t * self._pipeline}" if self._pipeline > 1 else ""
                 raise ValueError(
-                    f"GeoHybridStrategy: mesh={self._forced_mesh} has {r * s * t} ranks but the run has {world} "
-                    f"(devices={cluster.gpus_per_node} x num_nodes={cluster.num_nodes})"
+                    f"GeoHybridStrategy: mesh={self._forced_mesh} has {r * s * t}{stages} ranks but the run has "
+                    f"{cluster.world_size} (devices={cluster.gpus_per_node} x num_nodes={cluster.num_nodes})"
                 )
             if t > 1 and cluster.gpus_per_node % t:
                 raise ValueError(
@@ -379,12 +454,16 @@ class GeoHybridStrategy(ModelParallelStrategy):
             shapes=shapes,
             prefer_simpler_within=self._prefer_simpler_within,
             memory_argument="gpu_memory_gb=80",
+            pipelines=[self._pipeline] if self._pipeline > 1 else None,
+            cpu_offload=self._cpu_offload,
+            host_memory_bytes=self._host_memory_gb * GB,
         )
         if not report.candidates[0].fits:
             raise ValueError(
                 f"GeoHybridStrategy: no {'forced ' if shapes else ''}plan fits in "
                 f"{(report.gpu_memory_bytes or 0) / GB:.1f} GB per GPU (memory_fraction={self._memory_fraction}). "
-                "Use more GPUs, a smaller model, activation_checkpointing=True, or correct the estimate with "
+                "Use more GPUs, a smaller model, activation_checkpointing=True, cpu_offload=True (with the host memory "
+                "in host_memory_gb=), or correct the estimate with "
                 f"gpu_memory_gb= / model_size=.\n{report.table()}"
             )
         for warning in report.warnings:
@@ -394,7 +473,11 @@ class GeoHybridStrategy(ModelParallelStrategy):
     def _build_mesh(self, plan: Plan) -> Any:
         from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh(self.root_device.type, plan.mesh_shape, mesh_dim_names=MESH_DIM_NAMES)
+        if plan.pipeline > 1:
+            mesh = init_device_mesh(self.root_device.type, (plan.pipeline, *plan.mesh_shape),
+                                    mesh_dim_names=(PIPELINE_DIM_NAME, *MESH_DIM_NAMES))
+        else:
+            mesh = init_device_mesh(self.root_device.type, plan.mesh_shape, mesh_dim_names=MESH_DIM_NAMES)
         # kept here: torch deprecates reading a flattened dim back from the root mesh (mesh["data_parallel"])
         self._data_parallel_mesh = mesh[MESH_DIM_NAMES[0], MESH_DIM_NAMES[1]]._flatten("data_parallel")
         return mesh
@@ -402,8 +485,9 @@ class GeoHybridStrategy(ModelParallelStrategy):
     def _describe(self) -> str:
         assert self.report is not None and self.cluster is not None
         plan = self.report.chosen
+        stages = f"{plan.pipeline} pipeline stages x " if plan.pipeline > 1 else ""
         return (
-            f"{plan.name} (mesh replicate x shard x tensor = {plan.replicate}x{plan.shard}x{plan.tensor}) on "
+            f"{plan.name} (mesh {stages}replicate x shard x tensor = {plan.replicate}x{plan.shard}x{plan.tensor}) on "
             f"{self.cluster.num_nodes} node(s) x {self.cluster.gpus_per_node} device(s), topology from "
             f"{self.cluster.nodes[0].source}; estimated communication {plan.comm_seconds * 1e3:.2f} ms/step, "
             f"{plan.memory_bytes / GB:.2f} GB/GPU"
@@ -423,7 +507,24 @@ class GeoHybridStrategy(ModelParallelStrategy):
                 "GeoHybridStrategy: found modules wrapped in FSDP1 (FullyShardedDataParallel); it applies FSDP2 "
                 "(fully_shard) itself. Remove the wrapping, or use strategy='fsdp'."
             )
-        if is_overridden("configure_model", self.lightning_module):
+        if self.plan.pipeline > 1:
+            self._check_pipeline_setup()
+            if not self.applied:
+                self.pipeline_runner, done = build_pipeline(
+                    self.lightning_module, self.device_mesh, self.plan, self.root_device,
+                    schedule=self._pipeline_schedule, n_microbatches=self._n_microbatches,
+                    tensor_parallel_plan=dict(self._tensor_parallel_plan) if self._tensor_parallel_plan else None,
+                )
+                self.applied = {"by": "geo_hybrid", **done}
+                # the norm to clip is the whole model's, over every stage (this plugin instance only)
+                group = self.device_mesh[PIPELINE_DIM_NAME].get_group()
+                plugin = self.precision_plugin
+
+                def clip_by_norm(optimizer: Any, clip_val: float) -> None:
+                    clip_grad_norm_(list(plugin.main_params(optimizer)), float(clip_val), group)
+
+                plugin.clip_grad_by_norm = clip_by_norm  # type: ignore[method-assign]
+        elif is_overridden("configure_model", self.lightning_module):
             self.applied = {"by": "configure_model"}
         elif not self.applied:  # fit then validate re-runs setup on the same, already parallelized module
             self.applied = {"by": "geo_hybrid", **parallelize(self.lightning_module, self.device_mesh, self.plan,
@@ -440,6 +541,34 @@ class GeoHybridStrategy(ModelParallelStrategy):
         self._keep_user_sampler_without_data_parallelism(trainer)
         self._log_plan(trainer)
 
+    def _check_pipeline_setup(self) -> None:
+        assert self.lightning_module is not None
+        stages = f"GeoHybridStrategy: a plan with {self.plan.pipeline} pipeline stages"
+        if is_overridden("configure_model", self.lightning_module):
+            raise ValueError(
+                f"{stages} splits the module itself, but {type(self.lightning_module).__name__} overrides "
+                "configure_model(); build the layers in __init__ (and offer pipeline_parts()), or use pipeline=1"
+            )
+        if not self.lightning_module.automatic_optimization:
+            raise ValueError(
+                f"{stages} runs forward, backward and the optimizer step through its schedule; manual optimization "
+                "(automatic_optimization=False) cannot drive it: use automatic optimization or pipeline=1"
+            )
+        plugin = self.precision_plugin
+        # Lightning's own plugins change the backward only through a GradScaler; another one may do anything
+        own = [c.__name__ for c in type(plugin).__mro__
+               if not c.__module__.startswith("lightning.") and {"backward", "pre_backward"} & set(vars(c))]
+        if getattr(plugin, "scaler", None) is not None or own:
+            raise ValueError(
+                f"{stages} runs backward inside its schedule, so the precision plugin {type(plugin).__name__} cannot "
+                "scale the loss before it; use precision='bf16-mixed', 'bf16-true' or '32-true'"
+            )
+        if not self._save_distributed_checkpoint:
+            raise ValueError(
+                f"{stages}: each rank holds only its stage, so a checkpoint must be distributed; "
+                "use save_distributed_checkpoint=True"
+            )
+
     def _keep_user_sampler_without_data_parallelism(self, trainer: pl.Trainer) -> None:
         # Lightning counts every ModelParallelStrategy as distributed and replaces the loaders' samplers with a
         # DistributedSampler, shuffle=True for training, even over one data-parallel replica: a one-device run
@@ -453,6 +582,7 @@ class GeoHybridStrategy(ModelParallelStrategy):
         assert self.report is not None
         plan = self.report.chosen
         log_geo_scalars(trainer, "strategy", {
+            "pipeline": plan.pipeline,
             "replicate": plan.replicate,
             "shard": plan.shard,
             "tensor": plan.tensor,
@@ -460,12 +590,82 @@ class GeoHybridStrategy(ModelParallelStrategy):
             "est_comm_ms": plan.comm_seconds * 1e3,
             "est_memory_gb": plan.memory_bytes / GB,
             "activation_checkpointing": plan.activation_checkpointing,
+            "cpu_offload": plan.cpu_offload,
             "candidates": len(self.report.candidates),
         }, step=trainer.global_step, throttle=False)
         warnings = "".join(f"\n- {w}" for w in self.report.warnings)
         text = (f"**{self._describe()}**\n\napplied: {self.applied}\n\n```\n{self.report.table()}\n```"
                 + (f"\n\nwarnings:{warnings}" if warnings else ""))
         log_geo_text(trainer, "strategy", "plan", text, step=trainer.global_step, throttle=False)
+
+    # ----------------------------------------------------------------- steps under pipeline parallelism
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's ``training_step``; under pipeline parallelism, forward and backward of every micro-batch
+        through the stages instead, returning the batch's mean loss on every rank (``backward`` then does nothing)."""
+        if self.pipeline_runner is None:
+            return super().training_step(*args, **kwargs)
+        assert self.lightning_module is not None
+        batch = args[0] if args else kwargs["batch"]
+        batch_idx = args[1] if len(args) > 1 else kwargs["batch_idx"]
+        accumulate = self.lightning_module.trainer.accumulate_grad_batches
+        runner = self.pipeline_runner
+        # Lightning zeroes the gradients between training_step and backward (at the first batch of an
+        # accumulation): the schedule's gradients are put aside until backward, and zeroed here instead
+        if batch_idx % accumulate == 0:
+            runner.zero_gradients()
+        with self.precision_plugin.train_step_context():
+            loss = runner.train_step(batch, accumulate=accumulate)
+        runner.put_aside_gradients()
+        self._report_loss("train", loss, batch)
+        return loss
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's ``validation_step``; under pipeline parallelism, a forward pass through the stages giving
+        the batch's mean loss to every rank (and to ``PipelineParts.on_loss``)."""
+        if self.pipeline_runner is None:
+            return super().validation_step(*args, **kwargs)
+        batch = args[0] if args else kwargs["batch"]
+        with self.precision_plugin.val_step_context():
+            loss = self.pipeline_runner.eval_step(batch)
+        self._report_loss("val", loss, batch)
+        return loss
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        """As ``validation_step``, reported as ``"test"``."""
+        if self.pipeline_runner is None:
+            return super().test_step(*args, **kwargs)
+        batch = args[0] if args else kwargs["batch"]
+        with self.precision_plugin.test_step_context():
+            loss = self.pipeline_runner.eval_step(batch)
+        self._report_loss("test", loss, batch)
+        return loss
+
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's ``predict_step``; refused under pipeline parallelism (the outputs live on the last stage)."""
+        if self.pipeline_runner is None:
+            return super().predict_step(*args, **kwargs)
+        raise RuntimeError(
+            "GeoHybridStrategy: predict is not supported with pipeline stages (only the last stage holds the "
+            "outputs); predict from a checkpoint with pipeline=1"
+        )
+
+    def _report_loss(self, stage: str, loss: torch.Tensor, batch: Any) -> None:
+        assert self.pipeline_runner is not None and self.pipeline_runner.parts.on_loss is not None
+        self.pipeline_runner.parts.on_loss(stage, loss, batch)
+
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """As ``Strategy.backward``; under pipeline parallelism the schedule already ran backward in
+        ``training_step``, so only the hooks run (``on_before_backward`` and ``on_after_backward``)."""
+        if self.pipeline_runner is None:
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
+        assert self.lightning_module is not None
+        self.pipeline_runner.put_back_gradients()
+        self.pre_backward(closure_loss)
+        closure_loss = self.precision_plugin.pre_backward(closure_loss, self.lightning_module)
+        closure_loss = self.precision_plugin.post_backward(closure_loss, self.lightning_module)
+        self.post_backward(closure_loss)
+        return closure_loss
 
     def teardown(self) -> None:
         """As ``ModelParallelStrategy``; a one-process run also leaves its (world size 1) process group, so
@@ -532,8 +732,25 @@ class GeoHybridStrategy(ModelParallelStrategy):
                 + "; resume from another checkpoint, or save this one again"
             ) from err
 
-    def _load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None) -> dict[str, Any]:
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        """As ``ModelParallelStrategy``; with pipeline stages, this rank's stage only, one key per parameter
+        (``stage_optimizer_state``)."""
+        if self.pipeline_runner is None:
+            return super().optimizer_state(optimizer)
         assert self.model is not None
+        return stage_optimizer_state(self.model, getattr(optimizer, "_optimizer", optimizer))
+
+    def _load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None) -> dict[str, Any]:
+        assert self.model is not None and self.lightning_module is not None
+        if self.pipeline_runner is not None:
+            path = Path(self.broadcast(str(checkpoint_path)))
+            if not path.is_dir():
+                raise ValueError(
+                    f"GeoHybridStrategy: {str(path)!r} is not a distributed checkpoint folder; a run with pipeline "
+                    "stages resumes only from one (save_distributed_checkpoint=True)"
+                )
+            return load_stage_checkpoint(path, self.model, self.optimizers,
+                                         strict=self.lightning_module.strict_loading, weights_only=weights_only)
         if any(isinstance(p, DTensor) for p in self.model.parameters()):
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
         import lightning.fabric.strategies.model_parallel as fabric_model_parallel

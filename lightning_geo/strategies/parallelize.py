@@ -127,7 +127,8 @@ def apply_data_parallel(module: nn.Module, mesh: DeviceMesh, blocks: list[nn.Mod
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
 
-    policy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    # pinned host memory needs an accelerator; without one the copies are plain (and move nothing on a CPU)
+    policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
     for block in blocks:
         fully_shard(block, mesh=mesh, offload_policy=policy)
     units = []

@@ -27,19 +27,30 @@ that consecutive ranks sit on the fastest links.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from lightning_geo.strategies import step_time
 from lightning_geo.strategies.bandwidth import GB, Bandwidths
 from lightning_geo.strategies.rings import Device, device_order, ring_bandwidth
 from lightning_geo.strategies.topology import ClusterTopology, LinkKind
 from lightning_geo.utils.table import format_table
+
+if TYPE_CHECKING:
+    from lightning_geo.strategies.transformer_shape import TransformerShape
 
 DDP_BUCKET_BYTES = 25 * 2**20
 """PyTorch DDP's default gradient bucket (``bucket_cap_mb=25``): one all-reduce per bucket."""
 
 ACTIVATION_CHECKPOINT_FACTOR = 0.1
 """Share of activation memory kept with activation checkpointing of every block (block inputs only)."""
+
+ASSUMED_HOST_MEMORY_BYTES = 512 * GB
+"""Host memory per node taken for CPU offload (a common 8-GPU server has 512 GB to 2 TB): an offloaded plan whose
+shards need more on one node does not fit (``host_memory_bytes`` sets it)."""
 
 ASSUMED_GPU_MEMORY_BYTES = 8 * GB
 """Memory every GPU is taken to have when the topology does not say (a saved ``nvidia-smi topo -m``): a plan
@@ -60,9 +71,23 @@ class ModelSize:
         num_blocks: number of repeated blocks (transformer layers), the units FSDP gathers one at a time;
             ``None`` = ``round(parameters ** (1/3) / 50)``, at least 1, which gives the layer counts of the
             GPT family (125M: 10, 1.3B: 22, 7B: 38, 70B: 82).
-        tp_comm_bytes: bytes all-reduced inside a tensor-parallel group per step (forward and backward);
+        tp_comm_bytes: bytes all-reduced inside a tensor-parallel group per micro-batch (forward and backward;
+            one micro-batch per step when ``global_batch`` is unknown);
             ``None`` = ``activation_bytes / 4`` (a Megatron-style layer all-reduces its ``b*s*h`` hidden
             state four times while storing about ``34*b*s*h`` bytes of activations, Korthikanti et al. 2022).
+        shape: the model's [`TransformerShape`][lightning_geo.strategies.transformer_shape.TransformerShape]
+            (layers, widths, sequence length, micro-batch); ``None`` = unknown. With it, memory comes from the
+            memory model (``lightning_geo.strategies.memory.estimate_memory``) and activations, tensor-parallel
+            and pipeline traffic from the shapes, overriding ``activation_bytes`` and ``tp_comm_bytes``.
+        global_batch: sequences per optimizer step over the whole world (the shape's micro-batch times the
+            data-parallel ranks times the micro-batches of a pipeline or of accumulation); ``None`` = unknown. With
+            ``shape`` it gives the work of a step, so that plans are ranked by estimated step time (compute, the
+            pipeline bubble, recomputation, exposed communication) instead of communication alone, and pipeline
+            plans can be weighed.
+        compute_bytes: bytes per element of activations and of what tensor and pipeline parallel send; 2
+            (bf16/fp16 autocast; 4 for fp32). Used with ``shape``.
+        optimizer: the optimizer's name for the memory model (``"adamw"``, ``"geo_adamw"``, ``"geo_muon"``,
+            ``"sgd"``); used only with ``shape``, where it replaces ``optimizer_bytes``.
     """
 
     parameters: float
@@ -72,6 +97,10 @@ class ModelSize:
     activation_bytes: float = 0.0
     num_blocks: int | None = None
     tp_comm_bytes: float | None = None
+    shape: TransformerShape | None = None
+    global_batch: int | None = None
+    compute_bytes: float = 2.0
+    optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
         if not self.parameters >= 0:
@@ -85,6 +114,38 @@ class ModelSize:
             raise ValueError(f"ModelSize: num_blocks must be an integer >= 1 or None, got {self.num_blocks!r}")
         if self.tp_comm_bytes is not None and not self.tp_comm_bytes >= 0:
             raise ValueError(f"ModelSize: tp_comm_bytes must be >= 0 or None, got {self.tp_comm_bytes!r}")
+        if self.global_batch is not None and (int(self.global_batch) != self.global_batch or self.global_batch < 1):
+            raise ValueError(f"ModelSize: global_batch must be an integer >= 1 or None, got {self.global_batch!r}")
+
+    @classmethod
+    def from_shape(cls, shape: TransformerShape, *, global_batch: int | None = None, optimizer: str = "adamw",
+                   param_bytes: float = 4.0, grad_bytes: float = 4.0, compute_bytes: float = 2.0) -> ModelSize:
+        """A model size read off ``shape``: its parameter count and layers, ``optimizer``'s state, weights of
+        ``param_bytes``, gradients of ``grad_bytes`` and activations of ``compute_bytes`` per element (4, 4, 2:
+        fp32 master weights and gradients, bf16 autocast)."""
+        from lightning_geo.strategies.memory import optimizer_state_bytes
+
+        share = shape.layers * shape.matrix_parameters / shape.parameters
+        return cls(shape.parameters, weight_bytes=param_bytes, grad_bytes=grad_bytes,
+                   optimizer_bytes=optimizer_state_bytes(optimizer, matrix_share=share), num_blocks=shape.layers,
+                   shape=shape, global_batch=global_batch, compute_bytes=compute_bytes, optimizer=optimizer)
+
+    @property
+    def tokens_per_step(self) -> float | None:
+        """Tokens of one optimizer step (``global_batch x seq_len``), or None when the shape or batch is unknown."""
+        if self.shape is None or self.global_batch is None:
+            return None
+        return float(self.global_batch * self.shape.seq_len)
+
+    @property
+    def boundary_bytes(self) -> float:
+        """Bytes of the hidden state one micro-batch sends from a pipeline stage to the next (forward; the backward
+        sends as much back)."""
+        if self.shape is not None:
+            sh = self.shape
+            return sh.micro_batch * sh.seq_len * sh.hidden * self.compute_bytes
+        assert self.num_blocks is not None
+        return self.activation_bytes / (17 * self.num_blocks)  # ~34 s b h bytes per layer in 16 bits
 
     @property
     def state_bytes(self) -> float:
@@ -98,8 +159,14 @@ class ModelSize:
 
     @property
     def tensor_parallel_bytes(self) -> float:
-        """Bytes a tensor-parallel group all-reduces per step (``tp_comm_bytes`` or its default)."""
-        return self.activation_bytes / 4 if self.tp_comm_bytes is None else self.tp_comm_bytes
+        """Bytes a tensor-parallel group all-reduces per micro-batch (``tp_comm_bytes`` or its default): with a
+        shape, ``4 b s h`` per layer in the compute dtype (two all-reduces forward, two backward)."""
+        if self.tp_comm_bytes is not None:
+            return self.tp_comm_bytes
+        if self.shape is not None:
+            sh = self.shape
+            return 4 * sh.layers * sh.micro_batch * sh.seq_len * sh.hidden * self.compute_bytes
+        return self.activation_bytes / 4
 
 
 @dataclass(frozen=True)
@@ -117,9 +184,12 @@ class Plan:
         cpu_offload: whether FSDP2 keeps the sharded parameters, gradients and optimizer state in CPU memory
             (``CPUOffloadPolicy``).
         memory_bytes: estimated peak memory per GPU (model state, gathered block, activations).
+        host_bytes: host memory per node the plan's CPU offload keeps (0 without offload).
         comm_seconds: estimated communication time per optimizer step, nothing overlapped.
-        breakdown: seconds per dimension: ``{"tensor": .., "shard": .., "replicate": ..}``.
+        breakdown: seconds per dimension: ``{"tensor": .., "shard": .., "replicate": ..}`` (and ``"pipeline"``).
         bandwidths_gbps: bottleneck GB/s of each dimension's groups (absent for a size-1 dimension).
+        step: the estimated step time by cause ([`StepTime`][lightning_geo.strategies.step_time.StepTime]), when
+            the work of a step is known (``ModelSize.shape`` and ``global_batch``); else None.
     """
 
     replicate: int
@@ -130,9 +200,11 @@ class Plan:
     pipeline: int = 1
     cpu_offload: bool = False
     memory_bytes: float = 0.0
+    host_bytes: float = 0.0
     comm_seconds: float = 0.0
     breakdown: dict[str, float] = field(default_factory=dict, compare=False)
     bandwidths_gbps: dict[str, float] = field(default_factory=dict, compare=False)
+    step: step_time.StepTime | None = field(default=None, compare=False)
 
     @property
     def mesh_shape(self) -> tuple[int, int, int]:
@@ -189,19 +261,25 @@ class PlanReport:
     gpu_memory_bytes: float | None = None
 
     def table(self) -> str:
-        """A text table of every candidate: mesh, memory per GPU, estimated communication and verdict."""
+        """A text table of every candidate: mesh, memory per GPU, estimated communication (and step time and
+        throughput when the work of a step is known) and verdict."""
+        timed = any(c.plan.step is not None for c in self.candidates)
         rows = []
         for rank, c in enumerate(self.candidates, start=1):
             p = c.plan
-            rows.append([
+            row: list[object] = [
                 rank,
-                p.name + (" +AC" if p.activation_checkpointing else ""),
-                f"{p.replicate}x{p.shard}x{p.tensor}",
+                p.name + (" +AC" if p.activation_checkpointing else "") + (" +offload" if p.cpu_offload else ""),
+                (f"{p.pipeline}x" if p.pipeline > 1 else "") + f"{p.replicate}x{p.shard}x{p.tensor}",
                 f"{p.memory_bytes / GB:.2f}",
                 _format_seconds(p.comm_seconds),
-                c.reason,
-            ])
-        return format_table(["#", "plan", "RxSxT", "GB/GPU", "comm/step", "verdict"], rows)
+            ]
+            if timed:
+                row += [_format_seconds(p.step.seconds) if p.step else "-",
+                        f"{p.step.tokens_per_second_per_gpu:,.0f}" if p.step else "-"]
+            rows.append([*row, c.reason])
+        headers = ["#", "plan", "(P)xRxSxT", "GB/GPU", "comm/step"] + (["step", "tok/s/GPU"] if timed else [])
+        return format_table([*headers, "verdict"], rows)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -229,15 +307,18 @@ def mesh_shapes(world_size: int, gpus_per_node: int, allow_tensor_parallel: bool
     return shapes
 
 
-def mesh_groups(shape: tuple[int, int, int], dim: int) -> list[list[int]]:
-    """The rank groups along ``dim`` (0 replicate, 1 shard, 2 tensor) of a row-major mesh."""
-    r, s, t = shape
-    ranks = [[[i * s * t + j * t + k for k in range(t)] for j in range(s)] for i in range(r)]
-    if dim == 2:
-        return [ranks[i][j] for i in range(r) for j in range(s)]
-    if dim == 1:
-        return [[ranks[i][j][k] for j in range(s)] for i in range(r) for k in range(t)]
-    return [[ranks[i][j][k] for i in range(r)] for j in range(s) for k in range(t)]
+def mesh_groups(shape: tuple[int, ...], dim: int) -> list[list[int]]:
+    """The rank groups along ``dim`` of a row-major mesh of any number of dimensions (for ``(replicate, shard,
+    tensor)``: 0 replicate, 1 shard, 2 tensor; the last dimension is the innermost, on consecutive ranks)."""
+    if not 0 <= dim < len(shape):
+        raise ValueError(f"dim must be in [0, {len(shape)}), got {dim}")
+    strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
+    others = [k for k in range(len(shape)) if k != dim]
+    groups = []
+    for index in itertools.product(*(range(shape[k]) for k in others)):
+        base = sum(i * strides[k] for i, k in zip(index, others, strict=True))
+        groups.append([base + j * strides[dim] for j in range(shape[dim])])
+    return groups
 
 
 def rank_devices(topology: ClusterTopology, bandwidths: Bandwidths,
@@ -258,50 +339,149 @@ def _gather_or_scatter(nbytes: float, p: int, bw: float, alpha: float, messages:
 
 def estimate_plan(topology: ClusterTopology, model: ModelSize, shape: tuple[int, int, int], *,
                   bandwidths: Bandwidths | None = None, activation_checkpointing: bool = False,
-                  order: tuple[int, ...] | None = None) -> Plan:
-    """Memory per GPU and communication time per step of one mesh ``shape`` (no fit check)."""
+                  cpu_offload: bool = False, pipeline: int = 1, order: tuple[int, ...] | None = None,
+                  efficiency: float = step_time.DEFAULT_EFFICIENCY) -> Plan:
+    """Memory per GPU, communication per step and (when the work of a step is known) step time of one mesh:
+    ``pipeline`` stages of a ``(replicate, shard, tensor)`` mesh each (no fit check).
+
+    The stages are the outermost dimension: stage ``k`` holds ranks ``k W/p .. (k+1) W/p - 1``, so the
+    data-parallel and tensor-parallel groups stay on the nearest ranks and the pipeline's sends cross the slowest
+    links (nodes), as in torchtitan and Megatron-LM.
+    """
     bandwidths = bandwidths or Bandwidths()
     r, s, t = shape
-    if r * s * t != topology.world_size:
-        raise ValueError(f"mesh {r}x{s}x{t} has {r * s * t} ranks but the world size is {topology.world_size}")
+    p = pipeline
+    if p < 1 or r * s * t * p != topology.world_size:
+        raise ValueError(f"mesh {p}x{r}x{s}x{t} (pipeline x replicate x shard x tensor) has {r * s * t * p} ranks "
+                         f"but the world size is {topology.world_size}")
     order = order if order is not None else device_order(topology.nodes[0], bandwidths)
-    devices = rank_devices(topology, bandwidths, order)
+    full = (p, r, s, t)
 
     speeds: dict[str, tuple[float, float]] = {}
-    for dim, name in enumerate(("replicate", "shard", "tensor")):
-        if shape[dim] > 1:
-            rings = [ring_bandwidth(topology, [devices[rank] for rank in group], bandwidths)
-                     for group in mesh_groups(shape, dim)]
-            speeds[name] = (min(b for b, _ in rings), max(a for _, a in rings))
+    first = topology.nodes[0]
+    alike = all((node.links is first.links or node.links == first.links)
+                and (node.gpus is first.gpus or node.gpus == first.gpus) for node in topology.nodes)
+    per_node = topology.gpus_per_node
+    for dim, name in enumerate(("pipeline", "replicate", "shard", "tensor")):
+        if full[dim] == 1:
+            continue
+        stride = math.prod(full[dim + 1:])
+        if alike:  # a group's links depend only on where it starts inside a node: one group per start
+            starts: dict[int, int] = {}
+            for base in _group_starts(full, dim, per_node):
+                starts.setdefault(base % per_node, base)
+                if len(starts) == per_node:
+                    break
+            groups = [[base + j * stride for j in range(full[dim])] for base in starts.values()]
+        else:
+            groups = mesh_groups(full, dim)
+        rings = []
+        for group in groups:
+            key = (first.links, per_node, group[0] % per_node, stride, full[dim], tuple(order), bandwidths) \
+                if alike else None
+            if key is None or key not in _ring_cache:
+                ring = ring_bandwidth(topology, [(rank // per_node, order[rank % per_node]) for rank in group],
+                                      bandwidths)
+                if key is None:
+                    rings.append(ring)
+                    continue
+                if len(_ring_cache) > 50_000:
+                    _ring_cache.clear()
+                _ring_cache[key] = ring
+            rings.append(_ring_cache[key])
+        speeds[name] = (min(b for b, _ in rings), max(a for _, a in rings))
 
-    grads = model.gradient_bytes / t
     blocks = model.num_blocks
     assert blocks is not None  # ModelSize.__post_init__ sets it
-    breakdown = {"tensor": 0.0, "shard": 0.0, "replicate": 0.0}
+    stage_blocks = max(1, math.ceil(blocks / p))
+    micro = model.shape.micro_batch if model.shape is not None else 1
+    global_batch = model.global_batch
+    microbatches = max(1, global_batch // (r * s * micro)) if global_batch else 1  # per replica and step
+    grads = model.gradient_bytes / (t * p)
+    breakdown = {"pipeline": 0.0, "tensor": 0.0, "shard": 0.0, "replicate": 0.0}
+    if p > 1:
+        bw, alpha = speeds["pipeline"]
+        breakdown["pipeline"] = 2 * microbatches * (model.boundary_bytes / t / bw + alpha)
     if t > 1:
         bw, alpha = speeds["tensor"]
-        breakdown["tensor"] = _all_reduce(model.tensor_parallel_bytes, t, bw, alpha, 4 * blocks)
+        breakdown["tensor"] = microbatches * _all_reduce(model.tensor_parallel_bytes / p, t, bw, alpha,
+                                                         4 * stage_blocks)
     if s > 1:
         bw, alpha = speeds["shard"]
-        breakdown["shard"] = 3 * _gather_or_scatter(grads, s, bw, alpha, blocks)
+        breakdown["shard"] = 3 * _gather_or_scatter(grads, s, bw, alpha, stage_blocks)
     if r > 1:
         bw, alpha = speeds["replicate"]
-        messages = blocks if s > 1 else max(1, math.ceil(grads / DDP_BUCKET_BYTES))
+        messages = stage_blocks if s > 1 else max(1, math.ceil(grads / DDP_BUCKET_BYTES))
         breakdown["replicate"] = _all_reduce(grads / s, r, bw, alpha, messages)
 
-    state = model.state_bytes / (s * t)
-    gathered_block = 2 * model.parameters * model.weight_bytes / blocks / t if s > 1 else 0.0  # with prefetch
+    memory, host_per_rank = _plan_memory(model, r, s, t, p, activation_checkpointing, cpu_offload,
+                                         foreach=not topology.is_cpu)
+    step = None
+    tokens = model.tokens_per_step
+    if tokens is not None and model.shape is not None:
+        sh = model.shape
+        matrix_params = model.parameters - (0 if sh.tied_embeddings else sh.vocab * sh.hidden)
+        flops = tokens * step_time.flops_per_token(matrix_params, sh.layers, sh.hidden, sh.seq_len,
+                                                   recompute=activation_checkpointing)
+        gpu_name = next((g.name for node in topology.nodes for g in node.gpus if g.name), None)
+        per_rank_state = model.parameters * (model.weight_bytes + model.grad_bytes) / (s * t * p)
+        offload = (per_rank_state + model.state_bytes / (s * t * p)) / (step_time.OFFLOAD_GBPS * GB) \
+            if cpu_offload else 0.0
+        step = step_time.estimate_step_time(
+            flops=flops, gpus=topology.world_size, peak=step_time.peak_tflops(gpu_name) * 1e12,
+            efficiency=efficiency, tokens=tokens, critical_comm=breakdown["pipeline"] + breakdown["tensor"],
+            overlapped_comm=breakdown["shard"] + breakdown["replicate"],
+            bubble_share=step_time.pipeline_bubble(p, microbatches), offload_seconds=offload)
+    return Plan(
+        replicate=r, shard=s, tensor=t, device_order=tuple(order),
+        activation_checkpointing=activation_checkpointing, pipeline=p, cpu_offload=cpu_offload,
+        memory_bytes=memory,
+        host_bytes=host_per_rank * topology.gpus_per_node,
+        comm_seconds=sum(breakdown.values()),
+        breakdown={k: v for k, v in breakdown.items() if k != "pipeline" or p > 1},
+        bandwidths_gbps={name: b / GB for name, (b, _) in speeds.items()},
+        step=step,
+    )
+
+
+_ring_cache: dict[tuple, tuple[float, float]] = {}
+"""Ring bandwidth and latency of a group of a cluster of alike nodes, by where the group starts in a node, its
+stride and size (the planner asks for the same groups across meshes and variants)."""
+
+
+def _group_starts(shape: tuple[int, ...], dim: int, modulus: int) -> Iterator[int]:
+    """First ranks of groups along ``dim`` of a row-major mesh that cover every ``first rank % modulus`` there is
+    (an index past ``modulus`` along a dimension repeats the remainders of one below it)."""
+    strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
+    others = [k for k in range(len(shape)) if k != dim]
+    for index in itertools.product(*(range(min(shape[k], modulus)) for k in others)):
+        yield sum(i * strides[k] for i, k in zip(index, others, strict=True))
+
+
+def _plan_memory(model: ModelSize, r: int, s: int, t: int, p: int, activation_checkpointing: bool,
+                 cpu_offload: bool, foreach: bool) -> tuple[float, float]:
+    """Peak bytes per GPU and host bytes per rank: the memory model's with a shape, else state / (s t p), a gathered
+    block and the activations (1F1B keeps ``p`` micro-batches of ``1/p`` of the layers on the first stage: as many
+    as one micro-batch of the whole model); offload moves the state to the host. ``foreach``: the optimizer's
+    multi-tensor step (torch's default on CUDA) holds a parameter-sized temporary."""
+    if model.shape is not None:
+        from lightning_geo.strategies.memory import estimate_memory
+
+        estimate = estimate_memory(
+            model.shape, replicate=r, shard=s, tensor=t, pipeline=p, activation_checkpointing=activation_checkpointing,
+            cpu_offload=cpu_offload, optimizer=model.optimizer, param_bytes=model.weight_bytes,
+            grad_bytes=model.grad_bytes, compute_bytes=model.compute_bytes, foreach=foreach,
+        )
+        return estimate.total, estimate.cpu_bytes
+    blocks = model.num_blocks
+    assert blocks is not None
+    host = model.state_bytes / (s * t * p) if cpu_offload else 0.0
+    state = 0.0 if cpu_offload else model.state_bytes / (s * t * p)
+    gathered_block = 2 * model.parameters * model.weight_bytes / blocks / t if s > 1 or cpu_offload else 0.0
     activations = model.activation_bytes / t
     if activation_checkpointing:
         activations *= ACTIVATION_CHECKPOINT_FACTOR
-    return Plan(
-        replicate=r, shard=s, tensor=t, device_order=tuple(order),
-        activation_checkpointing=activation_checkpointing,
-        memory_bytes=state + gathered_block + activations,
-        comm_seconds=sum(breakdown.values()),
-        breakdown=breakdown,
-        bandwidths_gbps={name: b / GB for name, (b, _) in speeds.items()},
-    )
+    return state + gathered_block + activations, host
 
 
 def _usable_memory(topology: ClusterTopology, gpu_memory_bytes: float | None,
@@ -327,6 +507,11 @@ def plan_parallelism(
     shapes: list[tuple[int, int, int]] | None = None,
     prefer_simpler_within: float = 0.1,
     memory_argument: str = "gpu_memory_bytes=80e9",
+    max_pipeline: int = 1,
+    pipelines: list[int] | None = None,
+    cpu_offload: bool | str = "auto",
+    efficiency: float = step_time.DEFAULT_EFFICIENCY,
+    host_memory_bytes: float = ASSUMED_HOST_MEMORY_BYTES,
 ) -> PlanReport:
     """Choose the mesh with the least estimated communication among those that fit in GPU memory.
 
@@ -343,15 +528,26 @@ def plan_parallelism(
             temporary buffers); 0.9.
         allow_tensor_parallel: consider tensor-parallel meshes (the model must offer a plan); False.
         max_tensor_parallel: largest tensor-parallel size considered; 8.
-        activation_checkpointing: ``"auto"`` adds a checkpointed variant of a mesh that only fits with it,
-            ranked after every plan that fits without (recomputation costs about a third more compute,
-            which the estimate does not include); ``True`` checkpoints every plan; ``False`` never.
+        activation_checkpointing: ``"auto"`` turns checkpointing on for a mesh only when the mesh does not fit
+            without it; ``True`` checkpoints every plan; ``False`` never.
+        cpu_offload: ``"auto"`` turns FSDP2's CPU offload on for a data-parallel mesh only when it does not fit
+            otherwise; ``True`` offloads every data-parallel plan; ``False`` never. Where a mesh could fit either
+            with checkpointing or with offload, the one with the smaller estimated step time is taken (with no
+            step estimate: checkpointing, then offload, then both).
         shapes: restrict the search to these meshes (used for forced plans); default every mesh.
         prefer_simpler_within: a simpler plan (DDP, then FSDP, then HSDP, then tensor parallel) is chosen
             over the cheapest one when its estimate is within this fraction of it; 0.1. The estimate is a
             model, and a simpler plan has fewer collectives to go wrong and overlaps better.
         memory_argument: how messages ask for the GPU memory when it is unknown: the caller's own argument
             or flag with an example value (``"gpu_memory_gb=80"``, ``"--gpu-memory-gb 80"``).
+        max_pipeline: most pipeline stages considered; 1 (none). Pipeline plans are weighed only when the work
+            of a step is known (``model.shape`` and ``model.global_batch``): their cost is the bubble.
+        pipelines: restrict the search to these numbers of stages (used for forced plans); default 1 up to
+            ``max_pipeline``.
+        efficiency: share of the GPUs' peak FLOP/s a step's compute reaches, for the step-time estimate
+            ([`step_time`][lightning_geo.strategies.step_time]); 0.45.
+        host_memory_bytes: host memory per node CPU offload may fill (after ``memory_fraction``);
+            ``ASSUMED_HOST_MEMORY_BYTES``.
 
     Returns:
         A [`PlanReport`][lightning_geo.strategies.PlanReport]. When no mesh fits, the one needing the least memory is
@@ -385,23 +581,44 @@ def plan_parallelism(
                         "tp_comm_bytes); it is not considered")
         allow_tensor_parallel = False
 
+    if cpu_offload not in (True, False, "auto"):
+        raise ValueError(f"cpu_offload must be True, False or 'auto', got {cpu_offload!r}")
+    if int(max_pipeline) != max_pipeline or max_pipeline < 1:
+        raise ValueError(f"max_pipeline must be an integer >= 1, got {max_pipeline!r}")
+    if not host_memory_bytes > 0:
+        raise ValueError(f"host_memory_bytes must be > 0, got {host_memory_bytes!r}")
+    host_capacity = host_memory_bytes * memory_fraction
+    timed = model.tokens_per_step is not None
+    if timed and not any(g.name for node in topology.nodes for g in node.gpus) and not topology.is_cpu:
+        warnings.append(f"the GPU model is unknown: step times assume {step_time.DEFAULT_PEAK_TFLOPS:g} TFLOP/s "
+                        "per GPU (an A100's bf16 peak); they rank plans, their seconds are rough")
+    if pipelines is None:
+        pipelines = [1]
+        if max_pipeline > 1 and not timed:
+            warnings.append("pipeline plans need the work of a step (ModelSize.shape and global_batch) to weigh "
+                            "their bubble; they are not considered")
+        elif max_pipeline > 1:
+            assert model.num_blocks is not None
+            pipelines += [p for p in range(2, min(max_pipeline, model.num_blocks) + 1) if topology.world_size % p == 0]
+
     order = device_order(topology.nodes[0], bandwidths)
-    candidate_shapes = shapes if shapes is not None else mesh_shapes(
-        topology.world_size, topology.gpus_per_node, allow_tensor_parallel, max_tensor_parallel)
     scored: list[tuple[tuple, Plan, bool]] = []
-    for shape in candidate_shapes:
-        variants = [activation_checkpointing] if isinstance(activation_checkpointing, bool) else [False, True]
-        for ac in variants:
-            plan = estimate_plan(topology, model, shape, bandwidths=bandwidths,
-                                 activation_checkpointing=ac, order=order)
-            fits = capacity is None or plan.memory_bytes <= capacity
-            if activation_checkpointing == "auto" and ac and (not fits or model.activation_bytes == 0):
-                continue  # a checkpointed variant only when it is what makes the mesh fit
-            if activation_checkpointing == "auto" and not ac and not fits and model.activation_bytes > 0:
-                continue  # the checkpointed variant stands for it
-            # fitting plans first; among them, ones without recomputation, then less communication, then
-            # less tensor parallel and less sharding (simpler, fewer collectives)
-            key = (not fits, ac and activation_checkpointing == "auto", plan.comm_seconds, shape[2], shape[1])
+    for p in pipelines:
+        stage_cluster = topology.world_size // p
+        candidate_shapes = shapes if shapes is not None else mesh_shapes(
+            stage_cluster, min(topology.gpus_per_node, stage_cluster) if p > 1 else topology.gpus_per_node,
+            allow_tensor_parallel, max_tensor_parallel)
+        for shape in candidate_shapes:
+            if math.prod(shape) * p != topology.world_size:
+                continue
+            plan, fits = _fitting_variant(topology, model, shape, p, bandwidths, order, capacity,
+                                          activation_checkpointing, cpu_offload, efficiency, host_capacity)
+            helped = (activation_checkpointing == "auto" and plan.activation_checkpointing) or \
+                (cpu_offload == "auto" and plan.cpu_offload)
+            cost = plan.step.seconds if plan.step is not None else plan.comm_seconds
+            # fitting plans first; among them (without a step estimate) ones that need no recomputation or
+            # offload, then the cheapest, then fewer stages, less tensor parallel and less sharding (simpler)
+            key = (not fits, helped and not timed, cost, p, shape[2], shape[1])
             scored.append((key, plan, fits))
     if not scored:
         raise ValueError("no mesh to plan: the world size and the allowed shapes leave no candidate")
@@ -410,16 +627,18 @@ def plan_parallelism(
     scored.sort(key=lambda item: item[0])
     leader = scored[0][0][:2]
     peers = [item for item in scored if item[0][:2] == leader
-             and item[1].comm_seconds <= scored[0][1].comm_seconds * (1 + prefer_simpler_within)]
+             and item[0][2] <= scored[0][0][2] * (1 + prefer_simpler_within)]
     simplest = min(peers, key=lambda item: (_complexity(item[1]), item[0]))
     scored.remove(simplest)
     scored.insert(0, simplest)
     if not scored[0][2]:
-        assert capacity is not None  # only a known capacity rules a plan out
-        scored.sort(key=lambda item: item[1].memory_bytes)
+        scored.sort(key=lambda item: (item[1].host_bytes > host_capacity, item[1].memory_bytes))
+        smallest = scored[0][1]
         warnings.append(
-            f"no plan fits in {capacity / GB:.1f} GB per GPU; the smallest needs "
-            f"{scored[0][1].memory_bytes / GB:.1f} GB"
+            f"no plan fits in {capacity / GB:.1f} GB per GPU; the smallest needs {smallest.memory_bytes / GB:.1f} GB"
+            if capacity is not None and smallest.host_bytes <= host_capacity else
+            f"no plan fits: the offloaded state needs {smallest.host_bytes / GB:.0f} GB of host memory per node, "
+            f"more than {host_capacity / GB:.0f} GB"
         )
     chosen = scored[0][1]
     if capacity is None and not topology.is_cpu and chosen.memory_bytes > ASSUMED_GPU_MEMORY_BYTES * memory_fraction:
@@ -435,18 +654,56 @@ def plan_parallelism(
     return PlanReport(chosen, candidates, tuple(warnings), capacity)
 
 
+def _fitting_variant(topology: ClusterTopology, model: ModelSize, shape: tuple[int, int, int], pipeline: int,
+                     bandwidths: Bandwidths, order: tuple[int, ...], capacity: float | None,
+                     activation_checkpointing: bool | str, cpu_offload: bool | str,
+                     efficiency: float, host_capacity: float) -> tuple[Plan, bool]:
+    """The variant of one mesh to rank: as asked, or under ``"auto"`` plain if it fits, else the fitting variant
+    (checkpointing, offload, both) with the least estimated step time, else the one needing the least memory."""
+    data_parallel = shape[0] * shape[1] > 1
+    acs = [activation_checkpointing] if isinstance(activation_checkpointing, bool) else [False, True]
+    offloads = [cpu_offload and data_parallel] if isinstance(cpu_offload, bool) else (
+        [False, True] if data_parallel else [False])
+    variants = []
+    for ac in acs:
+        for off in dict.fromkeys(offloads):
+            plan = estimate_plan(topology, model, shape, bandwidths=bandwidths, activation_checkpointing=ac,
+                                 cpu_offload=off, pipeline=pipeline, order=order, efficiency=efficiency)
+            if ac and model.activation_bytes == 0 and model.shape is None and activation_checkpointing == "auto":
+                continue  # nothing known to save
+            fits = (capacity is None or plan.memory_bytes <= capacity) and plan.host_bytes <= host_capacity
+            helps = (ac and activation_checkpointing == "auto") + 2 * (off and cpu_offload == "auto")
+            cost = plan.step.seconds if plan.step is not None else helps
+            variants.append((not fits, helps > 0, cost, helps, plan))
+    variants.sort(key=lambda v: v[:4])
+    best = variants[0]
+    if best[0]:  # nothing fits: the least GPU memory of the variants that need no more host memory than there is
+        best = min(variants, key=lambda v: (v[4].host_bytes > host_capacity, v[4].memory_bytes))
+    return best[4], not best[0]
+
+
 def _complexity(plan: Plan) -> int:
-    return 4 * (plan.tensor > 1) + (plan.shard > 1) + (plan.shard > 1 and plan.replicate > 1)
+    return (8 * (plan.pipeline > 1) + 4 * (plan.tensor > 1) + (plan.shard > 1)
+            + (plan.shard > 1 and plan.replicate > 1))
 
 
 def _verdict(plan: Plan, fits: bool, chosen: Plan, capacity: float | None, is_chosen: bool) -> str:
     if is_chosen:
         return "chosen" if fits else "chosen, but does not fit"
+    if not fits and (capacity is None or plan.memory_bytes <= capacity):  # host memory ruled it out
+        return f"does not fit: its offloaded state needs {plan.host_bytes / GB:.0f} GB of host memory per node"
     if not fits:
         assert capacity is not None  # only a known capacity rules a plan out
         need, have = plan.memory_bytes / GB, capacity / GB
         digits = 1 if f"{need:.1f}" != f"{have:.1f}" else 3  # "15.5 GB > 15.5 GB" says nothing
         return f"does not fit: {need:.{digits}f} GB > {have:.{digits}f} GB"
+    if plan.step is not None and chosen.step is not None and chosen.step.seconds > 0:
+        ratio = plan.step.seconds / chosen.step.seconds
+        if ratio < 1:
+            return f"{ratio:.2f}x the step time, but more complex"
+        return f"{ratio:.2f}x the step time"
+    if plan.cpu_offload and not chosen.cpu_offload:
+        return "needs CPU offload"
     if plan.activation_checkpointing and not chosen.activation_checkpointing:
         return "needs activation checkpointing (recompute)"
     if plan.comm_seconds < chosen.comm_seconds:

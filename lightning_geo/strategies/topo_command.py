@@ -63,6 +63,17 @@ def _island_lines(node: NodeTopology, bandwidths: Bandwidths) -> list[str]:
     return lines
 
 
+def _memory_line(report: PlanReport, gpu_memory_gb: float | None) -> str:
+    """What GB/GPU is checked against, and the flag that sets it."""
+    if report.gpu_memory_bytes is None:
+        return ("GB/GPU: estimated peak per GPU; GPU memory unknown, nothing ruled out for it "
+                "(--gpu-memory-gb sets the memory of one GPU)")
+    given = f"--gpu-memory-gb {gpu_memory_gb:g}" if gpu_memory_gb is not None else "the detected memory"
+    fitting = sum(c.fits for c in report.candidates)
+    return (f"GB/GPU: estimated peak per GPU, checked against {report.gpu_memory_bytes / GB:.1f} GB (90% of {given}; "
+            f"--gpu-memory-gb sets it); {fitting} of {len(report.candidates)} plans fit")
+
+
 def _letters(n: int) -> list[str]:
     return [chr(ord("A") + k) if k < 26 else f"I{k}" for k in range(n)]
 
@@ -77,6 +88,12 @@ def topo_report(
     bandwidths: Bandwidths | None = None,
     activation_gb: float = 0.0,
     bytes_per_param: float = 16.0,
+    model: str | None = None,
+    seq_len: int | None = None,
+    micro_batch: int | None = None,
+    global_batch: int | None = None,
+    max_pipeline: int = 1,
+    tensor_parallel: bool = False,
 ) -> tuple[str, PlanReport]:
     """The island map and the plan table for a model of ``params`` parameters, as text.
 
@@ -95,6 +112,13 @@ def topo_report(
         activation_gb: activation memory per GPU in GB; 0 (unknown).
         bytes_per_param: weights + gradients + optimizer state per parameter; 16 (fp32 weights and
             gradients, Adam's two fp32 moments). Split as 4 + 4 + the rest.
+        model: a name of ``KNOWN_MODELS`` (``llama3.1-70b``...): plan for its shape with the memory model
+            (activations from the shapes, bf16 compute, AdamW) instead of ``params`` and ``activation_gb``.
+        seq_len, micro_batch: override the known model's sequence length (8192 for Llama) and micro-batch (1).
+        global_batch: sequences per optimizer step; with ``model`` it gives the step's work, so plans are ranked by
+            estimated step time and pipelines can be weighed.
+        max_pipeline: most pipeline stages considered; 1.
+        tensor_parallel: consider tensor-parallel meshes; False.
     """
     bandwidths = bandwidths or Bandwidths()
     if gpus_per_node is not None:
@@ -105,10 +129,20 @@ def topo_report(
     if bytes_per_param < 8:
         raise ValueError(f"--bytes-per-param must be >= 8 (4 for weights and 4 for gradients), got {bytes_per_param}")
     cluster: ClusterTopology = single_node(node, nodes)
-    model = ModelSize(params, optimizer_bytes=bytes_per_param - 8, activation_bytes=activation_gb * GB)
-    report = plan_parallelism(cluster, model, bandwidths=bandwidths,
+    if model is not None:
+        from lightning_geo.strategies.known_models import known_model
+
+        shape = known_model(model, seq_len=seq_len, micro_batch=micro_batch)
+        size = ModelSize.from_shape(shape, global_batch=global_batch)
+        params = size.parameters
+    elif global_batch is not None or seq_len is not None or micro_batch is not None:
+        raise ValueError("--global-batch, --seq-len and --micro-batch need --model (a known model's shape)")
+    else:
+        size = ModelSize(params, optimizer_bytes=bytes_per_param - 8, activation_bytes=activation_gb * GB)
+    report = plan_parallelism(cluster, size, bandwidths=bandwidths,
                               gpu_memory_bytes=None if gpu_memory_gb is None else gpu_memory_gb * GB,
-                              memory_argument="--gpu-memory-gb 80")
+                              memory_argument="--gpu-memory-gb 80", max_pipeline=max_pipeline,
+                              allow_tensor_parallel=tensor_parallel)
     if not report.candidates[0].fits:
         assert report.gpu_memory_bytes is not None  # only a known memory rules a plan out
         smallest = report.chosen
@@ -117,9 +151,12 @@ def topo_report(
             f"detected memory): the smallest, {smallest.name}, needs {smallest.memory_bytes / GB:.1f} GB; use more "
             "GPUs (--nodes), a smaller model (--params) or less state per parameter (--bytes-per-param)"
         )
-    header = (f"plan for {params:.3g} parameters ({model.state_bytes / GB:.1f} GB of weights, gradients and "
+    header = ((f"plan for {model} ({params:.3g} parameters, {size.shape.seq_len} tokens x {size.shape.micro_batch} "
+               f"per micro-batch{f', {global_batch} per step' if global_batch else ''}; "
+               if model is not None and size.shape is not None else f"plan for {params:.3g} parameters (")
+              + f"{size.state_bytes / GB:.1f} GB of weights, gradients and "
               f"optimizer state) on {nodes} node(s) x {_device_count(node)}"
               + ("" if nodes == 1 else f", nodes joined by {LinkKind.NET.value} at {bandwidths.net:g} GB/s per GPU"))
-    text = "\n".join([island_map(node, bandwidths), "", header, report.table()]
+    text = "\n".join([island_map(node, bandwidths), "", header, report.table(), _memory_line(report, gpu_memory_gb)]
                      + [f"warning: {w}" for w in report.warnings if w not in node.warnings])
     return text, report
