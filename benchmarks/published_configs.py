@@ -303,8 +303,8 @@ _TT_ATP_URL = (
 _TT_ATP_NOTE = (
     "Column header says 'tokens/sec' (not explicitly per GPU); read as torchtitan's per-GPU TPS, consistent with the "
     "Dec 2024 table (829 TPS/GPU for the same 70B layout). seq_len not stated (llama3 configs default 8192). "
-    "Source notes the low vanilla-TP float8 rowwise baseline is being addressed (torchtitan GitHub thread 1207). Software "
-    "differs from the Dec 2024 table (same 70B layout, Float8, vanilla / async TP: 829 / 876 there). "
+    "Source notes the low vanilla-TP float8 rowwise baseline is being addressed (torchtitan GitHub thread 1207). "
+    "Software differs from the Dec 2024 table (same 70B layout, Float8, vanilla / async TP: 829 / 876 there). "
 )
 
 
@@ -805,8 +805,8 @@ PUBLISHED_BANDWIDTHS: tuple[PublishedBandwidth, ...] = (
         "430-520 GB/s bidirectional GPU-GPU with p2pBandwidthLatencyTest.",
     ),
     PublishedBandwidth(
-        source="NVIDIA/nccl-tests GitHub thread 100 'HGX A100 can not reach peak bandwidth on 2nd Gen NVSwitch ?' (user "
-        "report, 2022-01-17)",
+        source="NVIDIA/nccl-tests GitHub thread 100 'HGX A100 can not reach peak bandwidth on 2nd Gen NVSwitch ?' "
+        "(user report, 2022-01-17)",
         url="https://github.com/NVIDIA/nccl-tests/issues/100",
         cluster="2x HGX A100 SXM 80GB, 4x ConnectX-6 200 Gb/s IB per node", gpus=16, gpus_per_node=8,
         scope="inter_node", operation="all_reduce (all_reduce_perf -b 1G -e 8G -f 2, 16 ranks)", metric="busbw",
