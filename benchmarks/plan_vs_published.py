@@ -216,6 +216,42 @@ def fit_efficiency(configs: list[PublishedConfig]) -> float:
     return min(grid, key=error)
 
 
+def compare(rows: list[Row], log: Transcript, label: str) -> float:
+    """The table of published layouts against the planner's choices, and the agreement; returns its share."""
+    header = ("| source | GPUs | model | published RxSxTxP | AC | measured tok/s/GPU | est. published | ratio | "
+              "planner's choice | est. choice | choice / best measured | agrees |")
+    log(header)
+    log("|" + "---|" * (header.count("|") - 1))
+    agree = 0
+    peers: dict[tuple, list[Row]] = {}
+    for row in rows:
+        peers.setdefault((*row.config.key, row.config.global_batch, row.config.seq_len), []).append(row)
+    for row in rows:
+        c = row.config
+        alike = peers[(*c.key, c.global_batch, c.seq_len)]
+        best = max(peer.measured for peer in alike)
+        est_pub, est_choice = row.estimate(row.published), row.estimate(row.chosen)
+        same = any(row.chosen_dims == peer.published_dims for peer in alike)
+        near = abs(est_choice / best - 1) <= 0.10
+        agree += same or near
+        chosen = row.chosen
+        choice_text = "x".join(map(str, row.chosen_dims)) + (" +AC" if chosen.activation_checkpointing else "") + (
+            " +offload" if chosen.cpu_offload else "")
+        log(f"| {c.source.split(' (')[0].split(';')[0][:38]} | {c.gpus} | {c.model} | "
+            f"{'x'.join(map(str, row.published_dims))} | {c.activation_checkpointing or '-'} | {row.measured:,.0f} | "
+            f"{est_pub:,.0f} | {est_pub / row.measured:.2f} | {choice_text} | {est_choice:,.0f} | "
+            f"{est_choice / best:.2f} | {'same' if same else 'within 10%' if near else 'no'} |")
+    share = agree / len(rows)
+    log("")
+    log(f"[{'MET' if share >= 0.8 else 'MISSED'}] {label}: planner's choice equal to a published layout or estimated "
+        f"within 10% of the best measured throughput: {agree}/{len(rows)} = {share:.0%} (target >= 80%)")
+    ratios = [r.estimate(r.published) / r.measured for r in rows]
+    log(f"estimate / measured for the published layouts: median {statistics.median(ratios):.2f}, "
+        f"{sum(abs(x - 1) <= 0.1 for x in ratios)}/{len(ratios)} within 10%, range {min(ratios):.2f}-{max(ratios):.2f}")
+
+    return share
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--efficiency", default="auto", help="'auto' (fitted) or a share of peak in (0, 1]")
@@ -250,36 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({how}); peak per GPU: {step_time.PEAK_TFLOPS['H100']:g} TFLOP/s H100/H200, "
         f"{step_time.PEAK_TFLOPS['A100']:g} A100")
     log("")
-    header = ("| source | GPUs | model | published RxSxTxP | AC | measured tok/s/GPU | est. published | ratio | "
-              "planner's choice | est. choice | choice / best measured | agrees |")
-    log(header)
-    log("|" + "---|" * (header.count("|") - 1))
-    agree = 0
-    peers: dict[tuple, list[Row]] = {}
-    for row in rows:
-        peers.setdefault((*row.config.key, row.config.global_batch, row.config.seq_len), []).append(row)
-    for row in rows:
-        c = row.config
-        alike = peers[(*c.key, c.global_batch, c.seq_len)]
-        best = max(peer.measured for peer in alike)
-        est_pub, est_choice = row.estimate(row.published), row.estimate(row.chosen)
-        same = any(row.chosen_dims == peer.published_dims for peer in alike)
-        near = abs(est_choice / best - 1) <= 0.10
-        agree += same or near
-        chosen = row.chosen
-        choice_text = "x".join(map(str, row.chosen_dims)) + (" +AC" if chosen.activation_checkpointing else "") + (
-            " +offload" if chosen.cpu_offload else "")
-        log(f"| {c.source.split(' (')[0].split(';')[0][:38]} | {c.gpus} | {c.model} | "
-            f"{'x'.join(map(str, row.published_dims))} | {c.activation_checkpointing or '-'} | {row.measured:,.0f} | "
-            f"{est_pub:,.0f} | {est_pub / row.measured:.2f} | {choice_text} | {est_choice:,.0f} | "
-            f"{est_choice / best:.2f} | {'same' if same else 'within 10%' if near else 'no'} |")
-    share = agree / len(rows)
-    log("")
-    log(f"[{'MET' if share >= 0.8 else 'MISSED'}] planner's choice equal to the published degrees or estimated within "
-        f"10% of the measured throughput: {agree}/{len(rows)} = {share:.0%} (target >= 80%)")
-    ratios = [r.estimate(r.published) / r.measured for r in rows]
-    log(f"estimate / measured for the published layouts: median {statistics.median(ratios):.2f}, "
-        f"{sum(abs(x - 1) <= 0.1 for x in ratios)}/{len(ratios)} within 10%, range {min(ratios):.2f}-{max(ratios):.2f}")
+    compare(rows, log, f"one efficiency ({efficiency:.2f}) for every source")
 
     log("")
     log("rank correlation per group (one model on one cluster, >= 3 layouts the planner tells apart):")
@@ -310,6 +317,24 @@ def main(argv: list[str] | None = None) -> int:
                                  / m.measured)) for m in members]
             error = math.exp(statistics.median(errs)) - 1
             log(f"  {key[2]} on {key[1]}: efficiency {eff:.2f}, median error {error:.0%}")
+
+    if args.efficiency == "auto":
+        log("")
+        log("with the efficiency of each row's source fitted on the source's other rows (what a user who measured "
+            "their own stack would pass as efficiency=; a source of one row keeps the overall one):")
+        by_source: dict[str, list[PublishedConfig]] = {}
+        for config in configs:
+            by_source.setdefault(config.url, []).append(config)
+        own_rows = []
+        for config in configs:
+            others = [c for c in by_source[config.url] if c is not config]
+            own = fit_efficiency(others) if others else efficiency
+            own_rows.append(evaluate(config, efficiency=own, max_pipeline=args.max_pipeline))
+        for url, members in by_source.items():
+            if len(members) > 1:
+                log(f"  {url}: {len(members)} rows, efficiency {fit_efficiency(members):.2f} fitted on all of them")
+        log("")
+        compare(own_rows, log, "each source's own efficiency (leave-one-out)")
 
     log("")
     log("left out:")
