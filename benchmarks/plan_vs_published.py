@@ -35,6 +35,7 @@ number fixes it.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 import statistics
@@ -95,8 +96,9 @@ def gpu_kind(cluster: str) -> str:
     raise ValueError(f"unknown GPU in {cluster!r}")
 
 
+@functools.cache
 def cluster_topology(config: PublishedConfig):
-    """The planner's view of the published cluster."""
+    """The planner's view of the published cluster (built once per configuration: the efficiency fit asks often)."""
     kind = gpu_kind(config.cluster)
     per_node = config.gpus_per_node or 8
     memory = re.search(r"(\d+)\s*GB", config.cluster)
@@ -112,6 +114,7 @@ def cluster_topology(config: PublishedConfig):
     return single_node(node, max(1, config.gpus // per_node)), Bandwidths(net=net)
 
 
+@functools.cache
 def model_for(config: PublishedConfig) -> ModelSize:
     """The published model and batch as the planner sees them."""
     dp = (config.dp_replicate or 1) * (config.dp_shard or 1) * config.cp

@@ -625,20 +625,20 @@ class GeoHybridStrategy(ModelParallelStrategy):
         the batch's mean loss to every rank (and to ``PipelineParts.on_loss``)."""
         if self.pipeline_runner is None:
             return super().validation_step(*args, **kwargs)
-        batch = args[0] if args else kwargs["batch"]
-        with self.precision_plugin.val_step_context():
-            loss = self.pipeline_runner.eval_step(batch)
-        self._report_loss("val", loss, batch)
-        return loss
+        return self._pipeline_eval_step("val", self.precision_plugin.val_step_context(), args, kwargs)
 
     def test_step(self, *args: Any, **kwargs: Any) -> Any:
         """As ``validation_step``, reported as ``"test"``."""
         if self.pipeline_runner is None:
             return super().test_step(*args, **kwargs)
+        return self._pipeline_eval_step("test", self.precision_plugin.test_step_context(), args, kwargs)
+
+    def _pipeline_eval_step(self, stage: str, context: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        assert self.pipeline_runner is not None
         batch = args[0] if args else kwargs["batch"]
-        with self.precision_plugin.test_step_context():
+        with context:
             loss = self.pipeline_runner.eval_step(batch)
-        self._report_loss("test", loss, batch)
+        self._report_loss(stage, loss, batch)
         return loss
 
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:

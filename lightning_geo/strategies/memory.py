@@ -47,8 +47,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lightning_geo.strategies.transformer_shape import TransformerShape, check_count
-from lightning_geo.utils.checks import check_bool, check_number
+from lightning_geo.strategies.transformer_shape import TransformerShape
+from lightning_geo.utils.checks import check_bool, check_count, check_number
 
 __all__ = ["OPTIMIZER_STATE_BYTES", "MemoryEstimate", "TransformerShape", "estimate_memory", "optimizer_state_bytes"]
 

@@ -18,6 +18,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from lightning_geo.strategies.planner import Plan
 
 if TYPE_CHECKING:
+    from torch.distributed.fsdp import OffloadPolicy
     from torch.distributed.tensor.parallel import ParallelStyle
 
 STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
@@ -116,6 +117,14 @@ def apply_activation_checkpointing(blocks_owner: nn.Module, blocks: list[nn.Modu
         blocks[index] = wrapped
 
 
+def offload_policy(cpu_offload: bool) -> OffloadPolicy:
+    """FSDP2's ``CPUOffloadPolicy`` when ``cpu_offload``, else its no-offload ``OffloadPolicy``. Host memory is pinned
+    only with CUDA: pinning needs an accelerator (on a CPU the copies are plain, and move nothing)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+    return CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+
+
 def apply_data_parallel(module: nn.Module, mesh: DeviceMesh, blocks: list[nn.Module],
                         cpu_offload: bool = False) -> list[str]:
     """``fully_shard`` each block, then every top-level child with parameters, then the module itself if it
@@ -125,10 +134,9 @@ def apply_data_parallel(module: nn.Module, mesh: DeviceMesh, blocks: list[nn.Mod
 
     Returns the qualified names of the top-level units sharded (for the log).
     """
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    # pinned host memory needs an accelerator; without one the copies are plain (and move nothing on a CPU)
-    policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+    policy = offload_policy(cpu_offload)
     for block in blocks:
         fully_shard(block, mesh=mesh, offload_policy=policy)
     units = []

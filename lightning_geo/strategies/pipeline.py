@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_geo.strategies.parallelize import apply_tensor_parallel
+from lightning_geo.strategies.parallelize import apply_tensor_parallel, offload_policy
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -504,7 +504,7 @@ def build_pipeline(module: pl.LightningModule, mesh: DeviceMesh, plan: Plan, dev
     Returns:
         ``(runner, what was applied)``.
     """
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     if any(isinstance(m, OnAnotherStage) for m in module.modules()):
         raise ValueError(
@@ -539,7 +539,7 @@ def build_pipeline(module: pl.LightningModule, mesh: DeviceMesh, plan: Plan, dev
     done["activation_checkpointing"] = plan.activation_checkpointing
     if plan.replicate * plan.shard > 1:
         dp_mesh = mesh["data_parallel_replicate", "data_parallel_shard"]
-        policy = CPUOffloadPolicy() if plan.cpu_offload else OffloadPolicy()
+        policy = offload_policy(plan.cpu_offload)
         for stage in stages:
             # kept gathered between micro-batches: resharding after each forward would all-gather again per
             # micro-batch (torchtitan does the same under pipeline parallelism)

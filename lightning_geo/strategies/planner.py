@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from lightning_geo.strategies import step_time
 from lightning_geo.strategies.bandwidth import GB, Bandwidths
-from lightning_geo.strategies.rings import Device, device_order, ring_bandwidth
+from lightning_geo.strategies.rings import device_order, ring_bandwidth
 from lightning_geo.strategies.topology import ClusterTopology, LinkKind
 from lightning_geo.utils.table import format_table
 
@@ -312,21 +312,19 @@ def mesh_groups(shape: tuple[int, ...], dim: int) -> list[list[int]]:
     tensor)``: 0 replicate, 1 shard, 2 tensor; the last dimension is the innermost, on consecutive ranks)."""
     if not 0 <= dim < len(shape):
         raise ValueError(f"dim must be in [0, {len(shape)}), got {dim}")
+    stride = math.prod(shape[dim + 1:])
+    return [[base + j * stride for j in range(shape[dim])] for base in _group_starts(shape, dim)]
+
+
+def _group_starts(shape: tuple[int, ...], dim: int, modulus: int | None = None) -> Iterator[int]:
+    """The first rank of every group along ``dim`` of a row-major mesh, in order; with ``modulus``, only enough of
+    them to cover every ``first rank % modulus`` there is (an index past ``modulus`` along a dimension repeats the
+    remainders of one below it)."""
     strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
     others = [k for k in range(len(shape)) if k != dim]
-    groups = []
-    for index in itertools.product(*(range(shape[k]) for k in others)):
-        base = sum(i * strides[k] for i, k in zip(index, others, strict=True))
-        groups.append([base + j * strides[dim] for j in range(shape[dim])])
-    return groups
-
-
-def rank_devices(topology: ClusterTopology, bandwidths: Bandwidths,
-                 order: tuple[int, ...] | None = None) -> list[Device]:
-    """``(node, local index)`` of every global rank, with each node's GPUs in ``device_order``."""
-    order = order if order is not None else device_order(topology.nodes[0], bandwidths)
-    per_node = topology.gpus_per_node
-    return [(rank // per_node, order[rank % per_node]) for rank in range(topology.world_size)]
+    sizes = (shape[k] if modulus is None else min(shape[k], modulus) for k in others)
+    for index in itertools.product(*(range(n) for n in sizes)):
+        yield sum(i * strides[k] for i, k in zip(index, others, strict=True))
 
 
 def _all_reduce(nbytes: float, p: int, bw: float, alpha: float, messages: int) -> float:
@@ -354,7 +352,7 @@ def estimate_plan(topology: ClusterTopology, model: ModelSize, shape: tuple[int,
     if p < 1 or r * s * t * p != topology.world_size:
         raise ValueError(f"mesh {p}x{r}x{s}x{t} (pipeline x replicate x shard x tensor) has {r * s * t * p} ranks "
                          f"but the world size is {topology.world_size}")
-    order = order if order is not None else device_order(topology.nodes[0], bandwidths)
+    order = tuple(order) if order is not None else device_order(topology.nodes[0], bandwidths)
     full = (p, r, s, t)
 
     speeds: dict[str, tuple[float, float]] = {}
@@ -370,25 +368,10 @@ def estimate_plan(topology: ClusterTopology, model: ModelSize, shape: tuple[int,
             starts: dict[int, int] = {}
             for base in _group_starts(full, dim, per_node):
                 starts.setdefault(base % per_node, base)
-                if len(starts) == per_node:
-                    break
             groups = [[base + j * stride for j in range(full[dim])] for base in starts.values()]
         else:
             groups = mesh_groups(full, dim)
-        rings = []
-        for group in groups:
-            key = (first.links, per_node, group[0] % per_node, stride, full[dim], tuple(order), bandwidths) \
-                if alike else None
-            if key is None or key not in _ring_cache:
-                ring = ring_bandwidth(topology, [(rank // per_node, order[rank % per_node]) for rank in group],
-                                      bandwidths)
-                if key is None:
-                    rings.append(ring)
-                    continue
-                if len(_ring_cache) > 50_000:
-                    _ring_cache.clear()
-                _ring_cache[key] = ring
-            rings.append(_ring_cache[key])
+        rings = [_group_ring(topology, group, order, bandwidths, cached=alike) for group in groups]
         speeds[name] = (min(b for b, _ in rings), max(a for _, a in rings))
 
     blocks = model.num_blocks
@@ -445,17 +428,24 @@ def estimate_plan(topology: ClusterTopology, model: ModelSize, shape: tuple[int,
 
 
 _ring_cache: dict[tuple, tuple[float, float]] = {}
-"""Ring bandwidth and latency of a group of a cluster of alike nodes, by where the group starts in a node, its
-stride and size (the planner asks for the same groups across meshes and variants)."""
+"""Ring bandwidth and latency of a group of a cluster of alike nodes, by the node's links, where the group starts
+in a node, its stride and size (the planner asks for the same groups across meshes and variants)."""
 
 
-def _group_starts(shape: tuple[int, ...], dim: int, modulus: int) -> Iterator[int]:
-    """First ranks of groups along ``dim`` of a row-major mesh that cover every ``first rank % modulus`` there is
-    (an index past ``modulus`` along a dimension repeats the remainders of one below it)."""
-    strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
-    others = [k for k in range(len(shape)) if k != dim]
-    for index in itertools.product(*(range(min(shape[k], modulus)) for k in others)):
-        yield sum(i * strides[k] for i, k in zip(index, others, strict=True))
+def _group_ring(topology: ClusterTopology, group: list[int], order: tuple[int, ...], bandwidths: Bandwidths,
+                cached: bool) -> tuple[float, float]:
+    """``ring_bandwidth`` of the ranks ``group`` (rank ``k`` on node ``k // per_node``, GPU ``order[k % per_node]``);
+    with ``cached`` (every node alike) looked up by the group's pattern first."""
+    per_node = topology.gpus_per_node
+    key = (topology.nodes[0].links, per_node, group[0] % per_node, group[1] - group[0], len(group), order, bandwidths)
+    if cached and key in _ring_cache:
+        return _ring_cache[key]
+    ring = ring_bandwidth(topology, [(rank // per_node, order[rank % per_node]) for rank in group], bandwidths)
+    if cached:
+        if len(_ring_cache) > 50_000:
+            _ring_cache.clear()
+        _ring_cache[key] = ring
+    return ring
 
 
 def _plan_memory(model: ModelSize, r: int, s: int, t: int, p: int, activation_checkpointing: bool,
@@ -666,11 +656,11 @@ def _fitting_variant(topology: ClusterTopology, model: ModelSize, shape: tuple[i
         [False, True] if data_parallel else [False])
     variants = []
     for ac in acs:
+        if ac and model.activation_bytes == 0 and model.shape is None and activation_checkpointing == "auto":
+            continue  # nothing known to save
         for off in dict.fromkeys(offloads):
             plan = estimate_plan(topology, model, shape, bandwidths=bandwidths, activation_checkpointing=ac,
                                  cpu_offload=off, pipeline=pipeline, order=order, efficiency=efficiency)
-            if ac and model.activation_bytes == 0 and model.shape is None and activation_checkpointing == "auto":
-                continue  # nothing known to save
             fits = (capacity is None or plan.memory_bytes <= capacity) and plan.host_bytes <= host_capacity
             helps = (ac and activation_checkpointing == "auto") + 2 * (off and cpu_offload == "auto")
             cost = plan.step.seconds if plan.step is not None else helps

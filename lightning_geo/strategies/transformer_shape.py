@@ -26,24 +26,10 @@ from typing import Any
 
 from torch import nn
 
-from lightning_geo.utils.checks import check_bool
+from lightning_geo.utils.checks import check_bool, check_count
 
 HF_MODEL_TYPES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2")
 """Hugging Face ``config.model_type`` values ``TransformerShape.from_module`` reads."""
-
-
-def check_count(owner: str, name: str, value: Any, low: int = 1) -> int:
-    """``value`` if it is an integer (not a bool) of at least ``low``.
-
-    Raises:
-        TypeError: for anything but an ``int``, naming ``name``.
-        ValueError: for an integer below ``low``, naming ``name``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name}={value!r} must be an integer, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{owner}: {name}={value!r} must be an integer >= {low}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,17 @@ def check_bool(owner: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{owner}: {name}={value!r} must be True or False, got {type(value).__name__}")
     return value
+
+
+def check_count(owner: str, name: str, value: Any, low: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``low``.
+
+    Raises:
+        TypeError: for anything but an ``int``, naming ``name``.
+        ValueError: for an integer below ``low``, naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name}={value!r} must be an integer, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{owner}: {name}={value!r} must be an integer >= {low}")
+    return value
